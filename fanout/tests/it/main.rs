@@ -1,0 +1,3 @@
+//! fanout integration tests, against the real stack (`dev/stack up`).
+
+mod smoke;

@@ -1,0 +1,182 @@
+//! The operational endpoints every service serves: `/healthz` (the process is up), `/readyz`
+//! (its dependencies answer) and `/metrics` (Prometheus text format from the service's own
+//! registry). Services merge [`router`] into their own axum router, or serve it alone.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use prometheus::{Encoder, Registry, TextEncoder};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A readiness probe of one dependency: `Ok` when it answers.
+pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The named dependency checks behind `/readyz`.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(&'static str, Check)>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.checks.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl Readiness {
+    /// No checks: always ready.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a named check.
+    pub fn with<F, Fut>(mut self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((
+            name,
+            Arc::new(move || Box::pin(check()) as BoxFuture<'static, _>),
+        ));
+        self
+    }
+
+    /// Run every check (concurrently, 2 s each) and report each result.
+    pub async fn report(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
+        let results = futures::future::join_all(self.checks.iter().map(|(name, check)| {
+            let check = check.clone();
+            async move {
+                let outcome = match tokio::time::timeout(Duration::from_secs(2), check()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err("timed out after 2s".to_owned()),
+                };
+                (*name, outcome)
+            }
+        }))
+        .await;
+        let mut all_ok = true;
+        let mut map = serde_json::Map::new();
+        for (name, outcome) in results {
+            let value = match outcome {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => {
+                    all_ok = false;
+                    e
+                }
+            };
+            map.insert(name.to_owned(), value.into());
+        }
+        (all_ok, map)
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    service: &'static str,
+    registry: Registry,
+    readiness: Readiness,
+}
+
+/// `/healthz`, `/readyz` and `/metrics` for one service.
+pub fn router<S>(service: &'static str, registry: Registry, readiness: Readiness) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(OpsState {
+            service,
+            registry,
+            readiness,
+        })
+}
+
+async fn healthz(State(state): State<OpsState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "service": state.service }))
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let (ready, checks) = state.readiness.report().await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "service": state.service,
+        "checks": checks,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    let encoder = TextEncoder::new();
+    let mut buffer = Vec::with_capacity(8 * 1024);
+    // Both registries: the service's own metrics, and process metrics from the default one.
+    let mut families = state.registry.gather();
+    families.extend(prometheus::gather());
+    match encoder.encode(&families, &mut buffer) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            buffer,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics encoding failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` is cancelled, then drain open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: crate::shutdown::Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
+
+/// Register a metric in `registry`, panicking on a programming error (duplicate name).
+pub fn register<M>(registry: &Registry, metric: M) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique per registry");
+    metric
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_names_the_failing_dependency() {
+        let readiness = Readiness::new()
+            .with("postgres", || async { Ok(()) })
+            .with("kafka", || async { Err("connection refused".to_owned()) });
+        let (ok, map) = readiness.report().await;
+        assert!(!ok);
+        assert_eq!(map["postgres"], "ok");
+        assert_eq!(map["kafka"], "connection refused");
+        assert!(Readiness::new().report().await.0);
+    }
+}

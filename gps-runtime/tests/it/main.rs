@@ -1,0 +1,3 @@
+//! gps-runtime integration tests, against the real stack (`dev/stack up`).
+
+mod migrations;

@@ -1,0 +1,19 @@
+//! The ingest binary: parse config, set up tracing and signals, bind, run.
+
+use anyhow::Context;
+use clap::Parser;
+use gps_runtime::shutdown::Shutdown;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = ingest::Config::parse();
+    gps_runtime::telemetry::init(&config.log);
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
+    let http = gps_runtime::bind_tcp(config.http_addr, "INGEST_HTTP_ADDR").await?;
+    let udp = tokio::net::UdpSocket::bind(config.udp_addr)
+        .await
+        .with_context(|| format!("cannot bind UDP {} (INGEST_UDP_ADDR)", config.udp_addr))?;
+    ingest::run(config, http, udp, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! processor integration tests, against the real stack (`dev/stack up`).
+
+mod smoke;

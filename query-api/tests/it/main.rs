@@ -1,0 +1,3 @@
+//! query-api integration tests, against the real stack (`dev/stack up`).
+
+mod smoke;
