@@ -9,6 +9,9 @@ pub mod auth;
 pub mod envelope;
 pub mod fix;
 pub mod live;
+pub mod reject;
+pub mod validation;
+pub mod wire;
 
 pub use envelope::{EnvelopeError, FixEnvelope, ENVELOPE_VERSION};
 pub use fix::{Fix, Protocol};

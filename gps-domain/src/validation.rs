@@ -1,0 +1,1 @@
+//! Fix validation with reason codes (used by the processor), pure and per-tenant configurable.
