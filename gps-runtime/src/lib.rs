@@ -6,6 +6,7 @@
 //! Redis, with errors that say how to start a missing dependency, come from [`db`], [`kafka`] and
 //! [`redis_client`].
 
+pub mod access;
 pub mod config;
 pub mod db;
 pub mod kafka;
