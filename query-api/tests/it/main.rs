@@ -1,3 +1,7 @@
 //! query-api integration tests, against the real stack (`dev/stack up`).
 
+mod auth;
+mod history;
+mod rbac;
 mod smoke;
+mod support;

@@ -1,46 +1,69 @@
 //! The service starts against the real stack and serves its operational endpoints.
 
-use gps_runtime::shutdown::Shutdown;
-use gps_runtime::testing::TestDb;
-use std::time::Duration;
+use crate::support::Api;
 
 #[tokio::test]
-async fn serves_health_readiness_and_metrics() {
-    let db = TestDb::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = <query_api::Config as clap::Parser>::parse_from(["query-api"]);
-    config.database = db.args.clone();
-    let shutdown = Shutdown::new();
-    let server = tokio::spawn(query_api::run(config, listener, shutdown.clone()));
-
-    let client = reqwest::Client::new();
-    let base = format!("http://{addr}");
-    let health = wait_for(&client, &format!("{base}/healthz")).await;
+async fn serves_health_readiness_metrics_and_openapi() {
+    let api = Api::start().await;
+    let health = api.client.get(api.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    let ready = api.client.get(api.url("/readyz")).send().await.unwrap();
     let status = ready.status();
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["postgres"], "ok");
-    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(body["checks"]["redis"], "ok");
+    let metrics = api.client.get(api.url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(metrics.text().await.unwrap().contains("# TYPE"));
-
-    shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("query-api stops on shutdown")
-        .unwrap()
-        .unwrap();
 }
 
-async fn wait_for(client: &reqwest::Client, url: &str) -> reqwest::Response {
-    for _ in 0..100 {
-        if let Ok(response) = client.get(url).send().await {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+#[tokio::test]
+async fn openapi_lists_exactly_the_routes_that_answer() {
+    let api = Api::start().await;
+    let doc: serde_json::Value = api
+        .client
+        .get(api.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for route in query_api::openapi::ROUTES {
+        assert!(
+            doc["paths"][route.path][route.method].is_object(),
+            "{} {} missing",
+            route.method,
+            route.path
+        );
+        // Every documented route is routed: unauthenticated calls get 401 (or 400 for the
+        // public JSON routes, which want a body), never the 404 of an unknown route.
+        let path = route
+            .path
+            .replace("{id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{device_id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{user_id}", &uuid::Uuid::new_v4().to_string());
+        let method = reqwest::Method::from_bytes(route.method.to_uppercase().as_bytes()).unwrap();
+        let status = api
+            .client
+            .request(method, api.url(&path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let expected: &[u16] = if route.auth { &[401] } else { &[200, 400, 415] };
+        assert!(
+            expected.contains(&status),
+            "{} {} answered {status}",
+            route.method,
+            route.path
+        );
     }
-    panic!("{url} never answered");
+    let unknown = api.client.get(api.url("/v1/nope")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let body: serde_json::Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
 }

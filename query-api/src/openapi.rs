@@ -1,0 +1,151 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`, built from one route table ([`ROUTES`])
+//! that a test checks against the live router, so the document cannot drift from the routes.
+
+use axum::Json;
+
+/// One documented operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Operation {
+    /// HTTP method, lowercase.
+    pub method: &'static str,
+    /// Path template as routed.
+    pub path: &'static str,
+    /// What it does.
+    pub summary: &'static str,
+    /// The permission it needs (`None`: public or any authenticated caller).
+    pub permission: Option<&'static str>,
+    /// Whether a bearer credential is required.
+    pub auth: bool,
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    permission: Option<&'static str>,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        summary,
+        permission,
+        auth: true,
+    }
+}
+
+const fn public(method: &'static str, path: &'static str, summary: &'static str) -> Operation {
+    Operation {
+        method,
+        path,
+        summary,
+        permission: None,
+        auth: false,
+    }
+}
+
+/// Every route of the API.
+pub const ROUTES: &[Operation] = &[
+    public("post", "/v1/auth/login", "Log in with email and password: access token + refresh token"),
+    public("post", "/v1/auth/refresh", "Rotate a refresh token; reuse of a rotated token revokes its family"),
+    public("post", "/v1/auth/logout", "Revoke a refresh token and its family"),
+    op("post", "/v1/live/ticket", "Single-use ticket for the fanout WebSocket", Some("live:read")),
+    op("get", "/v1/devices", "List the devices the caller may see", Some("devices:read")),
+    op("post", "/v1/devices", "Create a device; returns its ingest token and UDP key once", Some("devices:write")),
+    op("get", "/v1/devices/{id}", "Read a device", Some("devices:read")),
+    op("patch", "/v1/devices/{id}", "Rename or disable a device", Some("devices:write")),
+    op("delete", "/v1/devices/{id}", "Delete a device", Some("devices:write")),
+    op("post", "/v1/devices/{id}/rotate-token", "New ingest token, shown once", Some("devices:write")),
+    op("post", "/v1/devices/{id}/rotate-udp-key", "New UDP HMAC key, shown once", Some("devices:write")),
+    op("get", "/v1/devices/{id}/positions", "History: from, to, limit, cursor, format (json|geojson|gpx|csv), simplify, bucket, as_of, geometry", Some("positions:read")),
+    op("get", "/v1/devices/{id}/summary", "Distance, moving time, speeds, trips and stops", Some("positions:read")),
+    op("get", "/v1/positions", "Area query: bbox, from, to, limit", Some("positions:read")),
+    op("get", "/v1/positions/latest", "Last known positions: group, bbox", Some("positions:read")),
+    op("get", "/v1/users", "List users", Some("users:read")),
+    op("post", "/v1/users", "Create a user with a role", Some("users:write")),
+    op("get", "/v1/users/{id}", "Read a user", Some("users:read")),
+    op("patch", "/v1/users/{id}", "Change display name, disabled, password", Some("users:write")),
+    op("delete", "/v1/users/{id}", "Delete a user", Some("users:write")),
+    op("put", "/v1/users/{id}/role", "Assign a role (never one's own)", Some("roles:write")),
+    op("get", "/v1/groups", "List groups", Some("groups:read")),
+    op("post", "/v1/groups", "Create a group", Some("groups:write")),
+    op("get", "/v1/groups/{id}", "Read a group with its devices and members", Some("groups:read")),
+    op("delete", "/v1/groups/{id}", "Delete a group", Some("groups:write")),
+    op("put", "/v1/groups/{id}/devices/{device_id}", "Add a device to a group", Some("groups:write")),
+    op("delete", "/v1/groups/{id}/devices/{device_id}", "Remove a device from a group", Some("groups:write")),
+    op("put", "/v1/groups/{id}/members/{user_id}", "Add a user to a group", Some("groups:write")),
+    op("delete", "/v1/groups/{id}/members/{user_id}", "Remove a user from a group", Some("groups:write")),
+    op("get", "/v1/api-keys", "List API keys (never their secrets)", Some("keys:read")),
+    op("post", "/v1/api-keys", "Create an API key; the key is shown once", Some("keys:write")),
+    op("delete", "/v1/api-keys/{id}", "Revoke an API key", Some("keys:write")),
+    op("get", "/v1/audit", "Audit log, newest first", Some("audit:read")),
+    public("get", "/openapi.json", "This document"),
+];
+
+/// The document.
+pub fn build() -> serde_json::Value {
+    let mut paths = serde_json::Map::new();
+    for route in ROUTES {
+        let params: Vec<serde_json::Value> = route
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| {
+                serde_json::json!({ "name": name, "in": "path", "required": true,
+                                    "schema": { "type": "string", "format": "uuid" } })
+            })
+            .collect();
+        let mut operation = serde_json::json!({
+            "summary": route.summary,
+            "parameters": params,
+            "responses": {
+                "200": { "description": "success" },
+                "400": { "$ref": "#/components/responses/Error" },
+                "401": { "$ref": "#/components/responses/Error" },
+                "403": { "$ref": "#/components/responses/Error" },
+                "404": { "$ref": "#/components/responses/Error" },
+                "429": { "$ref": "#/components/responses/Error" },
+            },
+        });
+        if route.auth {
+            operation["security"] = serde_json::json!([{ "bearer": [] }]);
+        }
+        if let Some(permission) = route.permission {
+            operation["x-permission"] = permission.into();
+        }
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| serde_json::json!({}));
+        entry[route.method] = operation;
+    }
+    serde_json::json!({
+        "openapi": "3.1.0",
+        "info": { "title": "gps-telemetry query API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer",
+                            "description": "JWT access token from /v1/auth/login, or an API key gpsk_..." }
+            },
+            "responses": {
+                "Error": {
+                    "description": "error",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+                }
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": { "error": { "type": "object", "required": ["code", "message"],
+                        "properties": { "code": { "type": "string" }, "message": { "type": "string" },
+                                        "field": { "type": "string" } } } }
+                }
+            }
+        }
+    })
+}
+
+/// `GET /openapi.json`.
+pub async fn document() -> Json<serde_json::Value> {
+    Json(build())
+}

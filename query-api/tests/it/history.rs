@@ -1,0 +1,232 @@
+//! History against known fixtures: pagination returns every row once, every export format
+//! parses with a real parser, simplification keeps the ends within tolerance, buckets downsample,
+//! and the summary matches the hand-computed track.
+
+use crate::support::Api;
+use gps_domain::auth::Role;
+use std::collections::HashSet;
+
+const START_MS: i64 = 1_700_000_000_000;
+
+#[tokio::test]
+async fn pagination_returns_every_row_exactly_once() {
+    let api = Api::start().await;
+    let tenant = api.tenant("pages").await;
+    let analyst = api.user(tenant, Role::Analyst).await;
+    let device = api.device(tenant).await;
+    api.track(tenant, device, START_MS, 1_000).await;
+    for as_of in ["fix", "received"] {
+        let mut seen = HashSet::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut path = format!("/v1/devices/{device}/positions?from=0&limit=137&as_of={as_of}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, page) = api.call("get", &path, &analyst.token, None).await;
+            assert_eq!(status, 200, "{page}");
+            for p in page["positions"].as_array().unwrap() {
+                assert!(
+                    seen.insert(p["fix_time"].as_str().unwrap().to_owned()),
+                    "duplicate row across pages"
+                );
+            }
+            pages += 1;
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 1_000, "{as_of}");
+        assert_eq!(pages, 8, "{as_of}: 1000 rows in pages of 137");
+    }
+    let (status, body) = api
+        .call(
+            "get",
+            &format!("/v1/devices/{device}/positions?cursor=bogus"),
+            &analyst.token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("cursor"))
+    );
+}
+
+#[tokio::test]
+async fn every_export_format_parses() {
+    let api = Api::start().await;
+    let tenant = api.tenant("formats").await;
+    let analyst = api.user(tenant, Role::Analyst).await;
+    let device = api.device(tenant).await;
+    api.track(tenant, device, START_MS, 50).await;
+    let base = format!("/v1/devices/{device}/positions?from=0");
+
+    let (_, geo) = api
+        .call(
+            "get",
+            &format!("{base}&format=geojson"),
+            &analyst.token,
+            None,
+        )
+        .await;
+    assert_eq!(geo["type"], "FeatureCollection");
+    let features = geo["features"].as_array().unwrap();
+    assert_eq!(features.len(), 50);
+    assert_eq!(features[0]["geometry"]["type"], "Point");
+    assert_eq!(features[0]["geometry"]["coordinates"][0], 13.0);
+    let (_, line) = api
+        .call(
+            "get",
+            &format!("{base}&format=geojson&geometry=line"),
+            &analyst.token,
+            None,
+        )
+        .await;
+    assert_eq!(line["features"][0]["geometry"]["type"], "LineString");
+    assert_eq!(
+        line["features"][0]["geometry"]["coordinates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        50
+    );
+
+    // GPX by Accept header.
+    let gpx = api
+        .client
+        .get(api.url(&base))
+        .bearer_auth(&analyst.token)
+        .header("accept", "application/gpx+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gpx.headers()["content-type"], "application/gpx+xml");
+    let text = gpx.text().await.unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("GPX is well-formed XML");
+    let points: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("trkpt"))
+        .collect();
+    assert_eq!(points.len(), 50);
+    assert_eq!(points[0].attribute("lon"), Some("13"));
+    assert!(points[0].children().any(|c| c.has_tag_name("time")));
+
+    let csv_text = api
+        .client
+        .get(api.url(&format!("{base}&format=csv")))
+        .bearer_auth(&analyst.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    assert_eq!(&headers[2], "lat");
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 50);
+    assert_eq!(rows[0][3].parse::<f64>().unwrap(), 13.0);
+    assert_eq!(rows[0][5].parse::<f64>().unwrap(), 10.0);
+
+    let (status, body) = api
+        .call("get", &format!("{base}&format=kml"), &analyst.token, None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("format"))
+    );
+}
+
+#[tokio::test]
+async fn simplification_keeps_endpoints_and_buckets_downsample() {
+    let api = Api::start().await;
+    let tenant = api.tenant("simplify").await;
+    let analyst = api.user(tenant, Role::Analyst).await;
+    let device = api.device(tenant).await;
+    // A straight line north: everything between the ends is within any tolerance.
+    api.track(tenant, device, START_MS, 600).await;
+    let (_, simple) = api
+        .call(
+            "get",
+            &format!("/v1/devices/{device}/positions?from=0&limit=100000&simplify=5"),
+            &analyst.token,
+            None,
+        )
+        .await;
+    let kept = simple["positions"].as_array().unwrap();
+    assert_eq!(kept.len(), 2, "a straight line simplifies to its ends");
+    let (_, all) = api
+        .call(
+            "get",
+            &format!("/v1/devices/{device}/positions?from=0&limit=100000"),
+            &analyst.token,
+            None,
+        )
+        .await;
+    let all = all["positions"].as_array().unwrap();
+    assert_eq!(kept[0]["fix_time"], all[0]["fix_time"]);
+    assert_eq!(kept[1]["fix_time"], all[599]["fix_time"]);
+    // 600 fixes at 1 Hz in 1-minute buckets: 10 (or 11 if the start is mid-minute) rows.
+    let (_, buckets) = api
+        .call(
+            "get",
+            &format!("/v1/devices/{device}/positions?from=0&bucket=1m"),
+            &analyst.token,
+            None,
+        )
+        .await;
+    let n = buckets["positions"].as_array().unwrap().len();
+    assert!((10..=11).contains(&n), "{n}");
+}
+
+#[tokio::test]
+async fn summary_matches_the_hand_computed_track() {
+    let api = Api::start().await;
+    let tenant = api.tenant("summary").await;
+    let analyst = api.user(tenant, Role::Analyst).await;
+    let device = api.device(tenant).await;
+    // 101 fixes, 1 s apart, 10 m apart: 1000 m in 100 s at 10 m/s.
+    api.track(tenant, device, START_MS, 101).await;
+    let (status, body) = api
+        .call(
+            "get",
+            &format!("/v1/devices/{device}/summary?from=0"),
+            &analyst.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let s = &body["summary"];
+    assert_eq!(s["fix_count"], 101);
+    assert!(
+        (s["distance_m"].as_f64().unwrap() - 1000.0).abs() < 0.5,
+        "{s}"
+    );
+    assert!(
+        (s["moving_time_s"].as_f64().unwrap() - 100.0).abs() < 1e-6,
+        "{s}"
+    );
+    assert!(
+        (s["max_speed_mps"].as_f64().unwrap() - 10.0).abs() < 1e-6,
+        "{s}"
+    );
+    assert!(
+        (s["avg_speed_mps"].as_f64().unwrap() - 10.0).abs() < 0.01,
+        "{s}"
+    );
+    assert_eq!(s["trips"].as_array().unwrap().len(), 1);
+    // The read is audited: who read whose track.
+    let admin = api.user(tenant, Role::Admin).await;
+    let (_, audit) = api.call("get", "/v1/audit", &admin.token, None).await;
+    assert!(audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "positions.summary"
+            && e["object_id"] == device.to_string()
+            && e["actor_id"] == analyst.id.to_string()));
+}
