@@ -1,7 +1,44 @@
-//! Shared pieces of the benches and the load generator: sample data that looks like real traffic.
+//! The benches' shared pieces and the load generator (`loadgen`): device simulation ([`sim`]),
+//! wire encoders ([`wire`]), fleet seeding ([`seed`]), a measured run ([`run`]), the report's
+//! arithmetic and output ([`stats`], [`report`]), the raw ceilings ([`ceiling`]) and the endless
+//! demo stream ([`demo`]).
+
+pub mod ceiling;
+pub mod demo;
+pub mod report;
+pub mod run;
+pub mod seed;
+pub mod sim;
+pub mod stats;
+pub mod wire;
 
 use gps_domain::{Fix, FixEnvelope, Protocol};
 use uuid::Uuid;
+
+/// Errors of the load generator.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    /// A database statement failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A Kafka call failed.
+    #[error("kafka error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Connecting to a dependency failed.
+    #[error(transparent)]
+    Runtime(#[from] gps_runtime::RuntimeError),
+    /// Writing the report or chart failed.
+    #[error("cannot write {path}: {reason}")]
+    Output {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Anything else while setting up.
+    #[error("setup failed: {0}")]
+    Setup(String),
+}
 
 /// An envelope of `n` plausible fixes of one device, one second apart.
 pub fn sample_envelope(n: usize) -> FixEnvelope {

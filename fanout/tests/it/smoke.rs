@@ -1,46 +1,67 @@
-//! The service starts against the real stack and serves its operational endpoints.
+//! The service starts against the real stack, serves its operational endpoints, and closes every
+//! client with 1001 (going away) on shutdown.
 
-use gps_runtime::shutdown::Shutdown;
-use gps_runtime::testing::TestDb;
+use crate::support::*;
+use futures::StreamExt;
+use gps_domain::auth::Role;
+use gps_runtime::testing::{seed_device, unique_suffix, TestDb};
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
-async fn serves_health_readiness_and_metrics() {
+async fn serves_health_readiness_metrics_and_closes_clients_on_shutdown() {
     let db = TestDb::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = <fanout::Config as clap::Parser>::parse_from(["fanout"]);
-    config.database = db.args.clone();
-    let shutdown = Shutdown::new();
-    let server = tokio::spawn(fanout::run(config, listener, shutdown.clone()));
-
+    let device = seed_device(&db.pool, &format!("smoke-{}", unique_suffix())).await;
+    let fanout = start(db.clone(), config(&db)).await;
+    let base = format!("http://{}", fanout.addr);
     let client = reqwest::Client::new();
-    let base = format!("http://{addr}");
-    let health = wait_for(&client, &format!("{base}/healthz")).await;
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     let status = ready.status();
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["postgres"], "ok");
-    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
-    assert_eq!(metrics.status(), 200);
-    assert!(metrics.text().await.unwrap().contains("# TYPE"));
+    assert_eq!(body["checks"]["redis"], "ok");
+    assert_eq!(body["checks"]["live_subscription"], "ok");
 
-    shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(10), server)
+    let (_, token) = fanout.user(device.tenant_id, Role::Analyst).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(fanout.connect(&token).await);
+    }
+    assert_eq!(fanout.metric("gps_fanout_connections ").await, 3.0);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    for name in [
+        "gps_fanout_messages_sent_total",
+        "gps_fanout_fixes_coalesced_total",
+        "gps_fanout_fixes_dropped_total",
+        "gps_fanout_closes_total",
+        "gps_fanout_redis_reconnects_total",
+        "gps_fanout_subscriptions",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+
+    fanout.shutdown.trigger();
+    for mut ws in clients {
+        let code = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        })
         .await
-        .expect("fanout stops on shutdown")
+        .expect("close frame in time");
+        assert_eq!(code, Some(1001));
+    }
+    tokio::time::timeout(Duration::from_secs(15), fanout.server)
+        .await
+        .expect("fanout stops")
         .unwrap()
         .unwrap();
-}
-
-async fn wait_for(client: &reqwest::Client, url: &str) -> reqwest::Response {
-    for _ in 0..100 {
-        if let Ok(response) = client.get(url).send().await {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} never answered");
 }

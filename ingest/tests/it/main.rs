@@ -1,3 +1,7 @@
 //! Ingest integration tests, against the real stack (`dev/stack up`).
 
+mod bad_input;
+mod broker_down;
+mod protocols;
 mod smoke;
+mod support;

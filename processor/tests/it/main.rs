@@ -1,3 +1,7 @@
 //! processor integration tests, against the real stack (`dev/stack up`).
 
+mod crash;
+mod group;
+mod pipeline;
 mod smoke;
+mod support;

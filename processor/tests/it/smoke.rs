@@ -9,8 +9,8 @@ async fn serves_health_readiness_and_metrics() {
     let db = TestDb::new().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut config = <processor::Config as clap::Parser>::parse_from(["processor"]);
-    config.database = db.args.clone();
+    let kafka = gps_runtime::testing::kafka_topics().await;
+    let config = crate::support::config(&db, &kafka, &crate::support::group());
     let shutdown = Shutdown::new();
     let server = tokio::spawn(processor::run(config, listener, shutdown.clone()));
 
@@ -23,6 +23,7 @@ async fn serves_health_readiness_and_metrics() {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["checks"]["postgres"], "ok");
+    assert_eq!(body["checks"]["kafka"], "ok");
     let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(metrics.text().await.unwrap().contains("# TYPE"));

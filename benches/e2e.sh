@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: brings up the stack (dev/stack up), builds the services and the load
+# generator (release), starts ingest, processor and fanout against a THROWAWAY database and
+# THROWAWAY topics on their own ports (the shared stack's data and services are not touched),
+# measures the raw ceilings in the same run (bulk COPY into positions, broker produce rate with
+# the same record size), then runs the load generator for each mode and prints fixes/s with the
+# ratio to those ceilings.
+#
+#   benches/e2e.sh                      every mode, 20 s each
+#   E2E_MODES="http-batch" E2E_DURATION=10 benches/e2e.sh
+#   E2E_RATE=10000 E2E_SUBSCRIBERS=4 benches/e2e.sh     sustained rate with live subscribers
+#
+# Knobs (env): E2E_MODES, E2E_DURATION (s), E2E_RATE (fixes/s, empty = as fast as acks allow),
+# E2E_UDP_RATE (UDP's rate when E2E_RATE is empty, default 5000),
+# E2E_DEVICES, E2E_WORKERS, E2E_BATCH, E2E_SUBSCRIBERS, E2E_COPY_ROWS, E2E_PRODUCE_RECORDS,
+# E2E_OUT (output dir), E2E_KEEP=1 (keep the throwaway database), E2E_PORT_BASE (default 18080).
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MODES=${E2E_MODES:-"http-batch http-single osmand owntracks udp"}
+# UDP has no acknowledgement to pace on, so it always runs at a set rate.
+UDP_RATE=${E2E_UDP_RATE:-5000}
+DURATION=${E2E_DURATION:-20}
+RATE=${E2E_RATE:-}
+DEVICES=${E2E_DEVICES:-1000}
+WORKERS=${E2E_WORKERS:-32}
+BATCH=${E2E_BATCH:-100}
+SUBSCRIBERS=${E2E_SUBSCRIBERS:-2}
+COPY_ROWS=${E2E_COPY_ROWS:-500000}
+PRODUCE_RECORDS=${E2E_PRODUCE_RECORDS:-5000}
+PORT_BASE=${E2E_PORT_BASE:-18080}
+OUT=${E2E_OUT:-$ROOT/target/e2e/$(date -u +%Y%m%dT%H%M%SZ)}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
+
+say() { printf '\033[1;34m[e2e]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[e2e]\033[0m %s\n' "$*" >&2; exit 1; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+mkdir -p "$OUT/logs"
+say "output: $OUT"
+
+"$ROOT/dev/stack" up
+
+say "building release binaries (ingest, processor, fanout, gps-setup, loadgen)"
+cargo build --release --manifest-path "$ROOT/Cargo.toml" \
+  -p ingest -p processor -p fanout -p gps-runtime --bin gps-setup -p benches --bin loadgen \
+  >"$OUT/logs/build.log" 2>&1 || { tail -30 "$OUT/logs/build.log" >&2; die "build failed"; }
+
+# --- A throwaway database and topics ------------------------------------------------------------
+BASE_URL=${DATABASE_URL:-postgres://gps:gps@127.0.0.1:5432/gps}
+SUFFIX=$(date +%s)_$RANDOM
+DB_NAME=gps_e2e_$SUFFIX
+ADMIN_URL=$BASE_URL
+E2E_URL="${BASE_URL%/*}/$DB_NAME"
+psql -qtAX "$ADMIN_URL" -c "CREATE DATABASE $DB_NAME" >/dev/null
+export DATABASE_URL=$E2E_URL
+export KAFKA_FIXES_TOPIC=e2e.fixes.$SUFFIX
+export KAFKA_REJECTED_TOPIC=e2e.rejected.$SUFFIX
+export PROCESSOR_GROUP_ID=e2e-processor-$SUFFIX
+export GPS_ALLOW_DEV_SECRETS=${GPS_ALLOW_DEV_SECRETS:-true}
+export RUST_LOG=${RUST_LOG:-warn}
+"$TARGET/gps-setup" all >"$OUT/logs/setup.log" 2>&1 || { cat "$OUT/logs/setup.log" >&2; die "setup failed"; }
+
+PIDS=()
+cleanup() {
+  say "stopping the e2e services"
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "${E2E_KEEP:-0}" != 1 ]; then
+    psql -qtAX "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+# --- The services on their own ports -----------------------------------------------------------
+export INGEST_HTTP_ADDR=127.0.0.1:$PORT_BASE
+export INGEST_UDP_ADDR=127.0.0.1:$((PORT_BASE + 1))
+export FANOUT_ADDR=127.0.0.1:$((PORT_BASE + 2))
+export PROCESSOR_ADDR=127.0.0.1:$((PORT_BASE + 4))
+for port in $PORT_BASE $((PORT_BASE + 2)) $((PORT_BASE + 4)); do
+  port_open "$port" && die "port $port is taken; set E2E_PORT_BASE"
+done
+for svc in processor ingest fanout; do
+  "$TARGET/$svc" >"$OUT/logs/$svc.log" 2>&1 &
+  PIDS+=($!)
+done
+for port in $PORT_BASE $((PORT_BASE + 2)) $((PORT_BASE + 4)); do
+  for _ in $(seq 300); do port_open "$port" && break; sleep 0.1; done
+  port_open "$port" || die "a service did not open port $port (logs: $OUT/logs)"
+done
+say "services up: ingest :$PORT_BASE, fanout :$((PORT_BASE + 2)), processor :$((PORT_BASE + 4))"
+
+# --- Ceilings, measured now, on this machine ---------------------------------------------------
+say "ceiling: bulk COPY of $COPY_ROWS rows into positions (scratch database)"
+COPY_JSON=$("$TARGET/loadgen" ceiling-copy --rows "$COPY_ROWS" --devices "$DEVICES" --json)
+say "ceiling: produce $PRODUCE_RECORDS records of $BATCH fixes (scratch topic)"
+PRODUCE_JSON=$("$TARGET/loadgen" ceiling-produce --records "$PRODUCE_RECORDS" --fixes-per-record "$BATCH" --devices "$DEVICES" --json)
+echo "$COPY_JSON" >"$OUT/ceiling-copy.json"
+echo "$PRODUCE_JSON" >"$OUT/ceiling-produce.json"
+COPY_RATE=$(jq -r '.fixes_per_sec' <<<"$COPY_JSON")
+PRODUCE_RATE=$(jq -r '.fixes_per_sec' <<<"$PRODUCE_JSON")
+
+# --- The load generator, mode by mode ----------------------------------------------------------
+RATE_ARGS=()
+[ -n "$RATE" ] && RATE_ARGS=(--rate "$RATE")
+for mode in $MODES; do
+  say "loadgen $mode for ${DURATION}s"
+  MODE_RATE=("${RATE_ARGS[@]}")
+  [ "$mode" = udp ] && [ -z "$RATE" ] && MODE_RATE=(--rate "$UDP_RATE")
+  "$TARGET/loadgen" run --mode "$mode" --duration "$DURATION" --devices "$DEVICES" \
+    --workers "$WORKERS" --batch "$BATCH" --subscribers "$SUBSCRIBERS" "${MODE_RATE[@]}" \
+    --ingest-url "http://$INGEST_HTTP_ADDR" --udp-addr "$INGEST_UDP_ADDR" \
+    --fanout-url "ws://$FANOUT_ADDR/v1/live" \
+    --report "$OUT/$mode.json" --chart "$OUT/$mode.svg" --quiet \
+    | tee "$OUT/$mode.txt" || say "loadgen $mode failed (see above)"
+done
+
+# --- Summary ------------------------------------------------------------------------------------
+echo
+printf 'load: %s; machine: %s cores, load average %s\n' "$(uname -n)" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-28s %12.0f fixes/s\n' "ceiling: COPY into positions" "$COPY_RATE"
+printf '%-28s %12.0f fixes/s\n' "ceiling: kafka produce" "$PRODUCE_RATE"
+printf '%-12s %12s %8s %8s %10s %10s %8s\n' mode "acked/s" "/COPY" "/produce" "db p99 ms" "ws p99 ms" loss
+for mode in $MODES; do
+  f="$OUT/$mode.json"
+  [ -f "$f" ] || { printf '%-12s %12s\n' "$mode" "failed"; continue; }
+  jq -r --arg mode "$mode" --argjson copy "$COPY_RATE" --argjson produce "$PRODUCE_RATE" '
+    [$mode, .acked_rate, (.acked_rate / $copy * 100), (.acked_rate / $produce * 100),
+     .ingest_to_db.p99, .ingest_to_ws.p99,
+     (if (.loss.acked > 0 and .loss.missing == 0 and .loss.unexpected == 0 and .loss.bad_stored == 0
+          and .loss.bad_quarantined == .loss.bad_sent) then "PASS" else "FAIL" end)]
+    | @tsv' "$f" |
+    awk -F'\t' '{ printf "%-12s %12.0f %7.1f%% %7.1f%% %10.1f %10.1f %8s\n", $1, $2, $3, $4, $5, $6, $7 }'
+done
+say "reports and charts in $OUT"

@@ -1,0 +1,323 @@
+//! `loadgen`: the load generator. `loadgen run` drives a simulated fleet through ingest and
+//! reports rates, latency and a loss check (table, JSON, SVG); `loadgen demo` is the gentle
+//! endless stream `dev/stack run` starts; `loadgen ceiling-copy` and `loadgen ceiling-produce`
+//! measure the raw ceilings the end-to-end rate is compared with.
+
+use anyhow::Context;
+use benches::ceiling;
+use benches::demo::{self, CancelFlag, DemoConfig};
+use benches::report;
+use benches::run::{self, RunConfig, RunEnv};
+use benches::sim::FaultRates;
+use benches::wire::Mode;
+use clap::{Args, Parser, Subcommand};
+use gps_runtime::config::{DatabaseArgs, KafkaArgs, LogArgs};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "GPS telemetry load generator, demo stream and raw ceilings"
+)]
+struct Cli {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive a simulated fleet through ingest and report rates, latency and losses.
+    Run(RunArgs),
+    /// An endless gentle stream from a few dozen demo devices (for `dev/stack run`).
+    Demo(DemoArgs),
+    /// Bulk COPY of simulated rows into `positions` of a throwaway database.
+    CeilingCopy(CopyArgs),
+    /// Produce envelope-sized records to a throwaway topic with ingest's producer settings.
+    CeilingProduce(ProduceArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Protocol to drive.
+    #[arg(long, value_enum, default_value_t = Mode::HttpBatch)]
+    mode: Mode,
+    /// Ingest HTTP base URL.
+    #[arg(
+        long,
+        env = "LOADGEN_INGEST_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    ingest_url: String,
+    /// Ingest UDP address.
+    #[arg(long, env = "LOADGEN_UDP_ADDR", default_value = "127.0.0.1:8081")]
+    udp_addr: SocketAddr,
+    /// Fanout WebSocket URL.
+    #[arg(
+        long,
+        env = "LOADGEN_FANOUT_URL",
+        default_value = "ws://127.0.0.1:8082/v1/live"
+    )]
+    fanout_url: String,
+    /// Simulated devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 32)]
+    workers: usize,
+    /// Target fixes per second; omit to send as fast as acknowledgements allow.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds to send.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Fixes per request (http-batch) or per datagram (udp).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// RNG seed (same seed, same routes and faults).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Probability per fix of a duplicate resend.
+    #[arg(long, default_value_t = 0.005)]
+    duplicate_rate: f64,
+    /// Probability per fix of a late (out-of-order) fix.
+    #[arg(long, default_value_t = 0.005)]
+    late_rate: f64,
+    /// Probability per fix of a bad fix (Null Island or far future) the processor must refuse.
+    #[arg(long, default_value_t = 0.001)]
+    bad_rate: f64,
+    /// WebSocket subscribers to hold on fanout.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    /// Devices polled for ingest-to-database latency.
+    #[arg(long, default_value_t = 32)]
+    probe_devices: usize,
+    /// Milliseconds between latency polls.
+    #[arg(long, default_value_t = 25)]
+    poll_ms: u64,
+    /// Seconds without database progress before the loss check gives up waiting.
+    #[arg(long, default_value_t = 20.0)]
+    settle_secs: f64,
+    /// Skip reading the quarantine topic.
+    #[arg(long)]
+    no_quarantine: bool,
+    /// Delete the run's tenant, devices and rows afterwards.
+    #[arg(long)]
+    cleanup: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// JWT secret for the subscribers' token (else a `live:read` API key is minted).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<SecretString>,
+    /// JSON report path.
+    #[arg(long, default_value = "loadgen-report.json")]
+    report: PathBuf,
+    /// SVG chart path.
+    #[arg(long, default_value = "loadgen-report.svg")]
+    chart: PathBuf,
+    /// Exit non-zero when the loss check fails.
+    #[arg(long)]
+    fail_on_loss: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Ingest HTTP base URL.
+    #[arg(
+        long,
+        env = "LOADGEN_INGEST_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    ingest_url: String,
+    /// Tenant name.
+    #[arg(long, default_value = "demo")]
+    tenant: String,
+    /// Devices.
+    #[arg(long, default_value_t = 36)]
+    devices: usize,
+    /// Seconds between two fixes of one device.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Latitude of the fleet's centre.
+    #[arg(long, default_value_t = 52.52, allow_negative_numbers = true)]
+    lat: f64,
+    /// Longitude of the fleet's centre.
+    #[arg(long, default_value_t = 13.40, allow_negative_numbers = true)]
+    lon: f64,
+}
+
+#[derive(Debug, Args)]
+struct CopyArgs {
+    /// Rows to copy.
+    #[arg(long, default_value_t = 500_000)]
+    rows: u64,
+    /// Distinct devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Rows per COPY statement.
+    #[arg(long, default_value_t = 50_000)]
+    chunk: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    /// Records to produce.
+    #[arg(long, default_value_t = 20_000)]
+    records: u64,
+    /// Fixes per record (100 = one HTTP batch's envelope).
+    #[arg(long, default_value_t = 100)]
+    fixes_per_record: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Deliveries awaited concurrently.
+    #[arg(long, default_value_t = 1000)]
+    in_flight: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    gps_runtime::telemetry::init(&cli.log);
+    match cli.command {
+        Command::Run(args) => run_command(args, cli.database, cli.kafka).await,
+        Command::Demo(args) => {
+            let pool = connect_with_retry(&cli.database).await?;
+            let stop = CancelFlag::default();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            let config = DemoConfig {
+                ingest_url: args.ingest_url,
+                tenant: args.tenant,
+                devices: args.devices.clamp(1, 10_000),
+                interval: Duration::from_secs_f64(args.interval.max(0.05)),
+                lat: args.lat,
+                lon: args.lon,
+            };
+            let acked = demo::run(config, pool, stop).await?;
+            tracing::info!(fixes = acked, "demo stopped");
+            Ok(())
+        }
+        Command::CeilingCopy(args) => {
+            let c = ceiling::copy(&cli.database, args.rows, args.devices, args.chunk).await?;
+            print_ceiling(&c, args.json);
+            Ok(())
+        }
+        Command::CeilingProduce(args) => {
+            let c = ceiling::produce(
+                &cli.kafka,
+                args.records,
+                args.fixes_per_record,
+                args.devices,
+                args.in_flight,
+            )
+            .await?;
+            print_ceiling(&c, args.json);
+            Ok(())
+        }
+    }
+}
+
+fn print_ceiling(c: &ceiling::Ceiling, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(c).expect("ceiling serializes"));
+    } else {
+        println!(
+            "{}: {} fixes in {:.2} s = {:.0} fixes/s ({} bytes per record)",
+            c.what, c.fixes, c.secs, c.fixes_per_sec, c.bytes_per_record
+        );
+    }
+}
+
+/// The database may still be starting (demo under `dev/stack run`): retry politely.
+async fn connect_with_retry(db: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
+    let mut wait = Duration::from_secs(1);
+    for attempt in 0.. {
+        match gps_runtime::db::connect(db).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if attempt < 10 => {
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "database not reachable yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(15));
+            }
+            Err(e) => return Err(e).context("connecting to PostgreSQL"),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+async fn run_command(
+    args: RunArgs,
+    database: DatabaseArgs,
+    kafka: KafkaArgs,
+) -> anyhow::Result<()> {
+    let pool = gps_runtime::db::connect(&database)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let config = RunConfig {
+        mode: args.mode,
+        ingest_url: args.ingest_url,
+        udp_addr: args.udp_addr,
+        fanout_url: args.fanout_url,
+        devices: args.devices.max(1),
+        workers: args.workers.max(1),
+        rate: args.rate.filter(|r| *r > 0.0),
+        duration: Duration::from_secs_f64(args.duration.max(0.1)),
+        batch: args.batch.max(1),
+        seed: args.seed,
+        faults: FaultRates {
+            duplicate: args.duplicate_rate.clamp(0.0, 0.3),
+            late: args.late_rate.clamp(0.0, 0.3),
+            bad: args.bad_rate.clamp(0.0, 0.3),
+        },
+        subscribers: args.subscribers,
+        probe_devices: args.probe_devices.max(1),
+        poll_interval: Duration::from_millis(args.poll_ms.max(5)),
+        settle_timeout: Duration::from_secs_f64(args.settle_secs.max(1.0)),
+        check_quarantine: !args.no_quarantine,
+        progress: !args.quiet,
+        cleanup: args.cleanup,
+    };
+    let env = RunEnv {
+        pool,
+        kafka,
+        jwt_secret: args.jwt_secret,
+    };
+    let result = run::run(config, env).await?;
+    print!("{}", report::table(&result));
+    report::write_json(&result, &args.report)?;
+    let title = format!(
+        "loadgen {} - {} devices, acked {:.0} fixes/s",
+        result.config.mode.as_str(),
+        result.config.devices,
+        result.acked_rate
+    );
+    report::write_svg(&result.timeline, &title, &args.chart)?;
+    println!(
+        "report: {}  chart: {}",
+        args.report.display(),
+        args.chart.display()
+    );
+    if args.fail_on_loss && !result.loss.passed() {
+        anyhow::bail!("loss check failed");
+    }
+    Ok(())
+}

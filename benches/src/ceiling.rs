@@ -1,0 +1,267 @@
+//! The raw ceilings an end-to-end rate is compared with, measured on the same machine in the
+//! same run: a bulk `COPY` of the same rows into the same `positions` table (in a throwaway,
+//! migrated database, so the shared one is untouched), and the broker's produce rate with
+//! records of the same size and settings as ingest's (idempotent, `acks=all`, keyed by device),
+//! to a throwaway topic.
+
+use crate::sim::{FaultRates, MotionLimits, Traffic, Vehicle};
+use crate::LoadgenError;
+use gps_domain::fix::now_millis;
+use gps_domain::Protocol;
+use gps_runtime::config::{DatabaseArgs, KafkaArgs};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::time::Instant;
+use uuid::Uuid;
+
+/// A measured ceiling.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// What was measured.
+    pub what: &'static str,
+    /// Fixes (rows) moved.
+    pub fixes: u64,
+    /// Seconds it took.
+    pub secs: f64,
+    /// Fixes per second.
+    pub fixes_per_sec: f64,
+    /// Bytes per record (produce) or per row (COPY text).
+    pub bytes_per_record: usize,
+}
+
+fn url_with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let prefix = match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |j| j + 2) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{prefix}/{name}?{q}"),
+        None => format!("{prefix}/{name}"),
+    }
+}
+
+/// COPY `rows` simulated rows (`devices` devices) into `positions` of a fresh database, in
+/// chunks of `chunk` rows per COPY statement (one transaction each), and drop it afterwards.
+pub async fn copy(
+    db: &DatabaseArgs,
+    rows: u64,
+    devices: usize,
+    chunk: usize,
+) -> Result<Ceiling, LoadgenError> {
+    let admin = gps_runtime::db::connect(db).await?;
+    let name = format!("gps_bench_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await?;
+    let scratch = DatabaseArgs {
+        database_url: SecretString::from(url_with_database(db.database_url.expose_secret(), &name)),
+        max_connections: 2,
+    };
+    let result = async {
+        let pool = gps_runtime::db::connect(&scratch).await?;
+        gps_runtime::db::migrate(&pool).await?;
+        let measured = copy_rows(&pool, rows, devices, chunk).await;
+        pool.close().await;
+        measured
+    }
+    .await;
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    result
+}
+
+async fn copy_rows(
+    pool: &sqlx::PgPool,
+    rows: u64,
+    devices: usize,
+    chunk: usize,
+) -> Result<Ceiling, LoadgenError> {
+    let devices = devices.max(1);
+    let tenant = Uuid::new_v4();
+    let ids: Vec<Uuid> = (0..devices).map(|_| Uuid::new_v4()).collect();
+    let start_clock = (now_millis() - 2 * 3600 * 1000).div_euclid(1000) * 1000;
+    let mut fleet: Vec<Traffic> = (0..devices)
+        .map(|i| {
+            Traffic::new(
+                Vehicle::new(i as u64, 52.52, 13.40, start_clock, MotionLimits::default()),
+                100,
+                FaultRates::none(),
+            )
+        })
+        .collect();
+    // Build the CSV first: the ceiling is the database's, not the generator's.
+    let received = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut chunks = Vec::new();
+    let mut buf = String::new();
+    let mut in_chunk = 0;
+    let mut bytes = 0usize;
+    for n in 0..rows {
+        let d = (n % devices as u64) as usize;
+        let (fix, _) = fleet[d].next_fix();
+        let fix_time = chrono::DateTime::from_timestamp_millis(fix.fix_time)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            buf,
+            "{tenant},{},{fix_time},{received},{},{},{},{},{},{},{},{},{},json,",
+            ids[d],
+            fix.lat,
+            fix.lon,
+            opt(fix.altitude_m),
+            opt(fix.speed_mps),
+            opt(fix.heading_deg),
+            opt(fix.accuracy_m),
+            opt(fix.battery_pct),
+            fix.satellites.map(|s| s.to_string()).unwrap_or_default(),
+            opt(fix.hdop),
+        );
+        in_chunk += 1;
+        if in_chunk == chunk.max(1) || n + 1 == rows {
+            bytes += buf.len();
+            chunks.push(std::mem::take(&mut buf));
+            in_chunk = 0;
+        }
+    }
+    let started = Instant::now();
+    for data in chunks {
+        let mut conn = pool.acquire().await?;
+        let mut copy = conn
+            .copy_in_raw(
+                "COPY positions (tenant_id, device_id, fix_time, received_at, lat, lon, altitude_m,
+                 speed_mps, heading_deg, accuracy_m, battery_pct, satellites, hdop, protocol,
+                 attributes) FROM STDIN WITH (FORMAT csv)",
+            )
+            .await?;
+        copy.send(data.into_bytes()).await?;
+        copy.finish().await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Ceiling {
+        what: "postgres COPY into positions",
+        fixes: rows,
+        secs,
+        fixes_per_sec: rows as f64 / secs.max(1e-9),
+        bytes_per_record: bytes / rows.max(1) as usize,
+    })
+}
+
+/// Produce `records` envelopes of `fixes_per_record` fixes (`devices` keys) to a fresh topic
+/// with ingest's producer settings (idempotent, acks=all, linger 2 ms, lz4), `in_flight` at a time; the topic is deleted afterwards.
+pub async fn produce(
+    kafka: &KafkaArgs,
+    records: u64,
+    fixes_per_record: usize,
+    devices: usize,
+    in_flight: usize,
+) -> Result<Ceiling, LoadgenError> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let topic = format!(
+        "bench.ceiling.{}",
+        &Uuid::new_v4().simple().to_string()[..12]
+    );
+    gps_runtime::kafka::ensure_topics(kafka, &[(&topic, gps_runtime::kafka::FIXES_PARTITIONS)])
+        .await?;
+    let producer: FutureProducer = gps_runtime::kafka::client_config(kafka, "loadgen-ceiling")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let keys: Vec<String> = (0..devices.max(1))
+        .map(|_| Uuid::new_v4().to_string())
+        .collect();
+    let mut envelope = crate::sample_envelope(fixes_per_record.max(1));
+    envelope.proto = Protocol::Json;
+    let payload = envelope.encode();
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    let mut failed = 0u64;
+    for n in 0..records {
+        let key = &keys[(n % keys.len() as u64) as usize];
+        let mut record = FutureRecord::to(&topic).key(key).payload(&payload);
+        loop {
+            if pending.len() >= in_flight.max(1) {
+                if let Some(Err(_)) | Some(Ok(Err(_))) = pending.next().await {
+                    failed += 1;
+                }
+            }
+            // Enqueue now (not when first polled); a full local queue waits for deliveries.
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((e, back))
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                    ) =>
+                {
+                    record = back;
+                    if let Some(Err(_)) | Some(Ok(Err(_))) = pending.next().await {
+                        failed += 1;
+                    }
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+    while let Some(result) = pending.next().await {
+        if !matches!(result, Ok(Ok(_))) {
+            failed += 1;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(producer);
+    delete_topic(kafka, &topic).await;
+    if failed > 0 {
+        return Err(LoadgenError::Setup(format!(
+            "{failed} of {records} produce requests failed"
+        )));
+    }
+    let fixes = records * fixes_per_record.max(1) as u64;
+    Ok(Ceiling {
+        what: "kafka produce (acks=all, idempotent)",
+        fixes,
+        secs,
+        fixes_per_sec: fixes as f64 / secs.max(1e-9),
+        bytes_per_record: payload.len(),
+    })
+}
+
+async fn delete_topic(kafka: &KafkaArgs, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let Ok(admin) = gps_runtime::kafka::client_config(kafka, "loadgen-admin")
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let _ = admin.delete_topics(&[topic], &AdminOptions::new()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_with_database;
+
+    #[test]
+    fn scratch_database_url_keeps_credentials_and_options() {
+        assert_eq!(
+            url_with_database("postgres://gps:gps@127.0.0.1:5432/gps", "x"),
+            "postgres://gps:gps@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            url_with_database("postgres://h/gps?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
+    }
+}

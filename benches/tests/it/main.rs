@@ -1,0 +1,3 @@
+//! Load generator integration tests, against the real stack (`dev/stack up`).
+
+mod e2e;

@@ -1,0 +1,60 @@
+//! Who may open `/v1/live`: the browser `Origin` check, then the credential (an `Authorization:
+//! Bearer` JWT or API key, or a single-use `?ticket=` from the query API), then `live:read`.
+//! Credential checks are the shared access layer's ([`gps_runtime::access`]); this module only
+//! decides which to use and maps the outcome to an [`ApiError`].
+
+use crate::config::OriginPolicy;
+use crate::error::ApiError;
+use axum::http::{header, HeaderMap};
+use gps_domain::auth::Permission;
+use gps_runtime::access::{self, AuthError, JwtKeys, Principal};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+/// Longest ticket accepted (tickets are `gpst_` + 43 characters).
+const MAX_TICKET_LEN: usize = 128;
+
+/// Check the origin and the credential of an upgrade request.
+pub async fn authenticate(
+    pool: &PgPool,
+    redis: &ConnectionManager,
+    keys: &JwtKeys,
+    origins: &OriginPolicy,
+    headers: &HeaderMap,
+    ticket: Option<&str>,
+) -> Result<Principal, ApiError> {
+    // Browsers always send Origin on a WebSocket handshake; other clients need not.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().map_err(|_| ApiError::OriginNotAllowed)?;
+        if !origins.allows(origin) {
+            return Err(ApiError::OriginNotAllowed);
+        }
+    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().map_err(|_| ApiError::Unauthorized("malformed authorization header")))
+        .transpose()?;
+    let principal = match (authorization, ticket) {
+        (Some(value), _) => access::principal_from_bearer(pool, keys, Some(value)).await,
+        (None, Some(ticket)) => {
+            if ticket.is_empty() || ticket.len() > MAX_TICKET_LEN {
+                return Err(ApiError::Unauthorized("invalid or used ticket"));
+            }
+            let mut redis = redis.clone();
+            access::redeem_ticket(&mut redis, ticket).await
+        }
+        (None, None) => Err(AuthError::Missing),
+    }
+    .map_err(|e| match e {
+        AuthError::Missing => ApiError::Unauthorized("missing credentials"),
+        AuthError::InvalidToken(_) => ApiError::Unauthorized("invalid token"),
+        AuthError::InvalidApiKey => ApiError::Unauthorized("invalid api key"),
+        AuthError::InvalidTicket => ApiError::Unauthorized("invalid or used ticket"),
+        AuthError::Disabled => ApiError::Unauthorized("account disabled"),
+        AuthError::Unavailable(detail) => ApiError::Unavailable(detail),
+    })?;
+    if !principal.allows(Permission::LiveRead) {
+        return Err(ApiError::MissingPermission);
+    }
+    Ok(principal)
+}

@@ -1,0 +1,495 @@
+//! The per-connection outbound queue and what it shares with the router: bounded, with
+//! latest-per-device coalescing when full, per-device sequence numbers, and the close decision
+//! for a client that stays behind.
+//!
+//! Invariants: the router never waits on a client (a push takes one short mutex and never
+//! blocks); a connection's memory is bounded by `queue_hard_limit` messages; sequence numbers are
+//! assigned when a message leaves the queue, and a coalesced (skipped) fix still consumes its
+//! number, so a client sees a jump in `seq` exactly where fixes of that device were skipped.
+
+use crate::metrics::Metrics;
+use crate::protocol::EncodedFix;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Why a connection ended; each maps to a close code and a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed or went away.
+    Client,
+    /// The client could not keep up: queue over its hard limit, or behind for too long.
+    TooSlow,
+    /// Nothing (not even a pong) arrived within the idle timeout.
+    Idle,
+    /// The server is shutting down.
+    Shutdown,
+    /// A client message exceeded the size limit.
+    MessageTooBig,
+    /// The client broke the WebSocket protocol.
+    ProtocolError,
+    /// The client sent too many bad messages.
+    TooManyErrors,
+    /// Writing to the socket failed.
+    WriteFailed,
+}
+
+impl CloseReason {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::TooSlow => "too_slow",
+            Self::Idle => "idle",
+            Self::Shutdown => "shutdown",
+            Self::MessageTooBig => "message_too_big",
+            Self::ProtocolError => "protocol_error",
+            Self::TooManyErrors => "too_many_errors",
+            Self::WriteFailed => "write_failed",
+        }
+    }
+
+    /// WebSocket close code (RFC 6455 section 7.4, 4xxx private use).
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Client => 1000,
+            Self::Shutdown => 1001,
+            Self::ProtocolError => 1002,
+            Self::TooManyErrors => 1008,
+            Self::MessageTooBig => 1009,
+            Self::WriteFailed => 1011,
+            Self::TooSlow => 4008,
+            Self::Idle => 4009,
+        }
+    }
+
+    /// Close frame reason text.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Client => "bye",
+            Self::Shutdown => "server going away",
+            Self::ProtocolError => "protocol error",
+            Self::TooManyErrors => "too many bad messages",
+            Self::MessageTooBig => "message too big",
+            Self::WriteFailed => "write failed",
+            Self::TooSlow => "too slow",
+            Self::Idle => "idle timeout",
+        }
+    }
+}
+
+/// A message waiting in the queue.
+#[derive(Debug)]
+pub enum Item {
+    /// A live fix; `skipped` older fixes of the device were coalesced into it.
+    Fix {
+        /// The fix.
+        fix: Arc<EncodedFix>,
+        /// How many sequence numbers were consumed by coalesced fixes before it.
+        skipped: u64,
+    },
+    /// A ready JSON control message (ack, error, pong, gap).
+    Text(String),
+    /// A snapshot; sequence numbers are assigned when it leaves the queue.
+    Snapshot {
+        /// Request id to echo.
+        id: Option<Value>,
+        /// Whether the snapshot limit cut it short.
+        truncated: bool,
+        /// The positions.
+        fixes: Vec<Arc<EncodedFix>>,
+    },
+    /// A WebSocket ping frame (heartbeat).
+    Ping,
+}
+
+/// A message leaving the queue, with its sequence numbers assigned.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A live fix.
+    Fix {
+        /// Per-device sequence number.
+        seq: u64,
+        /// The fix.
+        fix: Arc<EncodedFix>,
+    },
+    /// A control message.
+    Text(String),
+    /// A snapshot with a sequence number per position.
+    Snapshot {
+        /// Request id.
+        id: Option<Value>,
+        /// Whether cut short.
+        truncated: bool,
+        /// Positions and their sequence numbers.
+        entries: Vec<(u64, Arc<EncodedFix>)>,
+    },
+    /// How many fixes were coalesced since the last notice.
+    Lagged(u64),
+    /// A heartbeat ping.
+    Ping,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    items: VecDeque<Item>,
+    /// Last sequence number used per device.
+    seqs: HashMap<Uuid, u64>,
+    /// While > 0 the writer does not drain (a subscribe is taking its snapshot).
+    held: u32,
+    /// Since when the queue has been over capacity.
+    behind_since: Option<Instant>,
+    coalesced_pending: u64,
+    closing: Option<CloseReason>,
+}
+
+/// Queue bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Length at which coalescing starts.
+    pub capacity: usize,
+    /// Length at which the client is closed.
+    pub hard_limit: usize,
+    /// How long the queue may stay over capacity.
+    pub grace: Duration,
+}
+
+/// The part of a connection the router and the connection's tasks share.
+#[derive(Debug)]
+pub struct ConnShared {
+    /// Connection id (process-unique).
+    pub id: u64,
+    /// The principal's tenant.
+    pub tenant: Uuid,
+    outbox: Mutex<Outbox>,
+    notify: Notify,
+    /// Cancelled when the connection must end (close decided, or shutdown).
+    pub cancel: CancellationToken,
+    limits: QueueLimits,
+    metrics: Metrics,
+}
+
+impl ConnShared {
+    /// A fresh connection.
+    pub fn new(
+        id: u64,
+        tenant: Uuid,
+        limits: QueueLimits,
+        cancel: CancellationToken,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            id,
+            tenant,
+            outbox: Mutex::new(Outbox::default()),
+            notify: Notify::new(),
+            cancel,
+            limits,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Outbox> {
+        // A panic while holding this lock cannot leave the queue inconsistent in a way that
+        // matters more than losing the connection, so a poisoned lock is used as is.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a live fix, coalescing or closing when the client is behind. Never blocks.
+    pub fn push_fix(&self, fix: &Arc<EncodedFix>) {
+        let mut ob = self.lock();
+        if ob.closing.is_some() {
+            self.metrics.dropped.with_label_values(&["closing"]).inc();
+            return;
+        }
+        if ob.items.len() < self.limits.capacity {
+            ob.items.push_back(Item::Fix {
+                fix: fix.clone(),
+                skipped: 0,
+            });
+            drop(ob);
+            self.notify.notify_one();
+            return;
+        }
+        let now = Instant::now();
+        let since = *ob.behind_since.get_or_insert(now);
+        if now.duration_since(since) > self.limits.grace {
+            self.close_locked(&mut ob, CloseReason::TooSlow);
+            return;
+        }
+        // Keep only the newest fix of the device: fold the new one into its latest queued fix.
+        let queued = ob.items.iter_mut().rev().find_map(|item| match item {
+            Item::Fix { fix: f, skipped } if f.device == fix.device => Some((f, skipped)),
+            _ => None,
+        });
+        if let Some((queued_fix, skipped)) = queued {
+            *skipped += 1;
+            if fix.fix_time >= queued_fix.fix_time {
+                *queued_fix = fix.clone();
+            }
+            ob.coalesced_pending += 1;
+            self.metrics.coalesced.inc();
+        } else if ob.items.len() < self.limits.hard_limit {
+            ob.items.push_back(Item::Fix {
+                fix: fix.clone(),
+                skipped: 0,
+            });
+        } else {
+            self.close_locked(&mut ob, CloseReason::TooSlow);
+            return;
+        }
+        drop(ob);
+        self.notify.notify_one();
+    }
+
+    /// Queue a control message (not coalesced; counts against the hard limit).
+    pub fn push_item(&self, item: Item) {
+        let mut ob = self.lock();
+        if ob.closing.is_some() {
+            return;
+        }
+        if ob.items.len() >= self.limits.hard_limit {
+            self.close_locked(&mut ob, CloseReason::TooSlow);
+            return;
+        }
+        ob.items.push_back(item);
+        drop(ob);
+        self.notify.notify_one();
+    }
+
+    /// Stop the writer from draining (while a snapshot is read, so it goes out before the
+    /// live fixes of the devices it covers).
+    pub fn hold(&self) {
+        self.lock().held += 1;
+    }
+
+    /// Undo one [`hold`](Self::hold), putting `front` ahead of everything queued meanwhile.
+    pub fn release(&self, front: Vec<Item>) {
+        let mut ob = self.lock();
+        ob.held = ob.held.saturating_sub(1);
+        if ob.closing.is_none() {
+            for item in front.into_iter().rev() {
+                ob.items.push_front(item);
+            }
+        }
+        drop(ob);
+        self.notify.notify_one();
+    }
+
+    /// Decide to close the connection (the first reason wins) and drop what is queued.
+    pub fn close(&self, reason: CloseReason) {
+        let mut ob = self.lock();
+        self.close_locked(&mut ob, reason);
+    }
+
+    fn close_locked(&self, ob: &mut Outbox, reason: CloseReason) {
+        if ob.closing.is_none() {
+            ob.closing = Some(reason);
+            let dropped = ob
+                .items
+                .iter()
+                .filter(|i| matches!(i, Item::Fix { .. }))
+                .count();
+            self.metrics
+                .dropped
+                .with_label_values(&["closing"])
+                .inc_by(dropped as u64);
+            ob.items = VecDeque::new();
+        }
+        self.cancel.cancel();
+    }
+
+    /// The close decision, if one was made.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().closing
+    }
+
+    /// Queue length now.
+    pub fn queued(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// Move up to `max` messages into `out`, assigning sequence numbers. `false` once closing.
+    pub fn pop_batch(&self, max: usize, out: &mut Vec<Outgoing>) -> bool {
+        let mut ob = self.lock();
+        if ob.closing.is_some() {
+            return false;
+        }
+        if ob.held > 0 || ob.items.is_empty() {
+            return true;
+        }
+        if ob.coalesced_pending > 0 {
+            out.push(Outgoing::Lagged(ob.coalesced_pending));
+            ob.coalesced_pending = 0;
+        }
+        while out.len() < max {
+            let Some(item) = ob.items.pop_front() else {
+                break;
+            };
+            out.push(match item {
+                Item::Fix { fix, skipped } => {
+                    let seq = ob.seqs.entry(fix.device).or_insert(0);
+                    *seq += 1 + skipped;
+                    Outgoing::Fix { seq: *seq, fix }
+                }
+                Item::Text(text) => Outgoing::Text(text),
+                Item::Snapshot {
+                    id,
+                    truncated,
+                    fixes,
+                } => {
+                    let entries = fixes
+                        .into_iter()
+                        .map(|fix| {
+                            let seq = ob.seqs.entry(fix.device).or_insert(0);
+                            *seq += 1;
+                            (*seq, fix)
+                        })
+                        .collect();
+                    Outgoing::Snapshot {
+                        id,
+                        truncated,
+                        entries,
+                    }
+                }
+                Item::Ping => Outgoing::Ping,
+            });
+        }
+        if ob.items.len() < self.limits.capacity {
+            ob.behind_since = None;
+        }
+        true
+    }
+
+    /// Wait until something may be ready to pop.
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gps_domain::fix::Fix;
+    use prometheus::Registry;
+
+    fn conn(capacity: usize, hard_limit: usize, grace: Duration) -> ConnShared {
+        ConnShared::new(
+            1,
+            Uuid::nil(),
+            QueueLimits {
+                capacity,
+                hard_limit,
+                grace,
+            },
+            CancellationToken::new(),
+            Metrics::new(&Registry::new()),
+        )
+    }
+
+    fn fix(device: Uuid, t: i64) -> Arc<EncodedFix> {
+        Arc::new(EncodedFix::new(
+            device,
+            "d",
+            "json",
+            0,
+            &Fix::new(t, 1.0, 2.0),
+            Instant::now(),
+        ))
+    }
+
+    fn drain(c: &ConnShared) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        assert!(c.pop_batch(usize::MAX, &mut out));
+        out
+    }
+
+    #[test]
+    fn sequences_count_per_device() {
+        let c = conn(10, 20, Duration::from_secs(60));
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        for (d, t) in [(a, 1), (b, 1), (a, 2)] {
+            c.push_fix(&fix(d, t));
+        }
+        let seqs: Vec<(Uuid, u64)> = drain(&c)
+            .into_iter()
+            .map(|o| match o {
+                Outgoing::Fix { seq, fix } => (fix.device, seq),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, vec![(a, 1), (b, 1), (a, 2)]);
+    }
+
+    #[test]
+    fn a_full_queue_keeps_the_newest_fix_per_device_and_shows_the_gap() {
+        let c = conn(2, 4, Duration::from_secs(60));
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        c.push_fix(&fix(a, 1));
+        c.push_fix(&fix(b, 1));
+        c.push_fix(&fix(a, 2)); // coalesced into a@1's slot
+        c.push_fix(&fix(a, 3)); // again
+        assert_eq!(c.queued(), 2);
+        let out = drain(&c);
+        assert!(matches!(out[0], Outgoing::Lagged(2)), "{out:?}");
+        match &out[1] {
+            Outgoing::Fix { seq, fix } => {
+                assert_eq!((fix.device, fix.fix_time, *seq), (a, 3, 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        c.push_fix(&fix(a, 4));
+        match &drain(&c)[0] {
+            Outgoing::Fix { seq, .. } => assert_eq!(*seq, 4),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_client_past_the_hard_limit_is_closed_and_its_queue_freed() {
+        let c = conn(1, 2, Duration::from_secs(60));
+        for _ in 0..3 {
+            c.push_fix(&fix(Uuid::new_v4(), 1));
+        }
+        assert_eq!(c.close_reason(), Some(CloseReason::TooSlow));
+        assert!(c.cancel.is_cancelled());
+        assert_eq!(c.queued(), 0);
+        let mut out = Vec::new();
+        assert!(!c.pop_batch(10, &mut out));
+    }
+
+    #[test]
+    fn a_client_behind_for_longer_than_the_grace_is_closed() {
+        let c = conn(1, 100, Duration::ZERO);
+        let d = Uuid::new_v4();
+        c.push_fix(&fix(d, 1));
+        c.push_fix(&fix(d, 2)); // starts the clock
+        std::thread::sleep(Duration::from_millis(2));
+        c.push_fix(&fix(d, 3));
+        assert_eq!(c.close_reason(), Some(CloseReason::TooSlow));
+    }
+
+    #[test]
+    fn held_queues_release_their_snapshot_first() {
+        let c = conn(10, 20, Duration::from_secs(60));
+        let d = Uuid::new_v4();
+        c.hold();
+        c.push_fix(&fix(d, 5));
+        assert!(drain(&c).is_empty(), "held");
+        c.release(vec![Item::Snapshot {
+            id: None,
+            truncated: false,
+            fixes: vec![fix(d, 4)],
+        }]);
+        let out = drain(&c);
+        assert!(
+            matches!(&out[0], Outgoing::Snapshot { entries, .. } if entries[0].0 == 1),
+            "{out:?}"
+        );
+        assert!(matches!(&out[1], Outgoing::Fix { seq: 2, .. }), "{out:?}");
+    }
+}

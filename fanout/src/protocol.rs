@@ -1,0 +1,624 @@
+//! The WebSocket message protocol (documented in `docs/fanout.md`): parsing of client messages
+//! with errors that name the field, and encoding of server messages.
+//!
+//! A fix is encoded once per Redis message into an [`EncodedFix`] body shared by every subscriber;
+//! each connection only splices its own per-device sequence number in front of it, so the cost of
+//! a fix sent to many clients is one JSON encoding plus a copy per client.
+
+use gps_domain::fix::{EpochMillis, Fix};
+use gps_domain::live::LiveFix;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::fmt::Write as _;
+use std::time::Instant;
+use uuid::Uuid;
+
+/// Longest request `id` echoed back, in characters.
+pub const MAX_ID_LEN: usize = 64;
+
+/// A bounding box, WGS84 degrees. `min_lon > max_lon` crosses the antimeridian.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BBox {
+    /// West edge.
+    pub min_lon: f64,
+    /// South edge.
+    pub min_lat: f64,
+    /// East edge.
+    pub max_lon: f64,
+    /// North edge.
+    pub max_lat: f64,
+}
+
+impl BBox {
+    /// Whether the point lies inside (edges included).
+    pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        let lon_in = if self.min_lon <= self.max_lon {
+            lon >= self.min_lon && lon <= self.max_lon
+        } else {
+            lon >= self.min_lon || lon <= self.max_lon
+        };
+        lon_in && lat >= self.min_lat && lat <= self.max_lat
+    }
+
+    /// `[minLon, minLat, maxLon, maxLat]`, the wire form.
+    pub fn to_array(self) -> [f64; 4] {
+        [self.min_lon, self.min_lat, self.max_lon, self.max_lat]
+    }
+}
+
+/// What a `subscribe` or `unsubscribe` names.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selectors {
+    /// Device ids.
+    pub devices: Vec<Uuid>,
+    /// Group ids.
+    pub groups: Vec<Uuid>,
+    /// A bounding box.
+    pub bbox: Option<BBox>,
+    /// Every device the principal may see.
+    pub all: bool,
+}
+
+impl Selectors {
+    /// Whether nothing is selected.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty() && self.groups.is_empty() && self.bbox.is_none() && !self.all
+    }
+}
+
+/// A parsed client message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// Start receiving what the selectors match.
+    Subscribe {
+        /// Request id to echo.
+        id: Option<Value>,
+        /// What to watch.
+        selectors: Selectors,
+    },
+    /// Stop receiving what the selectors match (everything when empty).
+    Unsubscribe {
+        /// Request id to echo.
+        id: Option<Value>,
+        /// What to stop watching.
+        selectors: Selectors,
+    },
+    /// Application-level keepalive; answered with `pong`.
+    Ping {
+        /// Request id to echo.
+        id: Option<Value>,
+    },
+}
+
+/// Why a client message was refused: sent back as an `error` message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProtocolError {
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable reason.
+    pub message: String,
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    /// The request id, when it could be read.
+    pub id: Option<Value>,
+}
+
+impl ProtocolError {
+    fn new(code: &'static str, message: impl Into<String>, field: Option<&str>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: field.map(str::to_owned),
+            id: None,
+        }
+    }
+
+    /// The `error` message.
+    pub fn to_message(&self) -> String {
+        error_message(
+            self.id.as_ref(),
+            self.code,
+            &self.message,
+            self.field.as_deref(),
+            &[],
+            &[],
+        )
+    }
+}
+
+/// Parse one client text message.
+pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ProtocolError::new("invalid_json", format!("message is not valid JSON: {e}"), None)
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err(ProtocolError::new(
+            "invalid_message",
+            "message must be a JSON object",
+            None,
+        ));
+    };
+    let id = match map.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_ID_LEN => Some(Value::String(s)),
+        Some(Value::Number(n)) => Some(Value::Number(n)),
+        Some(_) => {
+            return Err(ProtocolError::new(
+                "invalid_field",
+                format!("id must be a number or a string of at most {MAX_ID_LEN} characters"),
+                Some("id"),
+            ))
+        }
+    };
+    let with_id = |mut e: ProtocolError| {
+        e.id = id.clone();
+        e
+    };
+    let kind = match map.remove("type") {
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err(with_id(ProtocolError::new(
+                "invalid_field",
+                "type must be a string",
+                Some("type"),
+            )))
+        }
+        None => {
+            return Err(with_id(ProtocolError::new(
+                "invalid_message",
+                "message has no type",
+                Some("type"),
+            )))
+        }
+    };
+    match kind.as_str() {
+        "subscribe" => {
+            let selectors = selectors(&mut map).map_err(with_id)?;
+            if selectors.is_empty() {
+                return Err(with_id(ProtocolError::new(
+                    "invalid_message",
+                    "subscribe needs at least one of devices, groups, bbox or all",
+                    None,
+                )));
+            }
+            Ok(ClientMessage::Subscribe {
+                id: id.clone(),
+                selectors,
+            })
+        }
+        "unsubscribe" => {
+            let selectors = selectors(&mut map).map_err(with_id)?;
+            Ok(ClientMessage::Unsubscribe {
+                id: id.clone(),
+                selectors,
+            })
+        }
+        "ping" => {
+            reject_unknown(&map).map_err(with_id)?;
+            Ok(ClientMessage::Ping { id: id.clone() })
+        }
+        other => Err(with_id(ProtocolError::new(
+            "unknown_type",
+            format!(
+                "unknown message type `{}`; expected subscribe, unsubscribe or ping",
+                truncate(other, 40)
+            ),
+            Some("type"),
+        ))),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+fn reject_unknown(map: &Map<String, Value>) -> Result<(), ProtocolError> {
+    match map.keys().next() {
+        Some(key) => Err(ProtocolError::new(
+            "invalid_field",
+            format!("unknown field `{}`", truncate(key, 40)),
+            Some(&truncate(key, 40)),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn selectors(map: &mut Map<String, Value>) -> Result<Selectors, ProtocolError> {
+    let devices = uuid_list(map.remove("devices"), "devices")?;
+    let groups = uuid_list(map.remove("groups"), "groups")?;
+    let bbox = match map.remove("bbox") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(bbox(&value)?),
+    };
+    let all = match map.remove("all") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(ProtocolError::new(
+                "invalid_field",
+                "all must be a boolean",
+                Some("all"),
+            ))
+        }
+    };
+    reject_unknown(map)?;
+    Ok(Selectors {
+        devices,
+        groups,
+        bbox,
+        all,
+    })
+}
+
+fn uuid_list(value: Option<Value>, field: &str) -> Result<Vec<Uuid>, ProtocolError> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ProtocolError::new(
+                "invalid_field",
+                format!("{field} must be an array of ids"),
+                Some(field),
+            ))
+        }
+    };
+    let mut ids = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let id = item
+            .as_str()
+            .and_then(|s| s.parse::<Uuid>().ok())
+            .ok_or_else(|| {
+                ProtocolError::new(
+                    "invalid_field",
+                    format!("{field}[{i}] is not a UUID"),
+                    Some(&format!("{field}[{i}]")),
+                )
+            })?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+fn bbox(value: &Value) -> Result<BBox, ProtocolError> {
+    let bad = |reason: &str| {
+        ProtocolError::new(
+            "invalid_field",
+            format!("bbox must be [minLon, minLat, maxLon, maxLat]: {reason}"),
+            Some("bbox"),
+        )
+    };
+    let items = value.as_array().ok_or_else(|| bad("not an array"))?;
+    if items.len() != 4 {
+        return Err(bad("needs exactly 4 numbers"));
+    }
+    let mut n = [0.0f64; 4];
+    for (slot, item) in n.iter_mut().zip(items) {
+        *slot = item
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| bad("every item must be a finite number"))?;
+    }
+    let [min_lon, min_lat, max_lon, max_lat] = n;
+    if !(-180.0..=180.0).contains(&min_lon) || !(-180.0..=180.0).contains(&max_lon) {
+        return Err(bad("longitudes must lie in [-180, 180]"));
+    }
+    if !(-90.0..=90.0).contains(&min_lat) || !(-90.0..=90.0).contains(&max_lat) {
+        return Err(bad("latitudes must lie in [-90, 90]"));
+    }
+    if min_lat > max_lat {
+        return Err(bad("minLat is greater than maxLat"));
+    }
+    Ok(BBox {
+        min_lon,
+        min_lat,
+        max_lon,
+        max_lat,
+    })
+}
+
+/// One fix ready to send: the routing keys and the JSON body shared by every subscriber.
+#[derive(Debug)]
+pub struct EncodedFix {
+    /// Device id.
+    pub device: Uuid,
+    /// Fix time (UTC ms).
+    pub fix_time: EpochMillis,
+    /// Latitude, for bbox routing.
+    pub lat: f64,
+    /// Longitude, for bbox routing.
+    pub lon: f64,
+    /// The JSON object's members after `seq`, with the closing brace:
+    /// `"device":..,"uid":..,"fix_time":..,"proto":..,"rx":..,"fix":{..}}`.
+    body: Box<str>,
+    /// When fanout received it from Redis (for the delivery-latency histogram).
+    pub received: Instant,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    device: Uuid,
+    uid: &'a str,
+    fix_time: EpochMillis,
+    proto: &'a str,
+    rx: EpochMillis,
+    fix: &'a Fix,
+}
+
+impl EncodedFix {
+    /// Encode one position.
+    pub fn new(
+        device: Uuid,
+        uid: &str,
+        proto: &str,
+        rx: EpochMillis,
+        fix: &Fix,
+        received: Instant,
+    ) -> Self {
+        let body = Body {
+            device,
+            uid,
+            fix_time: fix.fix_time,
+            proto,
+            rx,
+            fix,
+        };
+        // A struct of plain fields serializes; non-finite floats become null.
+        let json = serde_json::to_string(&body).unwrap_or_else(|_| "{}".to_owned());
+        Self {
+            device,
+            fix_time: fix.fix_time,
+            lat: fix.lat,
+            lon: fix.lon,
+            body: json[1..].into(),
+            received,
+        }
+    }
+
+    /// Encode a fix as published live.
+    pub fn from_live(live: &LiveFix, received: Instant) -> Self {
+        Self::new(
+            live.device,
+            &live.uid,
+            live.proto.as_str(),
+            live.rx,
+            &live.fix,
+            received,
+        )
+    }
+
+    /// Size of the shared body in bytes.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// `{"type":"fix","seq":N,...}`.
+pub fn fix_message(seq: u64, fix: &EncodedFix) -> String {
+    let mut out = String::with_capacity(fix.body.len() + 32);
+    out.push_str("{\"type\":\"fix\",\"seq\":");
+    let _ = write!(out, "{seq},");
+    out.push_str(&fix.body);
+    out
+}
+
+/// `{"type":"snapshot","id":..,"count":N,"truncated":b,"positions":[{"seq":N,...},...]}`.
+pub fn snapshot_message(
+    id: Option<&Value>,
+    truncated: bool,
+    entries: &[(u64, std::sync::Arc<EncodedFix>)],
+) -> String {
+    let size: usize = entries.iter().map(|(_, f)| f.body.len() + 24).sum();
+    let mut out = String::with_capacity(size + 96);
+    out.push_str("{\"type\":\"snapshot\",\"id\":");
+    out.push_str(&id_json(id));
+    let _ = write!(
+        out,
+        ",\"count\":{},\"truncated\":{truncated},\"positions\":[",
+        entries.len()
+    );
+    for (i, (seq, fix)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{{\"seq\":{seq},");
+        out.push_str(&fix.body);
+    }
+    out.push_str("]}");
+    out
+}
+
+fn id_json(id: Option<&Value>) -> String {
+    id.map_or_else(|| "null".to_owned(), Value::to_string)
+}
+
+/// `{"type":"error",...}`; `devices`/`groups` name refused ids.
+pub fn error_message(
+    id: Option<&Value>,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+    devices: &[Uuid],
+    groups: &[Uuid],
+) -> String {
+    let mut value = json!({
+        "type": "error",
+        "id": id,
+        "code": code,
+        "message": message,
+    });
+    if let Some(field) = field {
+        value["field"] = json!(field);
+    }
+    if !devices.is_empty() {
+        value["devices"] = json!(devices);
+    }
+    if !groups.is_empty() {
+        value["groups"] = json!(groups);
+    }
+    value.to_string()
+}
+
+/// `{"type":"welcome",...}`: sent once after the upgrade.
+pub fn welcome_message(
+    connection: u64,
+    tenant: Uuid,
+    scope: &str,
+    upstream_ok: bool,
+    limits: &crate::config::Limits,
+) -> String {
+    json!({
+        "type": "welcome",
+        "connection": connection,
+        "tenant": tenant,
+        "scope": scope,
+        "upstream": if upstream_ok { "ok" } else { "lost" },
+        "limits": {
+            "queue_capacity": limits.queue_capacity,
+            "heartbeat_interval_ms": limits.heartbeat_interval.as_millis() as u64,
+            "idle_timeout_ms": limits.idle_timeout.as_millis() as u64,
+            "max_message_bytes": limits.max_message_bytes,
+            "max_devices": limits.max_devices,
+            "max_bboxes": limits.max_bboxes,
+            "snapshot_limit": limits.snapshot_limit,
+        },
+    })
+    .to_string()
+}
+
+/// What a connection is subscribed to, echoed after `subscribe`/`unsubscribe`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionState {
+    /// Devices named explicitly.
+    pub devices: Vec<Uuid>,
+    /// Groups.
+    pub groups: Vec<Uuid>,
+    /// Bounding boxes.
+    pub bboxes: Vec<[f64; 4]>,
+    /// Every visible device.
+    pub all: bool,
+    /// Devices currently routed to this connection (explicit and through groups).
+    pub device_count: usize,
+}
+
+/// `{"type":"subscribed"|"unsubscribed","id":..,"subscriptions":{..}}`.
+pub fn ack_message(kind: &str, id: Option<&Value>, state: &SubscriptionState) -> String {
+    json!({ "type": kind, "id": id, "subscriptions": state }).to_string()
+}
+
+/// `{"type":"pong","id":..}`.
+pub fn pong_message(id: Option<&Value>) -> String {
+    json!({ "type": "pong", "id": id }).to_string()
+}
+
+/// `{"type":"lagged","coalesced":N}`: N older fixes were replaced by newer ones of the same device.
+pub fn lagged_message(coalesced: u64) -> String {
+    json!({ "type": "lagged", "coalesced": coalesced }).to_string()
+}
+
+/// `{"type":"gap",...}`: the live feed was interrupted (`lost`) or is back (`resumed`).
+pub fn gap_message(status: &str, since: EpochMillis, until: Option<EpochMillis>) -> String {
+    json!({ "type": "gap", "status": status, "since": since, "until": until }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_parses_every_selector() {
+        let d = Uuid::new_v4();
+        let g = Uuid::new_v4();
+        let text = format!(
+            r#"{{"type":"subscribe","id":7,"devices":["{d}","{d}"],"groups":["{g}"],"bbox":[10,40,12,42]}}"#
+        );
+        let ClientMessage::Subscribe { id, selectors } = parse_client(&text).unwrap() else {
+            panic!("not a subscribe");
+        };
+        assert_eq!(id, Some(json!(7)));
+        assert_eq!(selectors.devices, vec![d], "duplicates collapse");
+        assert_eq!(selectors.groups, vec![g]);
+        assert!(selectors.bbox.unwrap().contains(41.0, 11.0));
+        assert!(!selectors.all);
+    }
+
+    #[test]
+    fn bad_messages_name_the_field() {
+        let cases = [
+            ("not json", "invalid_json", None),
+            ("[1,2]", "invalid_message", None),
+            (r#"{"type":"dance"}"#, "unknown_type", Some("type")),
+            (r#"{"type":"subscribe"}"#, "invalid_message", None),
+            (
+                r#"{"type":"subscribe","devices":["x"]}"#,
+                "invalid_field",
+                Some("devices[0]"),
+            ),
+            (
+                r#"{"type":"subscribe","bbox":[0,91,1,92]}"#,
+                "invalid_field",
+                Some("bbox"),
+            ),
+            (
+                r#"{"type":"subscribe","all":true,"colour":"red"}"#,
+                "invalid_field",
+                Some("colour"),
+            ),
+            (r#"{"type":"ping","id":{"a":1}}"#, "invalid_field", Some("id")),
+        ];
+        for (text, code, field) in cases {
+            let err = parse_client(text).unwrap_err();
+            assert_eq!(err.code, code, "{text}: {err:?}");
+            assert_eq!(err.field.as_deref(), field, "{text}");
+        }
+    }
+
+    #[test]
+    fn errors_echo_the_request_id() {
+        let err = parse_client(r#"{"type":"nope","id":"abc"}"#).unwrap_err();
+        let message: Value = serde_json::from_str(&err.to_message()).unwrap();
+        assert_eq!(message["id"], "abc");
+        assert_eq!(message["type"], "error");
+    }
+
+    #[test]
+    fn bbox_crossing_the_antimeridian_wraps() {
+        let b = bbox(&json!([170, -10, -170, 10])).unwrap();
+        assert!(b.contains(0.0, 175.0));
+        assert!(b.contains(0.0, -175.0));
+        assert!(!b.contains(0.0, 0.0));
+        assert!(!b.contains(20.0, 175.0));
+    }
+
+    #[test]
+    fn fix_messages_splice_the_sequence_into_one_body() {
+        let mut fix = Fix::new(1_700_000_000_000, 48.5, 2.25);
+        fix.speed_mps = Some(3.5);
+        let encoded = EncodedFix::new(Uuid::nil(), "dev-1", "json", 5, &fix, Instant::now());
+        let message: Value = serde_json::from_str(&fix_message(42, &encoded)).unwrap();
+        assert_eq!(message["type"], "fix");
+        assert_eq!(message["seq"], 42);
+        assert_eq!(message["uid"], "dev-1");
+        assert_eq!(message["fix_time"], 1_700_000_000_000i64);
+        assert_eq!(message["fix"]["spd"], 3.5);
+        let shared = std::sync::Arc::new(encoded);
+        let snapshot: Value = serde_json::from_str(&snapshot_message(
+            Some(&json!("s1")),
+            false,
+            &[(1, shared.clone()), (1, shared)],
+        ))
+        .unwrap();
+        assert_eq!(snapshot["count"], 2);
+        assert_eq!(snapshot["positions"][1]["seq"], 1);
+        assert_eq!(snapshot["positions"][0]["fix"]["lat"], 48.5);
+    }
+
+    #[test]
+    fn non_finite_numbers_still_encode() {
+        let mut fix = Fix::new(1, 1.0, 2.0);
+        fix.hdop = Some(f64::NAN);
+        let encoded = EncodedFix::new(Uuid::nil(), "d", "udp", 0, &fix, Instant::now());
+        assert!(serde_json::from_str::<Value>(&fix_message(1, &encoded)).is_ok());
+    }
+}

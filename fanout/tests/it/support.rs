@@ -1,0 +1,343 @@
+//! Shared test plumbing: start a fanout on port 0 against a fresh database, seed users, groups and
+//! last positions with SQL, publish live batches to Redis, and a small WebSocket client.
+
+use futures::{SinkExt, StreamExt};
+use gps_domain::auth::Role;
+use gps_domain::fix::{Fix, Protocol};
+use gps_domain::live::{channel_for, LiveBatch, LiveFix};
+use gps_runtime::access::JwtKeys;
+use gps_runtime::config::RedisArgs;
+use gps_runtime::shutdown::Shutdown;
+use gps_runtime::testing::TestDb;
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+/// The JWT secret every test fanout uses.
+pub const SECRET: &str = "fanout-integration-test-secret-0123456789";
+
+/// A client socket.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A fanout under test.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub server: tokio::task::JoinHandle<Result<(), fanout::ServiceError>>,
+    pub db: TestDb,
+    pub keys: JwtKeys,
+    pub redis: redis::aio::ConnectionManager,
+}
+
+/// The default test configuration (shared Redis, the given database).
+pub fn config(db: &TestDb) -> fanout::Config {
+    let mut config = <fanout::Config as clap::Parser>::parse_from(["fanout", "--jwt-secret", SECRET]);
+    config.database = db.args.clone();
+    config.redis = gps_runtime::testing::redis_args();
+    config
+}
+
+/// Point `config` at another Redis.
+pub fn with_redis(mut config: fanout::Config, url: &str) -> fanout::Config {
+    config.redis = RedisArgs {
+        redis_url: SecretString::from(url.to_owned()),
+    };
+    config
+}
+
+/// Start a fanout and wait until it is ready (including its Redis subscription).
+pub async fn start(db: TestDb, config: fanout::Config) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let redis = gps_runtime::redis_client::connect(&config.redis).await.unwrap();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(fanout::run(config, listener, shutdown.clone()));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "fanout never became ready");
+        assert!(!server.is_finished(), "fanout exited at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Running {
+        addr,
+        shutdown,
+        server,
+        db,
+        keys: JwtKeys::new(&SecretString::from(SECRET)),
+        redis,
+    }
+}
+
+impl Running {
+    /// A user of `role` in `tenant` and an access token for it.
+    pub async fn user(&self, tenant: Uuid, role: Role) -> (Uuid, String) {
+        let id = create_user(&self.db.pool, tenant, role).await;
+        (id, self.keys.issue(id, tenant, role, 600))
+    }
+
+    /// Connect with a bearer token and read the welcome message.
+    pub async fn connect(&self, token: &str) -> Ws {
+        let mut ws = connect_with(self.addr, Some(token), None, None)
+            .await
+            .expect("upgrade succeeds");
+        let welcome = recv(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        ws
+    }
+
+    /// Publish one live batch.
+    pub async fn publish(&mut self, tenant: Uuid, fixes: Vec<LiveFix>) {
+        publish(&mut self.redis, tenant, fixes).await;
+    }
+
+    /// A metric's value from `/metrics` (sum over label sets matching `selector`).
+    pub async fn metric(&self, selector: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(selector))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Trigger shutdown and wait for `run` to return.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(15), self.server)
+            .await
+            .expect("fanout stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Publish one live batch to `redis`.
+pub async fn publish(redis: &mut impl redis::aio::ConnectionLike, tenant: Uuid, fixes: Vec<LiveFix>) {
+    let batch = LiveBatch::new(tenant, fixes);
+    redis::cmd("PUBLISH")
+        .arg(channel_for(tenant))
+        .arg(batch.encode())
+        .query_async::<i64>(redis)
+        .await
+        .unwrap();
+}
+
+/// A live fix of `device` at `t` (ms) and position; `rx` carries the publish time (epoch ms).
+pub fn live(device: Uuid, t: i64, lat: f64, lon: f64) -> LiveFix {
+    LiveFix {
+        device,
+        uid: format!("uid-{device}"),
+        proto: Protocol::Json,
+        rx: gps_domain::fix::now_millis(),
+        fix: Fix::new(t, lat, lon),
+    }
+}
+
+/// Open `/v1/live` with optional bearer, ticket and Origin.
+pub async fn connect_with(
+    addr: SocketAddr,
+    bearer: Option<&str>,
+    ticket: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let url = match ticket {
+        Some(t) => format!("ws://{addr}/v1/live?ticket={t}"),
+        None => format!("ws://{addr}/v1/live"),
+    };
+    let mut request = url.into_client_request().unwrap();
+    if let Some(token) = bearer {
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+    }
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", HeaderValue::from_str(origin).unwrap());
+    }
+    tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+}
+
+/// The HTTP status of a refused upgrade.
+pub fn refused_status(result: Result<Ws, tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("upgrade unexpectedly accepted"),
+    }
+}
+
+/// The next message of any kind (frames other than text and close are skipped).
+pub async fn next_frame(ws: &mut Ws, within: Duration) -> Option<Message> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Err(_) => return None,
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => panic!("websocket error: {e}"),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+            Ok(Some(Ok(message))) => return Some(message),
+        }
+    }
+}
+
+/// The next JSON message (10 s at most).
+pub async fn recv(ws: &mut Ws) -> Value {
+    match next_frame(ws, Duration::from_secs(10)).await {
+        Some(Message::Text(text)) => serde_json::from_str(text.as_str()).unwrap(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Send a JSON message.
+pub async fn send(ws: &mut Ws, value: Value) {
+    ws.send(Message::Text(value.to_string().into())).await.unwrap();
+}
+
+/// Subscribe and return (messages before the snapshot, the snapshot).
+pub async fn subscribe(ws: &mut Ws, request: Value) -> (Vec<Value>, Value) {
+    send(ws, request).await;
+    let mut before = Vec::new();
+    loop {
+        let message = recv(ws).await;
+        if message["type"] == "snapshot" {
+            return (before, message);
+        }
+        assert!(
+            ["error", "subscribed"].contains(&message["type"].as_str().unwrap_or("")),
+            "unexpected before snapshot: {message}"
+        );
+        before.push(message);
+    }
+}
+
+/// Fixes received until the marker device's fix arrives (the marker not included).
+pub async fn fixes_until(ws: &mut Ws, marker: Uuid) -> Vec<Value> {
+    let mut fixes = Vec::new();
+    loop {
+        let message = recv(ws).await;
+        if message["type"] != "fix" {
+            continue;
+        }
+        if message["device"] == marker.to_string() {
+            return fixes;
+        }
+        fixes.push(message);
+    }
+}
+
+/// The device ids of `fixes`, sorted.
+pub fn devices(fixes: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = fixes
+        .iter()
+        .map(|f| f["device"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Sorted string forms of ids.
+pub fn ids(ids: &[Uuid]) -> Vec<String> {
+    let mut out: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    out.sort();
+    out
+}
+
+/// Insert a user.
+pub async fn create_user(pool: &PgPool, tenant: Uuid, role: Role) -> Uuid {
+    sqlx::query_scalar(
+        "INSERT INTO users (tenant_id, email, password_hash, role)
+         VALUES ($1, $2, 'not-a-hash', $3) RETURNING id",
+    )
+    .bind(tenant)
+    .bind(format!("{}@example.test", Uuid::new_v4().simple()))
+    .bind(role.as_str())
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Insert a group with its devices and members.
+pub async fn create_group(pool: &PgPool, tenant: Uuid, devices: &[Uuid], members: &[Uuid]) -> Uuid {
+    let group: Uuid = sqlx::query_scalar(
+        "INSERT INTO groups (tenant_id, name) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(tenant)
+    .bind(format!("group-{}", Uuid::new_v4().simple()))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    for device in devices {
+        sqlx::query("INSERT INTO group_devices (group_id, device_id) VALUES ($1, $2)")
+            .bind(group)
+            .bind(device)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    for user in members {
+        sqlx::query("INSERT INTO group_members (group_id, user_id) VALUES ($1, $2)")
+            .bind(group)
+            .bind(user)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    group
+}
+
+/// Insert an API key with `scopes`; returns the clear key.
+pub async fn create_api_key(pool: &PgPool, tenant: Uuid, scopes: &[&str]) -> String {
+    let key = gps_domain::auth::new_api_key();
+    sqlx::query(
+        "INSERT INTO api_keys (tenant_id, name, prefix, key_hash, scopes)
+         VALUES ($1, 'test', $2, $3, $4)",
+    )
+    .bind(tenant)
+    .bind(&key.id)
+    .bind(gps_domain::auth::secret_digest(&key.key))
+    .bind(scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    .execute(pool)
+    .await
+    .unwrap();
+    key.key
+}
+
+/// Set a device's last known position.
+pub async fn set_last_position(pool: &PgPool, tenant: Uuid, device: Uuid, t: i64, lat: f64, lon: f64) {
+    sqlx::query(
+        "INSERT INTO last_positions (tenant_id, device_id, fix_time, received_at, lat, lon,
+                                     speed_mps, protocol, attributes)
+         VALUES ($1, $2, to_timestamp($3 / 1000.0), now(), $4, $5, 1.5, 'osmand', '{\"tid\":\"ab\"}')
+         ON CONFLICT (device_id) DO UPDATE SET fix_time = EXCLUDED.fix_time,
+             lat = EXCLUDED.lat, lon = EXCLUDED.lon",
+    )
+    .bind(tenant)
+    .bind(device)
+    .bind(t as f64)
+    .bind(lat)
+    .bind(lon)
+    .execute(pool)
+    .await
+    .unwrap();
+}

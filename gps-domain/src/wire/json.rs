@@ -1,0 +1,427 @@
+//! The platform's own JSON fix format, body of `POST /v1/fixes` (documented in `docs/ingest.md`):
+//! one fix object, or an array of them. SI units; `time` is epoch milliseconds or ISO 8601.
+//!
+//! ```json
+//! {"time": "2024-05-01T10:00:00.250Z", "lat": 52.52, "lon": 13.405, "altitude": 34.5,
+//!  "speed": 12.5, "heading": 270, "accuracy": 4, "battery": 88, "satellites": 9, "hdop": 0.9,
+//!  "attributes": {"ignition": true}, "device": "uid-for-gateways"}
+//! ```
+//! Each item is decoded on its own: a bad item is reported by index and field while the good
+//! ones go through.
+
+use super::{parse_time_text, MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE};
+use crate::fix::{EpochMillis, Fix};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// One decoded item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonItem {
+    /// The `device` field (a device uid), which gateways use to name the device per item.
+    pub device: Option<String>,
+    /// The fix.
+    pub fix: Fix,
+}
+
+/// Why one item of a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemError {
+    /// Position in the batch (0 for a single object).
+    pub index: usize,
+    /// The field at fault (`""` when the item itself is not an object).
+    pub field: String,
+    /// Machine-readable code: `missing`, `wrong_type`, `out_of_range`, `not_an_object`,
+    /// `unknown_device` (set by ingest), `too_large`.
+    pub code: &'static str,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// Why the body as a whole was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    /// Not JSON (including numbers beyond the f64 range, which serde_json refuses).
+    #[error("malformed json: {0}")]
+    Malformed(String),
+    /// Neither an object nor an array.
+    #[error("the body must be a fix object or an array of fix objects")]
+    WrongShape,
+    /// An empty array.
+    #[error("empty batch")]
+    Empty,
+    /// More items than allowed.
+    #[error("batch of {count} fixes exceeds the limit of {max}")]
+    TooMany {
+        /// Items sent.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// The outcome of decoding a body: good items with their index, and per-item errors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decoded {
+    /// Items that decoded, with their index in the batch.
+    pub items: Vec<(usize, JsonItem)>,
+    /// Items that did not.
+    pub errors: Vec<ItemError>,
+}
+
+impl Decoded {
+    /// Items in the body.
+    pub fn total(&self) -> usize {
+        self.items.len() + self.errors.len()
+    }
+}
+
+/// Decode a body of one fix or an array of at most `max_items` fixes.
+pub fn decode(body: &[u8], max_items: usize) -> Result<Decoded, JsonError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| JsonError::Malformed(e.to_string()))?;
+    let values = match value {
+        Value::Array(values) => values,
+        object @ Value::Object(_) => vec![object],
+        _ => return Err(JsonError::WrongShape),
+    };
+    if values.is_empty() {
+        return Err(JsonError::Empty);
+    }
+    if values.len() > max_items {
+        return Err(JsonError::TooMany {
+            count: values.len(),
+            max: max_items,
+        });
+    }
+    let mut decoded = Decoded {
+        items: Vec::with_capacity(values.len()),
+        errors: Vec::new(),
+    };
+    for (index, value) in values.iter().enumerate() {
+        match decode_item(value) {
+            Ok(item) => decoded.items.push((index, item)),
+            Err((field, code, message)) => decoded.errors.push(ItemError {
+                index,
+                field,
+                code,
+                message,
+            }),
+        }
+    }
+    Ok(decoded)
+}
+
+type FieldError = (String, &'static str, String);
+
+fn field_error(field: &str, code: &'static str, message: impl Into<String>) -> FieldError {
+    (field.to_owned(), code, message.into())
+}
+
+/// Decode one fix object.
+pub fn decode_item(value: &Value) -> Result<JsonItem, FieldError> {
+    let Value::Object(map) = value else {
+        return Err(field_error("", "not_an_object", "each fix must be a JSON object"));
+    };
+    let fix_time = time_field(map)?;
+    let lat = required_number(map, "lat")?;
+    let lon = required_number(map, "lon")?;
+    let mut fix = Fix::new(fix_time, lat, lon);
+    fix.altitude_m = optional_number(map, "altitude")?;
+    fix.speed_mps = optional_number(map, "speed")?;
+    fix.heading_deg = optional_number(map, "heading")?;
+    fix.accuracy_m = optional_number(map, "accuracy")?;
+    fix.battery_pct = optional_number(map, "battery")?;
+    fix.hdop = optional_number(map, "hdop")?;
+    fix.satellites = match map.get("satellites") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| {
+                    field_error("satellites", "out_of_range", "must be an integer 0..=65535")
+                })?,
+        ),
+        Some(_) => return Err(field_error("satellites", "wrong_type", "must be an integer")),
+    };
+    fix.attributes = match map.get("attributes") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(attrs)) => attributes(attrs)?,
+        Some(_) => return Err(field_error("attributes", "wrong_type", "must be an object")),
+    };
+    let device = match map.get("device") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(uid)) if !uid.is_empty() && uid.len() <= 128 => Some(uid.clone()),
+        Some(_) => {
+            return Err(field_error(
+                "device",
+                "wrong_type",
+                "must be a device uid string of 1..=128 bytes",
+            ))
+        }
+    };
+    Ok(JsonItem { device, fix })
+}
+
+fn time_field(map: &Map<String, Value>) -> Result<EpochMillis, FieldError> {
+    match map.get("time") {
+        None | Some(Value::Null) => Err(field_error("time", "missing", "required")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|v| v.fract() == 0.0 && v.abs() < 9.0e15)
+                    .map(|v| v as i64)
+            })
+            .ok_or_else(|| {
+                field_error(
+                    "time",
+                    "out_of_range",
+                    "must be integer epoch milliseconds or an ISO 8601 string",
+                )
+            }),
+        Some(Value::String(s)) => parse_time_text(s).ok_or_else(|| {
+            field_error("time", "wrong_type", "not an ISO 8601 timestamp")
+        }),
+        Some(_) => Err(field_error(
+            "time",
+            "wrong_type",
+            "must be epoch milliseconds or an ISO 8601 string",
+        )),
+    }
+}
+
+fn number(field: &str, value: &Value) -> Result<f64, FieldError> {
+    match value {
+        // serde_json has no NaN or infinite numbers; `"NaN"` strings land in the next arm.
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| field_error(field, "out_of_range", "must be a finite number")),
+        _ => Err(field_error(field, "wrong_type", "must be a number")),
+    }
+}
+
+fn required_number(map: &Map<String, Value>, field: &str) -> Result<f64, FieldError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Err(field_error(field, "missing", "required")),
+        Some(value) => number(field, value),
+    }
+}
+
+fn optional_number(map: &Map<String, Value>, field: &str) -> Result<Option<f64>, FieldError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => number(field, value).map(Some),
+    }
+}
+
+fn attributes(attrs: &Map<String, Value>) -> Result<BTreeMap<String, Value>, FieldError> {
+    if attrs.len() > MAX_ATTRIBUTES {
+        return Err(field_error(
+            "attributes",
+            "too_large",
+            format!("at most {MAX_ATTRIBUTES} attributes"),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (key, value) in attrs {
+        let small = match value {
+            Value::Null | Value::Bool(_) | Value::Number(_) => true,
+            Value::String(s) => s.len() <= MAX_ATTRIBUTE_VALUE,
+            Value::Array(_) | Value::Object(_) => false,
+        };
+        if key.len() > MAX_ATTRIBUTE_KEY || !small {
+            return Err(field_error(
+                &format!("attributes.{}", truncate(key, MAX_ATTRIBUTE_KEY)),
+                "too_large",
+                format!(
+                    "keys up to {MAX_ATTRIBUTE_KEY} bytes; values are scalars, strings up to {MAX_ATTRIBUTE_VALUE} bytes"
+                ),
+            ));
+        }
+        out.insert(key.clone(), value.clone());
+    }
+    Ok(out)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Encode fixes as a body (one object for one fix, an array otherwise), as a device would.
+pub fn encode(fixes: &[Fix], device: Option<&str>) -> Vec<u8> {
+    let item = |fix: &Fix| {
+        let mut m = Map::new();
+        m.insert("time".into(), fix.fix_time.into());
+        m.insert("lat".into(), fix.lat.into());
+        m.insert("lon".into(), fix.lon.into());
+        for (k, v) in [
+            ("altitude", fix.altitude_m),
+            ("speed", fix.speed_mps),
+            ("heading", fix.heading_deg),
+            ("accuracy", fix.accuracy_m),
+            ("battery", fix.battery_pct),
+            ("hdop", fix.hdop),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.into(), v.into());
+            }
+        }
+        if let Some(s) = fix.satellites {
+            m.insert("satellites".into(), s.into());
+        }
+        if !fix.attributes.is_empty() {
+            m.insert(
+                "attributes".into(),
+                Value::Object(fix.attributes.clone().into_iter().collect()),
+            );
+        }
+        if let Some(d) = device {
+            m.insert("device".into(), d.into());
+        }
+        Value::Object(m)
+    };
+    let value = match fixes {
+        [one] => item(one),
+        many => Value::Array(many.iter().map(item).collect()),
+    };
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn single_object_with_every_field() {
+        let body = br#"{"time":"2024-05-01T10:00:00.250Z","lat":52.52,"lon":13.405,"altitude":34.5,
+            "speed":12.5,"heading":270,"accuracy":4,"battery":88,"satellites":9,"hdop":0.9,
+            "attributes":{"ignition":true},"device":"gw-1","unknown":"ignored"}"#;
+        let d = decode(body, 10).unwrap();
+        assert!(d.errors.is_empty());
+        let (index, item) = &d.items[0];
+        assert_eq!(*index, 0);
+        assert_eq!(item.device.as_deref(), Some("gw-1"));
+        let f = &item.fix;
+        assert_eq!(f.fix_time, 1_714_557_600_250);
+        assert_eq!((f.lat, f.lon), (52.52, 13.405));
+        assert_eq!(f.altitude_m, Some(34.5));
+        assert_eq!(f.speed_mps, Some(12.5));
+        assert_eq!(f.heading_deg, Some(270.0));
+        assert_eq!(f.accuracy_m, Some(4.0));
+        assert_eq!(f.battery_pct, Some(88.0));
+        assert_eq!(f.satellites, Some(9));
+        assert_eq!(f.hdop, Some(0.9));
+        assert_eq!(f.attributes["ignition"], Value::Bool(true));
+    }
+
+    #[test]
+    fn batch_reports_bad_items_by_index_and_field() {
+        let body = br#"[{"time":1,"lat":1,"lon":2},
+            {"time":1,"lat":"NaN","lon":2},
+            {"time":1,"lon":2},
+            {"time":1.5,"lat":1,"lon":2},
+            {"time":1,"lat":1,"lon":2,"satellites":70000},
+            {"time":"soon","lat":1,"lon":2},
+            7,
+            {"time":1e300,"lat":1,"lon":2},
+            {"time":2,"lat":1e300,"lon":2,"speed":null}]"#;
+        let d = decode(body, 100).unwrap();
+        let fields: Vec<(usize, &str, &str)> = d
+            .errors
+            .iter()
+            .map(|e| (e.index, e.field.as_str(), e.code))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                (1, "lat", "wrong_type"),
+                (2, "lat", "missing"),
+                (3, "time", "out_of_range"),
+                (4, "satellites", "out_of_range"),
+                (5, "time", "wrong_type"),
+                (6, "", "not_an_object"),
+                (7, "time", "out_of_range"),
+            ]
+        );
+        assert_eq!(d.items.len(), 2);
+        assert_eq!(d.items[1].0, 8, "finite but implausible values are the processor's call");
+        assert_eq!(d.total(), 9);
+    }
+
+    #[test]
+    fn whole_body_errors() {
+        assert!(matches!(decode(b"{", 10), Err(JsonError::Malformed(_))));
+        assert!(matches!(decode(b"", 10), Err(JsonError::Malformed(_))));
+        assert!(matches!(
+            decode(br#"{"time":1,"lat":1e999,"lon":2}"#, 10),
+            Err(JsonError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode(br#"{"time":1,"lat":NaN,"lon":2}"#, 10),
+            Err(JsonError::Malformed(_))
+        ));
+        assert_eq!(decode(b"[]", 10), Err(JsonError::Empty));
+        assert_eq!(decode(b"\"x\"", 10), Err(JsonError::WrongShape));
+        assert_eq!(
+            decode(br#"[{},{},{}]"#, 2),
+            Err(JsonError::TooMany { count: 3, max: 2 })
+        );
+    }
+
+    #[test]
+    fn attributes_are_bounded() {
+        let many: Map<String, Value> = (0..17).map(|i| (format!("k{i}"), Value::from(i))).collect();
+        let body = serde_json::json!({"time":1,"lat":1,"lon":2,"attributes":many});
+        let d = decode(body.to_string().as_bytes(), 1).unwrap();
+        assert_eq!(d.errors[0].field, "attributes");
+        let body = serde_json::json!({"time":1,"lat":1,"lon":2,"attributes":{"nested":{"a":1}}});
+        let d = decode(body.to_string().as_bytes(), 1).unwrap();
+        assert_eq!(d.errors[0].field, "attributes.nested");
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        let mut fix = Fix::new(1_700_000_000_123, 1.5, -2.25);
+        fix.speed_mps = Some(3.0);
+        fix.satellites = Some(7);
+        fix.attributes.insert("tid".into(), "ab".into());
+        let d = decode(&encode(&[fix.clone(), fix.clone()], Some("gw")), 10).unwrap();
+        assert_eq!(d.items.len(), 2);
+        assert_eq!(d.items[0].1.fix, fix);
+        assert_eq!(d.items[0].1.device.as_deref(), Some("gw"));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes, 10);
+        }
+
+        #[test]
+        fn arbitrary_json_items_never_panic(
+            time in prop_oneof![any::<i64>().prop_map(Value::from), any::<f64>().prop_map(|f| serde_json::json!(f)), ".*".prop_map(Value::from)],
+            lat in any::<f64>(), sat in any::<i64>()
+        ) {
+            let body = serde_json::json!([{"time": time, "lat": lat, "lon": 0, "satellites": sat}]);
+            let _ = decode(body.to_string().as_bytes(), 10);
+        }
+
+        #[test]
+        fn finite_fixes_round_trip(t in any::<i64>(), lat in -1e6f64..1e6, lon in -1e6f64..1e6) {
+            let fix = Fix::new(t, lat, lon);
+            let d = decode(&encode(std::slice::from_ref(&fix), None), 1).unwrap();
+            let got = &d.items[0].1.fix;
+            // serde_json's default float parser may be one ulp off; that is far below GPS noise.
+            prop_assert_eq!(got.fix_time, t);
+            prop_assert!((got.lat - lat).abs() <= lat.abs() * 1e-15);
+            prop_assert!((got.lon - lon).abs() <= lon.abs() * 1e-15);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Ingest configuration: listeners, dependencies, limits, the auth cache and the Kafka producer's
+//! tuning. Every value is a flag and an env var with a default that works on the local stack.
+
+use clap::Parser;
+use gps_runtime::config::{DatabaseArgs, KafkaArgs, LogArgs};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Ingest configuration: flags and env vars.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ingest",
+    about = "GPS ingest: devices in over HTTP and UDP, into Kafka"
+)]
+pub struct Config {
+    /// HTTP listen address (device endpoints, /metrics, /healthz, /readyz).
+    #[arg(
+        long = "http-addr",
+        env = "INGEST_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub http_addr: SocketAddr,
+    /// UDP listen address (binary datagrams).
+    #[arg(
+        long = "udp-addr",
+        env = "INGEST_UDP_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub udp_addr: SocketAddr,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub producer: ProducerArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest request body accepted, bytes (larger → 413).
+    #[arg(long = "max-body-bytes", env = "INGEST_MAX_BODY_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=64 * 1024 * 1024))]
+    pub max_body_bytes: u32,
+    /// Most fixes in one `POST /v1/fixes` (more → 413).
+    #[arg(long = "max-batch", env = "INGEST_MAX_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_batch: u32,
+    /// Whole-request deadline, ms (a stuck request answers 408).
+    #[arg(long = "request-timeout-ms", env = "INGEST_REQUEST_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub request_timeout_ms: u64,
+}
+
+/// Kafka producer tuning.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProducerArgs {
+    /// Delivery timeout (librdkafka `message.timeout.ms`): how long a record may wait for the
+    /// broker before the device gets 503. Keep it below device HTTP timeouts.
+    #[arg(long = "delivery-timeout-ms", env = "INGEST_DELIVERY_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub delivery_timeout_ms: u64,
+    /// How long the producer waits to fill a batch (`linger.ms`).
+    #[arg(long = "kafka-linger-ms", env = "INGEST_KAFKA_LINGER_MS", default_value_t = 2)]
+    pub linger_ms: u32,
+    /// Largest batch per partition, bytes (`batch.size`).
+    #[arg(long = "kafka-batch-bytes", env = "INGEST_KAFKA_BATCH_BYTES", default_value_t = 1_000_000)]
+    pub batch_bytes: u32,
+    /// Compression codec (`compression.type`: none, gzip, snappy, lz4, zstd).
+    #[arg(long = "kafka-compression", env = "INGEST_KAFKA_COMPRESSION", default_value = "lz4")]
+    pub compression: String,
+    /// Most records queued in the producer before requests get 503 (`queue.buffering.max.messages`).
+    #[arg(long = "kafka-queue-max", env = "INGEST_KAFKA_QUEUE_MAX", default_value_t = 100_000)]
+    pub queue_max_messages: u32,
+    /// Seconds a 503 tells the device to wait (`Retry-After`).
+    #[arg(long = "retry-after-secs", env = "INGEST_RETRY_AFTER_SECS", default_value_t = 5)]
+    pub retry_after_secs: u32,
+    /// How long shutdown waits for the producer to flush, ms.
+    #[arg(long = "flush-timeout-ms", env = "INGEST_FLUSH_TIMEOUT_MS", default_value_t = 10_000)]
+    pub flush_timeout_ms: u64,
+}
+
+impl ProducerArgs {
+    /// The delivery timeout.
+    pub fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery_timeout_ms)
+    }
+}
+
+/// Credential cache settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// How long a found credential is trusted without asking PostgreSQL, ms. A disabled device
+    /// or revoked key is refused at the latest this long after the change.
+    #[arg(long = "auth-cache-ttl-ms", env = "INGEST_AUTH_CACHE_TTL_MS", default_value_t = 10_000)]
+    pub ttl_ms: u64,
+    /// How long an unknown credential is remembered as unknown, ms.
+    #[arg(long = "auth-negative-ttl-ms", env = "INGEST_AUTH_NEGATIVE_TTL_MS", default_value_t = 2_000)]
+    pub negative_ttl_ms: u64,
+    /// Most cached entries per kind (tokens, uids, ids, keys).
+    #[arg(long = "auth-cache-capacity", env = "INGEST_AUTH_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub capacity: usize,
+}
+
+impl Config {
+    /// Defaults, as if no flag or env var were given (tests start from this).
+    pub fn local() -> Self {
+        let mut config = Self::parse_from(["ingest"]);
+        config.kafka = KafkaArgs::local();
+        config.database = DatabaseArgs::local();
+        config
+    }
+
+    /// Cross-field checks, every problem listed at once.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = gps_runtime::config::ConfigProblems::default();
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.producer.compression.as_str()) {
+            problems.push(
+                "INGEST_KAFKA_COMPRESSION",
+                "must be one of none, gzip, snappy, lz4, zstd",
+            );
+        }
+        if self.producer.delivery_timeout_ms + 1_000 > self.limits.request_timeout_ms {
+            problems.push(
+                "INGEST_DELIVERY_TIMEOUT_MS",
+                "must be at least 1 s below INGEST_REQUEST_TIMEOUT_MS so the 503 reaches the device",
+            );
+        }
+        if self.kafka.fixes_topic.is_empty() {
+            problems.push("KAFKA_FIXES_TOPIC", "must not be empty");
+        }
+        problems.finish()
+    }
+}

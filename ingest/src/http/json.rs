@@ -1,0 +1,148 @@
+//! `POST /v1/fixes`: one JSON fix or an array (`gps_domain::wire::json`), authenticated by a
+//! device token or a gateway API key with `fixes:write`. 202 with the accepted count once Kafka
+//! acknowledged every accepted fix; bad items are listed by index and field.
+
+use super::{body, bearer, json_response, store_unavailable, AppState, UNAUTHORIZED};
+use crate::auth::{DeviceRecord, KeyCheck};
+use crate::error::ApiError;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use gps_domain::auth::API_KEY_PREFIX;
+use gps_domain::wire::json::{self, ItemError, JsonError};
+use gps_domain::{Fix, Protocol};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+enum Caller {
+    Device(Arc<DeviceRecord>),
+    Gateway { tenant_id: Uuid },
+}
+
+/// The handler.
+pub async fn post_fixes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = handle(&state, &headers, raw).await;
+    state.finish(Protocol::Json, started, result)
+}
+
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let credential = bearer(headers).ok_or(UNAUTHORIZED)?;
+    if credential.starts_with(API_KEY_PREFIX) {
+        return match state
+            .auth
+            .api_key(credential)
+            .await
+            .map_err(|e| store_unavailable(state, e))?
+        {
+            KeyCheck::Ok(key) => Ok(Caller::Gateway {
+                tenant_id: key.tenant_id,
+            }),
+            KeyCheck::MissingScope => Err(ApiError::Forbidden("the api key lacks fixes:write")),
+            KeyCheck::Invalid => Err(UNAUTHORIZED),
+        };
+    }
+    state
+        .auth
+        .device_by_token(credential)
+        .await
+        .map_err(|e| store_unavailable(state, e))?
+        .map(Caller::Device)
+        .ok_or(UNAUTHORIZED)
+}
+
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(state, headers).await?;
+    let raw = body(raw)?;
+    let decoded = json::decode(&raw, state.max_batch).map_err(|e| match e {
+        JsonError::TooMany { .. } => ApiError::TooLarge {
+            message: e.to_string(),
+        },
+        JsonError::Malformed(_) => ApiError::bad_field("malformed_json", "", e.to_string()),
+        JsonError::WrongShape => ApiError::bad_field("wrong_shape", "", e.to_string()),
+        JsonError::Empty => ApiError::bad_field("empty_batch", "", e.to_string()),
+    })?;
+    state
+        .metrics
+        .fixes_received
+        .with_label_values(&[Protocol::Json.as_str()])
+        .inc_by(decoded.total() as u64);
+    let mut errors = decoded.errors;
+    // Group by device, keeping first-seen order of devices and the order of fixes.
+    let mut order: Vec<Uuid> = Vec::new();
+    let mut groups: HashMap<Uuid, (Arc<DeviceRecord>, Vec<Fix>)> = HashMap::new();
+    for (index, item) in decoded.items {
+        let device = match &caller {
+            Caller::Device(device) => match &item.device {
+                Some(uid) if *uid != device.uid => Err("a device token posts only its own fixes"),
+                _ => Ok(device.clone()),
+            },
+            Caller::Gateway { tenant_id } => match &item.device {
+                None => Err("required with an api key: the device uid"),
+                Some(uid) => match state
+                    .auth
+                    .device_by_uid(uid)
+                    .await
+                    .map_err(|e| store_unavailable(state, e))?
+                {
+                    // Another tenant's device is indistinguishable from an unknown one.
+                    Some(d) if d.tenant_id == *tenant_id => Ok(d),
+                    _ => Err("unknown device"),
+                },
+            },
+        };
+        match device {
+            Ok(device) => {
+                let entry = groups.entry(device.id).or_insert_with(|| {
+                    order.push(device.id);
+                    (device.clone(), Vec::new())
+                });
+                entry.1.push(item.fix);
+            }
+            Err(message) => errors.push(ItemError {
+                index,
+                field: "device".into(),
+                code: if item.device.is_none() {
+                    "missing"
+                } else {
+                    "unknown_device"
+                },
+                message: message.into(),
+            }),
+        }
+    }
+    errors.sort_by_key(|e| e.index);
+    if !errors.is_empty() {
+        let mut by_reason: HashMap<&'static str, u64> = HashMap::new();
+        for e in &errors {
+            *by_reason.entry(e.code).or_default() += 1;
+        }
+        for (code, n) in by_reason {
+            state.metrics.refused(Protocol::Json, code, n);
+        }
+    }
+    if groups.is_empty() {
+        return Err(ApiError::InvalidItems(errors));
+    }
+    let batches = order
+        .into_iter()
+        .filter_map(|id| groups.remove(&id))
+        .collect();
+    let accepted = state.produce(Protocol::Json, batches).await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        serde_json::json!({ "accepted": accepted, "rejected": errors }),
+    ))
+}

@@ -1,0 +1,179 @@
+//! The device-facing HTTP API: `POST /v1/fixes` ([`json`]), Traccar Client / OsmAnd at `/`
+//! ([`osmand`]) and OwnTracks at `/owntracks` ([`owntracks`]), merged with the operational
+//! router. Shared here: the state, body and credential extraction, producing a request's
+//! envelopes and waiting for every acknowledgement, and per-request metrics.
+
+pub mod json;
+pub mod osmand;
+pub mod owntracks;
+
+use crate::auth::{AuthCache, DeviceRecord};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::producer::FixProducer;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use gps_domain::{Fix, FixEnvelope, Protocol};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Shared state of the device endpoints.
+#[derive(Clone)]
+pub struct AppState {
+    /// Credential lookups.
+    pub auth: Arc<AuthCache>,
+    /// The Kafka producer.
+    pub producer: FixProducer,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Most fixes per `POST /v1/fixes`.
+    pub max_batch: usize,
+}
+
+/// The device routes plus `ops` (health and metrics), with the body cap and request timeout.
+pub fn router(state: AppState, ops: Router, max_body_bytes: usize, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/v1/fixes", post(json::post_fixes))
+        .route("/", get(osmand::report).post(osmand::report))
+        .route("/owntracks", post(owntracks::report))
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .merge(ops)
+}
+
+impl AppState {
+    /// Record the outcome of one request and turn it into a response.
+    pub fn finish(&self, protocol: Protocol, started: Instant, result: Result<Response, ApiError>) -> Response {
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                if !matches!(error, ApiError::InvalidItems(_)) {
+                    // Item-level refusals are counted per fix where they are made.
+                    self.metrics.refused(protocol, error.reason(), 1);
+                }
+                error.into_response()
+            }
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[protocol.as_str(), response.status().as_str()])
+            .inc();
+        self.metrics
+            .request_seconds
+            .with_label_values(&[protocol.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    /// Produce one envelope per device and wait until Kafka acknowledged every one.
+    /// Returns the number of fixes acknowledged. When any record fails the request fails (503):
+    /// records already acknowledged stay in the log, and the device's retry duplicates them,
+    /// which the processor dedupes by device and fix time (at-least-once).
+    pub async fn produce(
+        &self,
+        protocol: Protocol,
+        batches: Vec<(Arc<DeviceRecord>, Vec<Fix>)>,
+    ) -> Result<usize, ApiError> {
+        let rx = gps_domain::fix::now_millis();
+        let mut pending = Vec::with_capacity(batches.len());
+        let mut count = 0;
+        for (device, fixes) in batches {
+            count += fixes.len();
+            let envelope = FixEnvelope::new(
+                device.tenant_id,
+                device.id,
+                device.uid.clone(),
+                protocol,
+                rx,
+                fixes,
+            );
+            match self.producer.enqueue(&envelope) {
+                Ok(p) => pending.push(p),
+                Err(e) => {
+                    self.metrics.refused(protocol, e.reason(), count as u64);
+                    return Err(e);
+                }
+            }
+        }
+        let outcomes =
+            futures::future::join_all(pending.into_iter().map(|p| self.producer.acknowledged(p)))
+                .await;
+        if let Some(error) = outcomes.into_iter().find_map(Result::err) {
+            self.metrics.refused(protocol, error.reason(), count as u64);
+            return Err(error);
+        }
+        self.metrics
+            .fixes_accepted
+            .with_label_values(&[protocol.as_str()])
+            .inc_by(count as u64);
+        Ok(count)
+    }
+}
+
+/// The body, or the API's own error for an oversized or unreadable one.
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge {
+                message: "request body exceeds the configured limit".into(),
+            }
+        } else {
+            ApiError::bad_field("unreadable_body", "", rejection.body_text())
+        }
+    })
+}
+
+/// The bearer token of the `Authorization` header, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// User and password of HTTP Basic `Authorization`, if any.
+pub fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// The 503 for a credential store that does not answer.
+pub fn store_unavailable(state: &AppState, e: crate::auth::Unavailable) -> ApiError {
+    let _ = state;
+    ApiError::Unavailable {
+        retry_after_secs: 1,
+        detail: e.to_string(),
+    }
+}
+
+/// 401 for a device endpoint.
+pub const UNAUTHORIZED: ApiError = ApiError::Unauthorized {
+    message: "missing, unknown or disabled credential",
+    basic_realm: false,
+};
+
+/// Answer helper: status and JSON.
+pub fn json_response(status: StatusCode, value: serde_json::Value) -> Response {
+    (status, axum::Json(value)).into_response()
+}

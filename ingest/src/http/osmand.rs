@@ -1,0 +1,76 @@
+//! Traccar Client / OsmAnd at `/` (GET or POST; query string, form body or the Traccar Client
+//! JSON body), decoded by `gps_domain::wire::osmand`. Like Traccar, the device is named by its
+//! uid alone (`id`/`deviceid`/`device_id`), with no secret; an unknown or disabled uid gets 400,
+//! as Traccar answers. Success is `200` with an empty body once Kafka acknowledged.
+
+use super::{body, store_unavailable, AppState};
+use crate::error::ApiError;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use gps_domain::wire::osmand::{self, OsmandError};
+use gps_domain::Protocol;
+use std::time::Instant;
+
+/// The handler.
+pub async fn report(
+    State(state): State<AppState>,
+    uri: Uri,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = handle(&state, &uri, raw).await;
+    state.finish(Protocol::Osmand, started, result)
+}
+
+fn bad(e: OsmandError) -> ApiError {
+    ApiError::bad_field("invalid_field", e.field, e.message)
+}
+
+async fn handle(
+    state: &AppState,
+    uri: &Uri,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let now = gps_domain::fix::now_millis();
+    // Traccar reads the query string, and the body only when the query is empty.
+    let report = match uri.query().filter(|q| osmand::has_params(q)) {
+        Some(query) => osmand::decode_params(query.as_bytes(), now),
+        None => {
+            let raw = body(raw)?;
+            if raw.trim_ascii_start().starts_with(b"{") {
+                osmand::decode_json(&raw)
+            } else {
+                osmand::decode_params(&raw, now)
+            }
+        }
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            state
+                .metrics
+                .fixes_received
+                .with_label_values(&[Protocol::Osmand.as_str()])
+                .inc();
+            return Err(bad(e));
+        }
+    };
+    state
+        .metrics
+        .fixes_received
+        .with_label_values(&[Protocol::Osmand.as_str()])
+        .inc_by(report.fixes.len() as u64);
+    let device = state
+        .auth
+        .device_by_uid(&report.uid)
+        .await
+        .map_err(|e| store_unavailable(state, e))?
+        .ok_or_else(|| ApiError::bad_field("unknown_device", "id", "unknown device"))?;
+    state
+        .produce(Protocol::Osmand, vec![(device, report.fixes)])
+        .await?;
+    Ok(StatusCode::OK.into_response())
+}

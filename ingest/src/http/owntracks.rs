@@ -1,0 +1,84 @@
+//! OwnTracks HTTP mode at `/owntracks`, decoded by `gps_domain::wire::owntracks`. The device
+//! authenticates with HTTP Basic (user = device uid, password = device token; a Bearer token
+//! works too). `X-Limit-U`/`X-Limit-D` are not credentials and are ignored. Every accepted
+//! message is answered `200 []` (OwnTracks reads the body as a list of messages for it);
+//! non-location messages are acknowledged and not produced.
+
+use super::{basic, bearer, body, store_unavailable, AppState};
+use crate::error::ApiError;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use gps_domain::wire::owntracks::{self, OwntracksMessage};
+use gps_domain::Protocol;
+use std::time::Instant;
+
+const UNAUTHORIZED: ApiError = ApiError::Unauthorized {
+    message: "basic auth required: user = device uid, password = device token",
+    basic_realm: true,
+};
+
+/// The handler.
+pub async fn report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = handle(&state, &headers, raw).await;
+    state.finish(Protocol::Owntracks, started, result)
+}
+
+fn empty_list() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "[]",
+    )
+        .into_response()
+}
+
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (user, token) = match (basic(headers), bearer(headers)) {
+        (Some((user, password)), _) => (Some(user), password),
+        (None, Some(token)) => (None, token.to_owned()),
+        (None, None) => return Err(UNAUTHORIZED),
+    };
+    let device = state
+        .auth
+        .device_by_token(&token)
+        .await
+        .map_err(|e| store_unavailable(state, e))?
+        .ok_or(UNAUTHORIZED)?;
+    if user.is_some_and(|u| u != device.uid) {
+        return Err(UNAUTHORIZED);
+    }
+    let raw = body(raw)?;
+    let received = |n: u64| {
+        state
+            .metrics
+            .fixes_received
+            .with_label_values(&[Protocol::Owntracks.as_str()])
+            .inc_by(n)
+    };
+    match owntracks::decode(&raw) {
+        Ok(OwntracksMessage::Location(fix)) => {
+            received(1);
+            state
+                .produce(Protocol::Owntracks, vec![(device, vec![fix])])
+                .await?;
+            Ok(empty_list())
+        }
+        Ok(OwntracksMessage::Other(_)) => Ok(empty_list()),
+        Err(e) => {
+            received(1);
+            Err(ApiError::bad_field("invalid_field", e.field, e.message))
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The UDP listener: binary datagrams (`gps_domain::wire::udp`, `docs/udp.md`), verified with the
+//! device's HMAC key, replay-checked against a per-device counter window, produced to Kafka.
+//!
+//! UDP has no answer channel, so a datagram counts as accepted once Kafka acknowledged it; a
+//! device that needs certainty resends (with a new counter), and the processor dedupes by device
+//! and fix time (at-least-once). Bad datagrams are dropped and counted by reason, never answered.
+//!
+//! One task receives: after `readable()` it drains the socket with `try_recv_from` until it would
+//! block, so a flood costs one wake-up per burst, not per datagram. Acknowledgements are awaited
+//! in spawned tasks so the receive loop never waits on the broker. The replay windows live in
+//! this task's memory: after a restart they start empty (see `docs/udp.md`).
+
+use crate::auth::AuthCache;
+use crate::metrics::Metrics;
+use crate::producer::FixProducer;
+use gps_domain::wire::udp::{self, ReplayWindow, UdpError};
+use gps_domain::{FixEnvelope, Protocol};
+use gps_runtime::shutdown::Shutdown;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+use uuid::Uuid;
+
+/// What the receive loop needs.
+pub struct UdpIngest {
+    /// Credential lookups (device id → key).
+    pub auth: Arc<AuthCache>,
+    /// The producer.
+    pub producer: FixProducer,
+    /// Metrics.
+    pub metrics: Metrics,
+    windows: HashMap<Uuid, ReplayWindow>,
+}
+
+impl UdpIngest {
+    /// A receive loop state with empty replay windows.
+    pub fn new(auth: Arc<AuthCache>, producer: FixProducer, metrics: Metrics) -> Self {
+        Self {
+            auth,
+            producer,
+            metrics,
+            windows: HashMap::new(),
+        }
+    }
+
+    fn drop_datagram(&self, reason: &'static str) {
+        self.metrics.udp_dropped.with_label_values(&[reason]).inc();
+        tracing::debug!(reason, "udp datagram dropped");
+    }
+
+    /// Receive until shutdown.
+    pub async fn run(mut self, socket: UdpSocket, shutdown: Shutdown) {
+        // Larger than any valid datagram, so an oversized one is seen as such, not truncated
+        // into something that might parse.
+        let mut buf = vec![0u8; udp::MAX_DATAGRAM * 2];
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ready = socket.readable() => {
+                    if let Err(e) = ready {
+                        tracing::warn!(error = %e, "udp socket not readable");
+                        continue;
+                    }
+                }
+            }
+            loop {
+                match socket.try_recv_from(&mut buf) {
+                    Ok((n, _peer)) => self.handle(&buf[..n], &shutdown).await,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // e.g. ICMP errors surfacing on Linux; the socket stays usable.
+                        tracing::debug!(error = %e, "udp receive error");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handle one datagram.
+    pub async fn handle(&mut self, datagram: &[u8], shutdown: &Shutdown) {
+        self.metrics.udp_datagrams.inc();
+        let header = match udp::parse_header(datagram) {
+            Ok(header) => header,
+            Err(e) => return self.drop_datagram(e.reason()),
+        };
+        let device = match self.auth.device_by_id(header.device).await {
+            Ok(Some(device)) => device,
+            Ok(None) => return self.drop_datagram("unknown_device"),
+            Err(e) => {
+                tracing::warn!(error = %e, "udp credential lookup failed");
+                return self.drop_datagram("store_unavailable");
+            }
+        };
+        let Some(key) = device.udp_key else {
+            return self.drop_datagram("unknown_device");
+        };
+        let opened = match udp::open(datagram, &key) {
+            Ok(opened) => opened,
+            Err(e) => return self.drop_datagram(e.reason()),
+        };
+        // Only after the MAC verified may the counter move the window.
+        let window = self.windows.entry(device.id).or_default();
+        if let Err(e @ UdpError::Replayed) = window.accept(opened.counter) {
+            return self.drop_datagram(e.reason());
+        }
+        let count = opened.fixes.len() as u64;
+        self.metrics
+            .fixes_received
+            .with_label_values(&[Protocol::Udp.as_str()])
+            .inc_by(count);
+        let envelope = FixEnvelope::new(
+            device.tenant_id,
+            device.id,
+            device.uid.clone(),
+            Protocol::Udp,
+            gps_domain::fix::now_millis(),
+            opened.fixes,
+        );
+        let pending = match self.producer.enqueue(&envelope) {
+            Ok(pending) => pending,
+            Err(e) => {
+                self.metrics.refused(Protocol::Udp, e.reason(), count);
+                return self.drop_datagram("unavailable");
+            }
+        };
+        let producer = self.producer.clone();
+        let metrics = self.metrics.clone();
+        shutdown.spawn(async move {
+            match producer.acknowledged(pending).await {
+                Ok(()) => metrics
+                    .fixes_accepted
+                    .with_label_values(&[Protocol::Udp.as_str()])
+                    .inc_by(count),
+                Err(e) => {
+                    tracing::warn!(error = %e, "udp fixes not acknowledged by kafka");
+                    metrics.refused(Protocol::Udp, e.reason(), count);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,256 @@
+//! Shared helpers: start ingest on port 0 against a fresh database and fresh topics, read the
+//! fixes topic back from the beginning, read one metric, start a private broker.
+
+use gps_domain::FixEnvelope;
+use gps_runtime::config::KafkaArgs;
+use gps_runtime::shutdown::Shutdown;
+use gps_runtime::testing::{kafka_topics, seed_device, SeededDevice, TestDb};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// A running ingest with its database, topics and one seeded device.
+pub struct Ingest {
+    pub db: TestDb,
+    pub kafka: KafkaArgs,
+    pub device: SeededDevice,
+    pub base: String,
+    pub udp: SocketAddr,
+    pub client: reqwest::Client,
+    pub shutdown: Shutdown,
+    pub task: JoinHandle<Result<(), ingest::IngestError>>,
+}
+
+impl Ingest {
+    /// Start with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start with settings changed by `tweak` (database and topics are filled in first).
+    pub async fn start_with(tweak: impl FnOnce(&mut ingest::Config)) -> Self {
+        let kafka = kafka_topics().await;
+        Self::start_on(kafka, tweak).await
+    }
+
+    /// Start against the given Kafka settings.
+    pub async fn start_on(kafka: KafkaArgs, tweak: impl FnOnce(&mut ingest::Config)) -> Self {
+        let db = TestDb::new().await;
+        let device = seed_device(&db.pool, "acme").await;
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", http.local_addr().unwrap());
+        let udp_addr = udp.local_addr().unwrap();
+        let mut config = ingest::Config::local();
+        config.database = db.args.clone();
+        config.kafka = kafka.clone();
+        tweak(&mut config);
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(ingest::run(config, http, udp, shutdown.clone()));
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "ingest did not come up");
+            assert!(!task.is_finished(), "ingest exited at start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            db,
+            kafka,
+            device,
+            base,
+            udp: udp_addr,
+            client,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Read a metric sample (`name{labels}` exactly as exposed), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse::<f64>().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Wait until a metric sample reaches `at_least`.
+    pub async fn wait_metric(&self, sample: &str, at_least: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self.metric(sample).await;
+            if v >= at_least {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{sample} stayed at {v} < {at_least}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("ingest stops on shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Read every envelope of the fixes topic from the beginning until `count` fixes were seen or
+/// `idle` passed without a new record after the deadline.
+pub async fn read_fixes(kafka: &KafkaArgs, count: usize) -> Vec<FixEnvelope> {
+    let mut config = gps_runtime::kafka::client_config(kafka, "ingest-test-reader");
+    config
+        .set("group.id", format!("ingest-test-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false");
+    let topic = kafka.fixes_topic.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..gps_runtime::kafka::FIXES_PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let mut fixes = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fixes < count && Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                let envelope = FixEnvelope::decode(message.payload().unwrap()).unwrap();
+                assert_eq!(
+                    message.key().unwrap(),
+                    envelope.key().as_bytes(),
+                    "record key is the device id"
+                );
+                fixes += envelope.fixes.len();
+                out.push(envelope);
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// Insert an API key for `tenant` with `scopes`; returns the clear key.
+pub async fn api_key(db: &TestDb, tenant: uuid::Uuid, scopes: &[&str], revoked: bool) -> String {
+    let minted = gps_domain::auth::new_api_key();
+    sqlx::query(
+        "INSERT INTO api_keys (tenant_id, name, prefix, key_hash, scopes, revoked_at)
+         VALUES ($1, 'gw', $2, $3, $4, CASE WHEN $5 THEN now() END)",
+    )
+    .bind(tenant)
+    .bind(&minted.id)
+    .bind(gps_domain::auth::secret_digest(&minted.key))
+    .bind(scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    .bind(revoked)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    minted.key
+}
+
+/// A private broker (tansu) on a free port, with its sqlite data in a temp dir.
+pub struct PrivateBroker {
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+pub const TANSU: &str = "/root/.cache/gps-telemetry/tansu-0.6.0/bin/tansu";
+
+impl PrivateBroker {
+    pub fn tansu_path() -> Option<std::path::PathBuf> {
+        let path = std::env::var("TANSU_BIN").unwrap_or_else(|_| TANSU.to_owned());
+        let path = std::path::PathBuf::from(path);
+        path.exists().then_some(path)
+    }
+
+    pub async fn start() -> Option<Self> {
+        Self::tansu_path()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("ingest-tansu-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
+        broker.spawn().await;
+        Some(broker)
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub async fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
+        let child = std::process::Command::new(Self::tansu_path().unwrap())
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--storage-engine",
+                "sqlite://tansu.db",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "private tansu did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,225 @@
+//! The processor's typed configuration: flags and env vars for the service, its batching and
+//! caches, partition upkeep, and the `replay` subcommand.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gps_runtime::config::{DatabaseArgs, KafkaArgs, LogArgs, RedisArgs};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Service configuration: flags and env vars. With no subcommand the service runs.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "processor",
+    about = "GPS processor: validate, dedupe, store, publish"
+)]
+pub struct Config {
+    /// What to do; the service when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// HTTP listen address (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(
+        long = "addr",
+        env = "PROCESSOR_ADDR",
+        default_value = "127.0.0.1:8084",
+        global = true
+    )]
+    pub addr: SocketAddr,
+    /// Kafka consumer group shared by every processor instance.
+    #[arg(
+        long = "group-id",
+        env = "PROCESSOR_GROUP_ID",
+        default_value = "gps-processor",
+        global = true
+    )]
+    pub group_id: String,
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub upkeep: UpkeepArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// The defaults, as if started with no flag or env var (tests adjust fields from here).
+    pub fn local() -> Self {
+        Self {
+            command: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 8084)),
+            group_id: "gps-processor".into(),
+            batch: BatchArgs::default(),
+            upkeep: UpkeepArgs::default(),
+            database: DatabaseArgs::local(),
+            kafka: KafkaArgs::local(),
+            redis: RedisArgs::local(),
+            log: LogArgs {
+                filter: "info".into(),
+                format: gps_runtime::config::LogFormat::Text,
+            },
+        }
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Rebuild `positions` and `last_positions` from the log, then stop.
+    Replay(ReplayArgs),
+}
+
+/// Where `replay` starts reading.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReplayArgs {
+    /// Read every partition from its first retained record.
+    #[arg(long = "from-beginning")]
+    pub from_beginning: bool,
+    /// Read from the first record appended at or after this instant (RFC 3339).
+    #[arg(long = "from-time", value_parser = parse_time)]
+    pub from_time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("expected RFC 3339 like 2026-11-01T00:00:00Z: {e}"))
+}
+
+/// How a batch is written to PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WriteMode {
+    /// Binary COPY into a temporary staging table, then INSERT .. SELECT .. ON CONFLICT.
+    Copy,
+    /// One INSERT .. SELECT FROM UNNEST(arrays) .. ON CONFLICT.
+    Unnest,
+}
+
+/// Batching and cache sizes.
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    /// Most fixes written in one database transaction.
+    #[arg(long = "batch-max-fixes", env = "PROCESSOR_BATCH_MAX_FIXES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub max_fixes: u32,
+    /// Longest wait for a batch to fill after its first record, milliseconds.
+    #[arg(long = "batch-max-wait-ms", env = "PROCESSOR_BATCH_MAX_WAIT_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000), global = true)]
+    pub max_wait_ms: u64,
+    /// Bulk write path.
+    #[arg(long = "write-mode", env = "PROCESSOR_WRITE_MODE", value_enum, default_value_t = WriteMode::Copy, global = true)]
+    pub write_mode: WriteMode,
+    /// (device, fix time) pairs remembered for the in-memory duplicate check.
+    #[arg(long = "dedupe-capacity", env = "PROCESSOR_DEDUPE_CAPACITY", default_value_t = 500_000, global = true)]
+    pub dedupe_capacity: usize,
+    /// Devices whose last accepted fix is kept in memory for the speed check.
+    #[arg(long = "device-cache-capacity", env = "PROCESSOR_DEVICE_CACHE_CAPACITY", default_value_t = 200_000, global = true)]
+    pub device_cache_capacity: usize,
+    /// How long a tenant's validation settings are cached, seconds.
+    #[arg(long = "tenant-settings-ttl-secs", env = "PROCESSOR_TENANT_SETTINGS_TTL_SECS", default_value_t = 60, global = true)]
+    pub tenant_settings_ttl_secs: u64,
+}
+
+impl Default for BatchArgs {
+    fn default() -> Self {
+        Self {
+            max_fixes: 5000,
+            max_wait_ms: 200,
+            write_mode: WriteMode::Copy,
+            dedupe_capacity: 500_000,
+            device_cache_capacity: 200_000,
+            tenant_settings_ttl_secs: 60,
+        }
+    }
+}
+
+impl BatchArgs {
+    /// Max batch wait as a duration.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+}
+
+/// Partition upkeep (native partitioning only; TimescaleDB manages its chunks).
+#[derive(Debug, Clone, Args)]
+pub struct UpkeepArgs {
+    /// Days of partitions kept ready ahead of today.
+    #[arg(long = "partitions-ahead-days", env = "PROCESSOR_PARTITIONS_AHEAD_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366), global = true)]
+    pub ahead_days: u32,
+    /// Days of positions kept; older daily partitions are dropped.
+    #[arg(long = "retention-days", env = "PROCESSOR_RETENTION_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500), global = true)]
+    pub retention_days: u32,
+    /// Seconds between upkeep runs.
+    #[arg(long = "upkeep-interval-secs", env = "PROCESSOR_UPKEEP_INTERVAL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub interval_secs: u64,
+}
+
+impl Default for UpkeepArgs {
+    fn default() -> Self {
+        Self {
+            ahead_days: 7,
+            retention_days: 365,
+            interval_secs: 3600,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_subcommand_runs_the_service_with_defaults() {
+        let config = Config::try_parse_from(["processor", "--group-id", "g"]).unwrap();
+        assert!(config.command.is_none());
+        assert_eq!(config.group_id, "g");
+        assert_eq!(config.batch.write_mode, WriteMode::Copy);
+    }
+
+    #[test]
+    fn replay_needs_exactly_one_start() {
+        let config = Config::try_parse_from(["processor", "replay", "--from-beginning"]).unwrap();
+        assert!(matches!(
+            config.command,
+            Some(Command::Replay(ReplayArgs {
+                from_beginning: true,
+                ..
+            }))
+        ));
+        let config =
+            Config::try_parse_from(["processor", "replay", "--from-time", "2026-11-01T00:00:00Z"])
+                .unwrap();
+        assert!(matches!(
+            config.command,
+            Some(Command::Replay(ReplayArgs {
+                from_time: Some(_),
+                ..
+            }))
+        ));
+        assert!(Config::try_parse_from(["processor", "replay"]).is_err());
+        assert!(Config::try_parse_from([
+            "processor",
+            "replay",
+            "--from-beginning",
+            "--from-time",
+            "2026-11-01T00:00:00Z"
+        ])
+        .is_err());
+        let err = Config::try_parse_from(["processor", "replay", "--from-time", "yesterday"])
+            .unwrap_err();
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn batch_limits_are_checked() {
+        assert!(Config::try_parse_from(["processor", "--batch-max-fixes", "0"]).is_err());
+        let config =
+            Config::try_parse_from(["processor", "--write-mode", "unnest", "--batch-max-wait-ms", "5"])
+                .unwrap();
+        assert_eq!(config.batch.write_mode, WriteMode::Unnest);
+        assert_eq!(config.batch.max_wait(), Duration::from_millis(5));
+    }
+}

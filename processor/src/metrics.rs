@@ -1,0 +1,136 @@
+//! The processor's metrics, registered in its own registry: what was consumed, accepted,
+//! rejected (by reason), deduplicated, written and published, and how far behind it is.
+//! Labels are bounded: reason codes, dedupe stages and partition numbers only.
+
+use gps_domain::reject::RejectReason;
+use gps_runtime::ops::register;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric of the processor.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Records consumed from the fixes topic.
+    pub records: IntCounter,
+    /// Fixes newly stored.
+    pub accepted: IntCounter,
+    /// Fixes (or records) quarantined, by reason code.
+    pub rejected: IntCounterVec,
+    /// Duplicates dropped, by stage (`memory`, `batch`, `database`).
+    pub duplicates: IntCounterVec,
+    /// Fixes per written batch.
+    pub batch_fixes: Histogram,
+    /// Seconds per database write (partition check + transaction), by write mode.
+    pub write_seconds: HistogramVec,
+    /// Batches retried after a transient failure.
+    pub batch_retries: IntCounter,
+    /// Live messages that could not be published to Redis.
+    pub publish_failures: IntCounter,
+    /// Live messages published.
+    pub published: IntCounter,
+    /// Consumer lag in records, per partition of the fixes topic.
+    pub consumer_lag: IntGaugeVec,
+    /// Daily partitions created and dropped by upkeep and the writer, by action.
+    pub partitions: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric in `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str| {
+            register(registry, IntCounter::new(name, help).expect("valid metric"))
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let metrics = Self {
+            records: counter(
+                "gps_processor_records_total",
+                "records consumed from the fixes topic",
+            ),
+            accepted: counter("gps_processor_fixes_accepted_total", "fixes newly stored"),
+            rejected: counter_vec(
+                "gps_processor_fixes_rejected_total",
+                "fixes or records quarantined, by reason",
+                &["reason"],
+            ),
+            duplicates: counter_vec(
+                "gps_processor_fixes_duplicate_total",
+                "duplicate fixes dropped, by stage",
+                &["stage"],
+            ),
+            batch_fixes: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("gps_processor_batch_fixes", "fixes per written batch")
+                        .buckets(prometheus::exponential_buckets(1.0, 4.0, 10).expect("buckets")),
+                )
+                .expect("valid metric"),
+            ),
+            write_seconds: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "gps_processor_write_seconds",
+                        "seconds per batch write transaction",
+                    )
+                    .buckets(
+                        prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets"),
+                    ),
+                    &["mode"],
+                )
+                .expect("valid metric"),
+            ),
+            batch_retries: counter(
+                "gps_processor_batch_retries_total",
+                "batches retried after a transient failure",
+            ),
+            publish_failures: counter(
+                "gps_processor_publish_failures_total",
+                "live messages not published to redis",
+            ),
+            published: counter(
+                "gps_processor_published_total",
+                "live messages published to redis",
+            ),
+            consumer_lag: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "gps_processor_consumer_lag",
+                        "records behind the high watermark, per partition",
+                    ),
+                    &["partition"],
+                )
+                .expect("valid metric"),
+            ),
+            partitions: counter_vec(
+                "gps_processor_partitions_total",
+                "daily position partitions created or dropped",
+                &["action"],
+            ),
+        };
+        for reason in RejectReason::ALL {
+            metrics.rejected.with_label_values(&[reason.as_str()]);
+        }
+        for stage in ["memory", "batch", "database"] {
+            metrics.duplicates.with_label_values(&[stage]);
+        }
+        metrics
+    }
+
+    /// Count one reject.
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected.with_label_values(&[reason.as_str()]).inc();
+    }
+}

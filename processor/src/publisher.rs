@@ -1,0 +1,163 @@
+//! The live publish: after a batch commits, its newly stored fixes go to Redis as one
+//! [`LiveBatch`] per tenant on [`channel_for`]`(tenant)` (`docs/live.md`).
+//!
+//! Publishing runs in its own task behind a bounded queue, so a slow or absent Redis never
+//! holds up storage: when the queue is full or Redis fails, the message is dropped, counted
+//! (`gps_processor_publish_failures_total`) and logged, and the connection manager reconnects.
+//! Live is a best-effort projection; the database (and the log) stay complete.
+
+use crate::metrics::Metrics;
+use crate::writer::PositionRow;
+use gps_domain::live::{channel_for, LiveBatch, LiveFix};
+use gps_runtime::config::RedisArgs;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Messages waiting for Redis before new ones are dropped.
+const QUEUE: usize = 1024;
+/// Longest wait for one PUBLISH or connection attempt.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Handle to the publisher task. Dropping every handle lets the task drain and stop.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<(String, Vec<u8>)>,
+    metrics: Metrics,
+}
+
+impl Publisher {
+    /// Start the publisher task for `args`.
+    pub fn spawn(args: RedisArgs, metrics: Metrics) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(publish_loop(args, rx, metrics.clone()));
+        (Self { tx, metrics }, task)
+    }
+
+    /// Queue the newly stored fixes of one committed batch, one message per tenant.
+    pub fn publish_stored(&self, rows: &[PositionRow]) {
+        for (tenant, batch) in live_batches(rows) {
+            if self.tx.try_send((channel_for(tenant), batch.encode())).is_err() {
+                self.metrics.publish_failures.inc();
+                tracing::warn!(%tenant, fixes = batch.fixes.len(), reason = "queue_full", "live publish dropped");
+            }
+        }
+    }
+}
+
+/// Group stored rows per tenant; each tenant's fixes ordered by fix time (stable), so every
+/// device's fixes are in fix-time order.
+pub fn live_batches(rows: &[PositionRow]) -> Vec<(Uuid, LiveBatch)> {
+    let mut per_tenant: BTreeMap<Uuid, Vec<LiveFix>> = BTreeMap::new();
+    for row in rows {
+        per_tenant
+            .entry(row.meta.tenant)
+            .or_default()
+            .push(LiveFix {
+                device: row.meta.device,
+                uid: row.meta.uid.clone(),
+                proto: row.meta.proto,
+                rx: row.meta.rx,
+                fix: row.fix.clone(),
+            });
+    }
+    per_tenant
+        .into_iter()
+        .map(|(tenant, mut fixes)| {
+            fixes.sort_by_key(|f| f.fix.fix_time);
+            (tenant, LiveBatch::new(tenant, fixes))
+        })
+        .collect()
+}
+
+async fn connect(args: &RedisArgs) -> Result<ConnectionManager, String> {
+    let client = gps_runtime::redis_client::client(args).map_err(|e| e.to_string())?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(REDIS_TIMEOUT)
+        .set_response_timeout(REDIS_TIMEOUT)
+        .set_number_of_retries(1);
+    tokio::time::timeout(REDIS_TIMEOUT * 2, ConnectionManager::new_with_config(client, config))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+async fn publish_loop(
+    args: RedisArgs,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    metrics: Metrics,
+) {
+    let mut conn: Option<ConnectionManager> = None;
+    let mut next_attempt = Instant::now();
+    while let Some((channel, payload)) = rx.recv().await {
+        if conn.is_none() && Instant::now() >= next_attempt {
+            match connect(&args).await {
+                Ok(c) => {
+                    tracing::info!(redis = %args.redacted_url(), "live publisher connected");
+                    conn = Some(c);
+                }
+                Err(error) => {
+                    tracing::warn!(redis = %args.redacted_url(), %error, "redis unreachable, live publish paused");
+                    next_attempt = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            metrics.publish_failures.inc();
+            continue;
+        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&channel).arg(payload);
+        let publish = cmd.query_async::<i64>(c);
+        match tokio::time::timeout(REDIS_TIMEOUT, publish).await {
+            Ok(Ok(_receivers)) => metrics.published.inc(),
+            Ok(Err(error)) => {
+                metrics.publish_failures.inc();
+                tracing::warn!(%channel, %error, "live publish failed");
+            }
+            Err(_) => {
+                metrics.publish_failures.inc();
+                tracing::warn!(%channel, reason = "timeout", "live publish failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writer::EnvelopeMeta;
+    use gps_domain::fix::{Fix, Protocol};
+    use std::sync::Arc;
+
+    #[test]
+    fn one_batch_per_tenant_in_fix_time_order() {
+        let meta = |tenant| {
+            Arc::new(EnvelopeMeta {
+                tenant,
+                device: Uuid::new_v4(),
+                uid: "u".into(),
+                proto: Protocol::Json,
+                rx: 9,
+            })
+        };
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (ma, mb) = (meta(a), meta(b));
+        let rows: Vec<PositionRow> = [(ma.clone(), 3), (mb, 1), (ma, 2)]
+            .into_iter()
+            .map(|(meta, t)| PositionRow {
+                meta,
+                fix: Fix::new(t, 1.0, 1.0),
+            })
+            .collect();
+        let batches = live_batches(&rows);
+        assert_eq!(batches.len(), 2);
+        let of_a = &batches.iter().find(|(t, _)| *t == a).unwrap().1;
+        let times: Vec<i64> = of_a.fixes.iter().map(|f| f.fix.fix_time).collect();
+        assert_eq!(times, vec![2, 3]);
+        assert_eq!(of_a.tenant, a);
+    }
+}

@@ -1,0 +1,60 @@
+//! Partition upkeep for the native partitioning fallback (`gps_storage_mode() = 'partitioned'`):
+//! keep daily partitions ready ahead of today and drop those past retention. TimescaleDB does
+//! both by itself (chunks and its retention policy), so the task does not run there.
+
+use crate::config::UpkeepArgs;
+use crate::metrics::Metrics;
+use gps_runtime::shutdown::Shutdown;
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// Create the partitions from yesterday to `ahead_days` ahead and drop those whose whole day is
+/// older than the retention. Returns (created, dropped).
+pub async fn run_once(
+    pool: &PgPool,
+    args: &UpkeepArgs,
+    metrics: &Metrics,
+) -> Result<(i32, i32), sqlx::Error> {
+    let created: i32 = sqlx::query_scalar(
+        "SELECT gps_ensure_position_partitions(
+            (now() AT TIME ZONE 'UTC')::date - 1,
+            (now() AT TIME ZONE 'UTC')::date + $1)",
+    )
+    .bind(args.ahead_days as i32)
+    .fetch_one(pool)
+    .await?;
+    let dropped: i32 = sqlx::query_scalar(
+        "SELECT gps_drop_position_partitions(now() - make_interval(days => $1))",
+    )
+    .bind(args.retention_days as i32)
+    .fetch_one(pool)
+    .await?;
+    metrics
+        .partitions
+        .with_label_values(&["created"])
+        .inc_by(created.max(0) as u64);
+    metrics
+        .partitions
+        .with_label_values(&["dropped"])
+        .inc_by(dropped.max(0) as u64);
+    if created > 0 || dropped > 0 {
+        tracing::info!(created, dropped, retention_days = args.retention_days, "partition upkeep");
+    }
+    Ok((created, dropped))
+}
+
+/// Run [`run_once`] now and every `interval_secs` until shutdown. Failures are logged and
+/// retried at the next tick: the writer also creates the partitions it needs.
+pub async fn run(pool: PgPool, args: UpkeepArgs, metrics: Metrics, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(args.interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = run_once(&pool, &args, &metrics).await {
+            tracing::warn!(%error, "partition upkeep failed; retrying next interval");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Shared helpers: a processor config for a test's database and topics, producing envelopes,
+//! reading rejects back, running the service in-process, and waiting for conditions.
+
+use gps_domain::reject::RejectRecord;
+use gps_domain::FixEnvelope;
+use gps_runtime::config::KafkaArgs;
+use gps_runtime::shutdown::Shutdown;
+use gps_runtime::testing::{unique_suffix, TestDb};
+use processor::Config;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// A processor config on `db` and `kafka` with its own consumer group.
+pub fn config(db: &TestDb, kafka: &KafkaArgs, group: &str) -> Config {
+    let mut config = Config::local();
+    config.database = db.args.clone();
+    config.kafka = kafka.clone();
+    config.redis = gps_runtime::testing::redis_args();
+    config.group_id = group.to_owned();
+    config.batch.max_wait_ms = 50;
+    config
+}
+
+/// A unique consumer group id.
+pub fn group() -> String {
+    format!("test-processor-{}", unique_suffix())
+}
+
+/// An idempotent producer on the test broker.
+pub fn producer(kafka: &KafkaArgs) -> FutureProducer {
+    gps_runtime::kafka::client_config(kafka, "test-producer")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+/// Produce envelopes in order (each acknowledged before the next is sent).
+pub async fn produce(producer: &FutureProducer, topic: &str, envelopes: &[FixEnvelope]) {
+    for envelope in envelopes {
+        produce_raw(producer, topic, &envelope.key(), &envelope.encode()).await;
+    }
+}
+
+/// Produce many envelopes concurrently (order per key not guaranteed across the batch).
+pub async fn produce_many(producer: &FutureProducer, topic: &str, envelopes: &[FixEnvelope]) {
+    let encoded: Vec<(String, Vec<u8>)> = envelopes.iter().map(|e| (e.key(), e.encode())).collect();
+    let mut sends = Vec::new();
+    for (key, payload) in &encoded {
+        sends.push(producer.send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        ));
+    }
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e).expect("broker acknowledges");
+    }
+}
+
+/// Produce one raw record.
+pub async fn produce_raw(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("broker acknowledges");
+}
+
+/// Read `expected` reject records from the rejected topic (or panic after 60 s).
+pub async fn read_rejects(kafka: &KafkaArgs, expected: usize) -> Vec<RejectRecord> {
+    let consumer: StreamConsumer = gps_runtime::kafka::client_config(kafka, "test-rejects")
+        .set("group.id", group())
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&kafka.rejected_topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    while records.len() < expected {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {expected} rejects arrived", records.len()))
+            .unwrap();
+        records.push(RejectRecord::decode(message.payload().unwrap()).unwrap());
+    }
+    records
+}
+
+/// A processor running in-process.
+pub struct Running {
+    pub shutdown: Shutdown,
+    pub task: JoinHandle<Result<(), processor::ProcessorError>>,
+    pub addr: SocketAddr,
+}
+
+impl Running {
+    /// Start `run` on a free port.
+    pub async fn start(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(processor::run(config, listener, shutdown.clone()));
+        Self {
+            shutdown,
+            task,
+            addr,
+        }
+    }
+
+    /// The value of a counter (summed over labels) from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.addr)).await else {
+            return 0.0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Shut down and wait for `run` to return Ok.
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("processor stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Poll `check` until it returns true, or panic with `what` after `secs`.
+pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// Rows in `positions`.
+pub async fn count_positions(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM positions")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Every stored key, sorted.
+pub async fn stored_keys(pool: &PgPool) -> Vec<(Uuid, i64)> {
+    let rows: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT device_id, fix_time FROM positions ORDER BY device_id, fix_time")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(d, t)| (d, t.timestamp_millis()))
+        .collect()
+}
