@@ -32,7 +32,10 @@ pub async fn authenticate(
     }
     let authorization = headers
         .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().map_err(|_| ApiError::Unauthorized("malformed authorization header")))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::Unauthorized("malformed authorization header"))
+        })
         .transpose()?;
     let principal = match (authorization, ticket) {
         (Some(value), _) => access::principal_from_bearer(pool, keys, Some(value)).await,

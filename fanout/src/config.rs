@@ -34,7 +34,11 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
     /// Messages queued per connection before per-device coalescing starts.
-    #[arg(long = "queue-capacity", env = "FANOUT_QUEUE_CAPACITY", default_value_t = 256)]
+    #[arg(
+        long = "queue-capacity",
+        env = "FANOUT_QUEUE_CAPACITY",
+        default_value_t = 256
+    )]
     pub queue_capacity: usize,
     /// Messages queued per connection (after coalescing) at which the client is closed as too slow.
     #[arg(
@@ -117,7 +121,7 @@ impl OriginPolicy {
             Self::Any => true,
             Self::Only(list) => {
                 let origin = normalize_origin(origin);
-                list.iter().any(|o| *o == origin)
+                list.contains(&origin)
             }
         }
     }
@@ -262,9 +266,12 @@ mod tests {
 
     #[test]
     fn origins_are_normalized_and_matched_exactly() {
-        let settings = parse(&["--allowed-origins", "https://Maps.example.com/,http://localhost:3000"])
-            .settings()
-            .unwrap();
+        let settings = parse(&[
+            "--allowed-origins",
+            "https://Maps.example.com/,http://localhost:3000",
+        ])
+        .settings()
+        .unwrap();
         assert!(settings.origins.allows("https://maps.example.com"));
         assert!(settings.origins.allows("http://localhost:3000"));
         assert!(!settings.origins.allows("https://evil.example.com"));

@@ -244,9 +244,17 @@ async fn serve(socket: WebSocket, state: AppState, principal: Principal) {
         .with_label_values(&[reason.label()])
         .inc();
     if reason == CloseReason::TooSlow {
-        tracing::info!(connection = id, reason = reason.label(), "live connection closed");
+        tracing::info!(
+            connection = id,
+            reason = reason.label(),
+            "live connection closed"
+        );
     } else {
-        tracing::debug!(connection = id, reason = reason.label(), "live connection closed");
+        tracing::debug!(
+            connection = id,
+            reason = reason.label(),
+            "live connection closed"
+        );
     }
 }
 
@@ -326,9 +334,13 @@ impl Session {
         let limits = self.settings.limits.clone();
         let checked = async {
             let visibility = access::visibility(&self.pool, &self.principal).await?;
-            let devices =
-                store::visible_devices(&self.pool, &self.principal, &visibility, &selectors.devices)
-                    .await?;
+            let devices = store::visible_devices(
+                &self.pool,
+                &self.principal,
+                &visibility,
+                &selectors.devices,
+            )
+            .await?;
             let groups =
                 store::visible_groups(&self.pool, &self.principal, &visibility, &selectors.groups)
                     .await?;
@@ -351,7 +363,10 @@ impl Session {
                 return self.fail(
                     id.as_ref(),
                     "too_many_bboxes",
-                    &format!("at most {} bounding boxes per connection", limits.max_bboxes),
+                    &format!(
+                        "at most {} bounding boxes per connection",
+                        limits.max_bboxes
+                    ),
                 );
             }
         }
@@ -490,11 +505,7 @@ fn classify_read_error(error: &str) -> CloseReason {
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    conn: &ConnShared,
-    metrics: &Metrics,
-) {
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, conn: &ConnShared, metrics: &Metrics) {
     let fix_sent = metrics.messages_sent.with_label_values(&["fix"]);
     let snapshot_sent = metrics.messages_sent.with_label_values(&["snapshot"]);
     let control_sent = metrics.messages_sent.with_label_values(&["control"]);

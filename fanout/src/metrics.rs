@@ -3,7 +3,9 @@
 //! are bounded enums (message type, close reason), never a device or tenant id.
 
 use gps_runtime::ops::register;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Every fanout metric.
 #[derive(Debug, Clone)]
@@ -62,8 +64,9 @@ impl Metrics {
         let counter = |name: &str, help: &str| {
             register(registry, IntCounter::new(name, help).expect("valid metric"))
         };
-        let gauge =
-            |name: &str, help: &str| register(registry, IntGauge::new(name, help).expect("valid metric"));
+        let gauge = |name: &str, help: &str| {
+            register(registry, IntGauge::new(name, help).expect("valid metric"))
+        };
         let metrics = Self {
             connections: gauge("gps_fanout_connections", "Open WebSocket connections"),
             connections_opened: counter(

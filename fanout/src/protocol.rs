@@ -129,7 +129,11 @@ impl ProtocolError {
 /// Parse one client text message.
 pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        ProtocolError::new("invalid_json", format!("message is not valid JSON: {e}"), None)
+        ProtocolError::new(
+            "invalid_json",
+            format!("message is not valid JSON: {e}"),
+            None,
+        )
     })?;
     let Value::Object(mut map) = value else {
         return Err(ProtocolError::new(
@@ -565,7 +569,11 @@ mod tests {
                 "invalid_field",
                 Some("colour"),
             ),
-            (r#"{"type":"ping","id":{"a":1}}"#, "invalid_field", Some("id")),
+            (
+                r#"{"type":"ping","id":{"a":1}}"#,
+                "invalid_field",
+                Some("id"),
+            ),
         ];
         for (text, code, field) in cases {
             let err = parse_client(text).unwrap_err();

@@ -143,7 +143,10 @@ impl Router {
 
     fn count_wide(&self, wide: &WideSub, sign: i64) {
         if wide.all {
-            self.metrics.subscriptions.with_label_values(&["all"]).add(sign);
+            self.metrics
+                .subscriptions
+                .with_label_values(&["all"])
+                .add(sign);
         }
         self.metrics
             .subscriptions
@@ -311,8 +314,16 @@ mod tests {
         let fixes = [live(d1, 5.0, 5.0), live(d2, 5.0, 5.0), live(d3, 50.0, 50.0)];
         assert_eq!(router.dispatch(tenant, &fixes, Instant::now()), 4);
         assert_eq!(devices_of(&by_device), vec![d1]);
-        assert_eq!(devices_of(&by_bbox), vec![d1, d2], "d1 once, though named and in the box");
-        assert_eq!(devices_of(&viewer_all), vec![d2], "only what the viewer may see");
+        assert_eq!(
+            devices_of(&by_bbox),
+            vec![d1, d2],
+            "d1 once, though named and in the box"
+        );
+        assert_eq!(
+            devices_of(&viewer_all),
+            vec![d2],
+            "only what the viewer may see"
+        );
         assert!(devices_of(&other_tenant).is_empty());
     }
 
@@ -325,12 +336,21 @@ mod tests {
         router.add_connection(c.clone());
         router.update(&c, &[d], &[], None);
         assert!(router.has_tenant(tenant));
-        assert_eq!(metrics.subscriptions.with_label_values(&["device"]).get(), 1);
+        assert_eq!(
+            metrics.subscriptions.with_label_values(&["device"]).get(),
+            1
+        );
         router.update(&c, &[], &[d], None);
         assert!(!router.has_tenant(tenant));
-        assert_eq!(router.dispatch(tenant, &[live(d, 1.0, 1.0)], Instant::now()), 0);
+        assert_eq!(
+            router.dispatch(tenant, &[live(d, 1.0, 1.0)], Instant::now()),
+            0
+        );
         router.remove_connection(&c, &[d]);
         assert_eq!(router.connection_count(), 0);
-        assert_eq!(metrics.subscriptions.with_label_values(&["device"]).get(), 0);
+        assert_eq!(
+            metrics.subscriptions.with_label_values(&["device"]).get(),
+            0
+        );
     }
 }

@@ -29,9 +29,9 @@ pub async fn visible_devices(
             .bind(requested)
             .fetch_all(pool)
             .await?;
-    Ok(requested.iter().partition(|d| {
-        existing.contains(d) && visibility.contains(principal.tenant_id, **d)
-    }))
+    Ok(requested
+        .iter()
+        .partition(|d| existing.contains(d) && visibility.contains(principal.tenant_id, **d)))
 }
 
 /// Of `requested` groups, those the principal may watch with their (visible) devices; the rest
@@ -160,8 +160,23 @@ pub async fn snapshot(
         .into_iter()
         .take(limit)
         .map(|row| {
-            let (device, uid, fix_time, rx, lat, lon, alt, spd, hdg, acc, bat, sat, hdop, proto, attrs) =
-                row;
+            let (
+                device,
+                uid,
+                fix_time,
+                rx,
+                lat,
+                lon,
+                alt,
+                spd,
+                hdg,
+                acc,
+                bat,
+                sat,
+                hdop,
+                proto,
+                attrs,
+            ) = row;
             let mut fix = Fix::new(fix_time, lat, lon);
             fix.altitude_m = alt;
             fix.speed_mps = spd;

@@ -85,7 +85,10 @@ pub async fn run(
                 }
             }
             Err(_) => {
-                tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "redis subscribe timed out");
+                tracing::warn!(
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "redis subscribe timed out"
+                );
             }
         }
         tokio::select! {

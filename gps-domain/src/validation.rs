@@ -211,10 +211,16 @@ pub fn validate(
     // Only reachable when `rx` itself is absurd: the relative checks above ran first so that a
     // week-rollover fix from before 2000 is still named as one.
     if fix.fix_time < MIN_FIX_TIME {
-        return reject(RejectReason::TooOld, format!("fix time {} before 2000", fix.fix_time));
+        return reject(
+            RejectReason::TooOld,
+            format!("fix time {} before 2000", fix.fix_time),
+        );
     }
     if fix.fix_time > MAX_FIX_TIME {
-        return reject(RejectReason::FutureTime, format!("fix time {} after 2200", fix.fix_time));
+        return reject(
+            RejectReason::FutureTime,
+            format!("fix time {} after 2200", fix.fix_time),
+        );
     }
     if let Some(acc) = fix.accuracy_m {
         if acc > thresholds.max_accuracy_m {
@@ -249,7 +255,11 @@ pub fn implied_speed_mps(previous: &PreviousFix, fix: &Fix) -> Option<f64> {
         return None;
     }
     let distance = haversine_m(previous.lat, previous.lon, fix.lat, fix.lon);
-    let slack = |acc: Option<f64>| acc.filter(|a| a.is_finite()).unwrap_or(0.0).clamp(0.0, 100.0);
+    let slack = |acc: Option<f64>| {
+        acc.filter(|a| a.is_finite())
+            .unwrap_or(0.0)
+            .clamp(0.0, 100.0)
+    };
     let distance = (distance - slack(previous.accuracy_m) - slack(fix.accuracy_m)).max(0.0);
     let dt_ms = (i128::from(fix.fix_time) - i128::from(previous.fix_time)).unsigned_abs();
     let dt_s = (dt_ms as f64 / 1000.0).max(1.0);
@@ -314,7 +324,7 @@ mod tests {
             RejectReason::TooOld
         );
         assert_eq!(
-            reason(&Fix::new(RX - GPS_ROLLOVER_MS + 3600_000, 1.0, 1.0)),
+            reason(&Fix::new(RX - GPS_ROLLOVER_MS + 3_600_000, 1.0, 1.0)),
             RejectReason::WeekRollover
         );
         assert_eq!(
@@ -360,9 +370,8 @@ mod tests {
         assert_eq!(t.max_accuracy_m, 50.0);
         assert!((t.max_speed_mps - 10.0).abs() < 1e-9);
 
-        let (t, problems) = Thresholds::from_settings(
-            &serde_json::json!({"validation": {"max_accuracy_m": -1}}),
-        );
+        let (t, problems) =
+            Thresholds::from_settings(&serde_json::json!({"validation": {"max_accuracy_m": -1}}));
         assert_eq!(t, Thresholds::default());
         assert!(problems[0].contains("max_accuracy_m"), "{problems:?}");
         let (t, problems) =

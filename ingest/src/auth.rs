@@ -28,6 +28,16 @@ pub struct DeviceRecord {
     pub udp_key: Option<[u8; 32]>,
 }
 
+/// An `api_keys` row: id, tenant, digest, scopes, expiry, revoked.
+type ApiKeyRow = (
+    Uuid,
+    Uuid,
+    String,
+    Vec<String>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    bool,
+);
+
 /// A gateway API key as ingest needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
@@ -152,7 +162,12 @@ impl AuthCache {
         filter: &str,
         bind: impl FnOnce(
             sqlx::query::QueryAs<'_, sqlx::Postgres, DeviceRow, sqlx::postgres::PgArguments>,
-        ) -> sqlx::query::QueryAs<'_, sqlx::Postgres, DeviceRow, sqlx::postgres::PgArguments>,
+        ) -> sqlx::query::QueryAs<
+            '_,
+            sqlx::Postgres,
+            DeviceRow,
+            sqlx::postgres::PgArguments,
+        >,
     ) -> Result<Option<Arc<DeviceRecord>>, Unavailable> {
         let sql = format!("{DEVICE_COLUMNS} WHERE {filter}");
         let row = bind(sqlx::query_as::<_, DeviceRow>(&sql))
@@ -174,7 +189,8 @@ impl AuthCache {
                 let found = self
                     .fetch_device("token_hash = $1", |q| q.bind(digest.clone()))
                     .await?;
-                self.by_token.insert(digest, found.clone(), self.ttl_for(&found));
+                self.by_token
+                    .insert(digest, found.clone(), self.ttl_for(&found));
                 found
             }
         };
@@ -189,7 +205,8 @@ impl AuthCache {
                 let found = self
                     .fetch_device("uid = $1", |q| q.bind(uid.to_owned()))
                     .await?;
-                self.by_uid.insert(uid.to_owned(), found.clone(), self.ttl_for(&found));
+                self.by_uid
+                    .insert(uid.to_owned(), found.clone(), self.ttl_for(&found));
                 found
             }
         };
@@ -217,15 +234,14 @@ impl AuthCache {
         let found = match self.keys.get(&prefix.to_owned()) {
             Some(found) => found,
             None => {
-                let row: Option<(Uuid, Uuid, String, Vec<String>, Option<chrono::DateTime<chrono::Utc>>, bool)> =
-                    sqlx::query_as(
-                        "SELECT id, tenant_id, key_hash, scopes, expires_at, revoked_at IS NOT NULL
+                let row: Option<ApiKeyRow> = sqlx::query_as(
+                    "SELECT id, tenant_id, key_hash, scopes, expires_at, revoked_at IS NOT NULL
                          FROM api_keys WHERE prefix = $1",
-                    )
-                    .bind(prefix)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| Unavailable(e.to_string()))?;
+                )
+                .bind(prefix)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| Unavailable(e.to_string()))?;
                 let found = row.map(|(id, tenant_id, key_hash, scopes, expires_at, revoked)| {
                     Arc::new(ApiKeyRecord {
                         id,

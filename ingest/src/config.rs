@@ -67,22 +67,46 @@ pub struct ProducerArgs {
           value_parser = clap::value_parser!(u64).range(100..=300_000))]
     pub delivery_timeout_ms: u64,
     /// How long the producer waits to fill a batch (`linger.ms`).
-    #[arg(long = "kafka-linger-ms", env = "INGEST_KAFKA_LINGER_MS", default_value_t = 2)]
+    #[arg(
+        long = "kafka-linger-ms",
+        env = "INGEST_KAFKA_LINGER_MS",
+        default_value_t = 2
+    )]
     pub linger_ms: u32,
     /// Largest batch per partition, bytes (`batch.size`).
-    #[arg(long = "kafka-batch-bytes", env = "INGEST_KAFKA_BATCH_BYTES", default_value_t = 1_000_000)]
+    #[arg(
+        long = "kafka-batch-bytes",
+        env = "INGEST_KAFKA_BATCH_BYTES",
+        default_value_t = 1_000_000
+    )]
     pub batch_bytes: u32,
     /// Compression codec (`compression.type`: none, gzip, snappy, lz4, zstd).
-    #[arg(long = "kafka-compression", env = "INGEST_KAFKA_COMPRESSION", default_value = "lz4")]
+    #[arg(
+        long = "kafka-compression",
+        env = "INGEST_KAFKA_COMPRESSION",
+        default_value = "lz4"
+    )]
     pub compression: String,
     /// Most records queued in the producer before requests get 503 (`queue.buffering.max.messages`).
-    #[arg(long = "kafka-queue-max", env = "INGEST_KAFKA_QUEUE_MAX", default_value_t = 100_000)]
+    #[arg(
+        long = "kafka-queue-max",
+        env = "INGEST_KAFKA_QUEUE_MAX",
+        default_value_t = 100_000
+    )]
     pub queue_max_messages: u32,
     /// Seconds a 503 tells the device to wait (`Retry-After`).
-    #[arg(long = "retry-after-secs", env = "INGEST_RETRY_AFTER_SECS", default_value_t = 5)]
+    #[arg(
+        long = "retry-after-secs",
+        env = "INGEST_RETRY_AFTER_SECS",
+        default_value_t = 5
+    )]
     pub retry_after_secs: u32,
     /// How long shutdown waits for the producer to flush, ms.
-    #[arg(long = "flush-timeout-ms", env = "INGEST_FLUSH_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long = "flush-timeout-ms",
+        env = "INGEST_FLUSH_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub flush_timeout_ms: u64,
 }
 
@@ -98,13 +122,25 @@ impl ProducerArgs {
 pub struct AuthArgs {
     /// How long a found credential is trusted without asking PostgreSQL, ms. A disabled device
     /// or revoked key is refused at the latest this long after the change.
-    #[arg(long = "auth-cache-ttl-ms", env = "INGEST_AUTH_CACHE_TTL_MS", default_value_t = 10_000)]
+    #[arg(
+        long = "auth-cache-ttl-ms",
+        env = "INGEST_AUTH_CACHE_TTL_MS",
+        default_value_t = 10_000
+    )]
     pub ttl_ms: u64,
     /// How long an unknown credential is remembered as unknown, ms.
-    #[arg(long = "auth-negative-ttl-ms", env = "INGEST_AUTH_NEGATIVE_TTL_MS", default_value_t = 2_000)]
+    #[arg(
+        long = "auth-negative-ttl-ms",
+        env = "INGEST_AUTH_NEGATIVE_TTL_MS",
+        default_value_t = 2_000
+    )]
     pub negative_ttl_ms: u64,
     /// Most cached entries per kind (tokens, uids, ids, keys).
-    #[arg(long = "auth-cache-capacity", env = "INGEST_AUTH_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(
+        long = "auth-cache-capacity",
+        env = "INGEST_AUTH_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
     pub capacity: usize,
 }
 
@@ -120,7 +156,8 @@ impl Config {
     /// Cross-field checks, every problem listed at once.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = gps_runtime::config::ConfigProblems::default();
-        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.producer.compression.as_str()) {
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.producer.compression.as_str())
+        {
             problems.push(
                 "INGEST_KAFKA_COMPRESSION",
                 "must be one of none, gzip, snappy, lz4, zstd",

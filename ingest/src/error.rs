@@ -72,7 +72,11 @@ pub enum ApiError {
 
 impl ApiError {
     /// A 400 naming the field.
-    pub fn bad_field(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn bad_field(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         let field: String = field.into();
         Self::BadRequest {
             code,
@@ -155,10 +159,9 @@ impl IntoResponse for ApiError {
             Self::Unavailable {
                 retry_after_secs, ..
             } => {
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(*retry_after_secs),
-                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Self::Unauthorized {
                 basic_realm: true, ..

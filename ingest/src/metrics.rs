@@ -3,11 +3,11 @@
 //! Labels are bounded (protocol, reason, status class); never a device id.
 
 use gps_domain::Protocol;
+use gps_runtime::ops::register;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
     Registry,
 };
-use gps_runtime::ops::register;
 
 /// The ingest metric handles (cheap to clone).
 #[derive(Clone)]

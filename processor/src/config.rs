@@ -113,13 +113,28 @@ pub struct BatchArgs {
     #[arg(long = "write-mode", env = "PROCESSOR_WRITE_MODE", value_enum, default_value_t = WriteMode::Copy, global = true)]
     pub write_mode: WriteMode,
     /// (device, fix time) pairs remembered for the in-memory duplicate check.
-    #[arg(long = "dedupe-capacity", env = "PROCESSOR_DEDUPE_CAPACITY", default_value_t = 500_000, global = true)]
+    #[arg(
+        long = "dedupe-capacity",
+        env = "PROCESSOR_DEDUPE_CAPACITY",
+        default_value_t = 500_000,
+        global = true
+    )]
     pub dedupe_capacity: usize,
     /// Devices whose last accepted fix is kept in memory for the speed check.
-    #[arg(long = "device-cache-capacity", env = "PROCESSOR_DEVICE_CACHE_CAPACITY", default_value_t = 200_000, global = true)]
+    #[arg(
+        long = "device-cache-capacity",
+        env = "PROCESSOR_DEVICE_CACHE_CAPACITY",
+        default_value_t = 200_000,
+        global = true
+    )]
     pub device_cache_capacity: usize,
     /// How long a tenant's validation settings are cached, seconds.
-    #[arg(long = "tenant-settings-ttl-secs", env = "PROCESSOR_TENANT_SETTINGS_TTL_SECS", default_value_t = 60, global = true)]
+    #[arg(
+        long = "tenant-settings-ttl-secs",
+        env = "PROCESSOR_TENANT_SETTINGS_TTL_SECS",
+        default_value_t = 60,
+        global = true
+    )]
     pub tenant_settings_ttl_secs: u64,
 }
 
@@ -216,9 +231,14 @@ mod tests {
     #[test]
     fn batch_limits_are_checked() {
         assert!(Config::try_parse_from(["processor", "--batch-max-fixes", "0"]).is_err());
-        let config =
-            Config::try_parse_from(["processor", "--write-mode", "unnest", "--batch-max-wait-ms", "5"])
-                .unwrap();
+        let config = Config::try_parse_from([
+            "processor",
+            "--write-mode",
+            "unnest",
+            "--batch-max-wait-ms",
+            "5",
+        ])
+        .unwrap();
         assert_eq!(config.batch.write_mode, WriteMode::Unnest);
         assert_eq!(config.batch.max_wait(), Duration::from_millis(5));
     }

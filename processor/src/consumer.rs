@@ -16,8 +16,11 @@ use crate::error::ProcessorError;
 use crate::metrics::Metrics;
 use crate::pipeline::{InRecord, Pipeline};
 use crate::publisher::Publisher;
+use gps_runtime::shutdown::Shutdown;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -25,7 +28,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use gps_runtime::shutdown::Shutdown;
 use tokio::time::Instant;
 
 /// What the rebalance callbacks share with the loop.
@@ -91,7 +93,10 @@ impl ConsumerContext for ProcessorContext {
                     }
                 }
                 for p in &revoked {
-                    let _ = self.metrics.consumer_lag.remove_label_values(&[&p.to_string()]);
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[&p.to_string()]);
                 }
                 tracing::info!(partitions = ?revoked, "partitions revoked");
             }
@@ -209,7 +214,10 @@ pub async fn run_loop(
                 batch.retain(|r| assigned.contains(&r.partition));
                 fixes = batch.iter().map(InRecord::weight).sum();
                 if before != batch.len() {
-                    tracing::info!(dropped = before - batch.len(), "records of revoked partitions dropped from the batch");
+                    tracing::info!(
+                        dropped = before - batch.len(),
+                        "records of revoked partitions dropped from the batch"
+                    );
                 }
                 pipeline.forget_devices();
             }

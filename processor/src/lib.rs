@@ -63,7 +63,12 @@ pub async fn run(
         RejectSink::producer(&config.kafka)?,
         config.kafka.rejected_topic.clone(),
     );
-    let writer = Writer::new(pool.clone(), config.batch.write_mode, storage, metrics.clone());
+    let writer = Writer::new(
+        pool.clone(),
+        config.batch.write_mode,
+        storage,
+        metrics.clone(),
+    );
     let pipeline = Pipeline::new(
         pool.clone(),
         writer,

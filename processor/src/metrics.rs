@@ -84,9 +84,7 @@ impl Metrics {
                         "gps_processor_write_seconds",
                         "seconds per batch write transaction",
                     )
-                    .buckets(
-                        prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets"),
-                    ),
+                    .buckets(prometheus::exponential_buckets(0.001, 2.0, 14).expect("buckets")),
                     &["mode"],
                 )
                 .expect("valid metric"),

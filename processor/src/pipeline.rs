@@ -99,13 +99,17 @@ impl RejectSink {
     }
 
     /// A producer with the pipeline's delivery guarantees (idempotent, `acks=all`).
-    pub fn producer(kafka: &gps_runtime::config::KafkaArgs) -> Result<FutureProducer, ProcessorError> {
-        Ok(gps_runtime::kafka::client_config(kafka, "gps-processor-rejects")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create()?)
+    pub fn producer(
+        kafka: &gps_runtime::config::KafkaArgs,
+    ) -> Result<FutureProducer, ProcessorError> {
+        Ok(
+            gps_runtime::kafka::client_config(kafka, "gps-processor-rejects")
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "5")
+                .set("message.timeout.ms", "30000")
+                .create()?,
+        )
     }
 
     async fn send_all(&self, records: &[RejectRecord]) -> Result<(), ProcessorError> {
@@ -155,7 +159,8 @@ impl TenantCache {
         let now = Instant::now();
         let mut stale: Vec<Uuid> = Vec::new();
         for t in tenants {
-            let fresh = matches!(self.entries.get(t), Some((_, at)) if now.duration_since(*at) <= self.ttl);
+            let fresh =
+                matches!(self.entries.get(t), Some((_, at)) if now.duration_since(*at) <= self.ttl);
             if !fresh {
                 stale.push(*t);
             }
@@ -215,7 +220,9 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("topic", &self.topic).finish()
+        f.debug_struct("Pipeline")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
@@ -304,7 +311,10 @@ impl Pipeline {
                 proto: envelope.proto,
                 rx: envelope.rx,
             });
-            let limits = thresholds.get(&envelope.tenant).copied().unwrap_or_default();
+            let limits = thresholds
+                .get(&envelope.tenant)
+                .copied()
+                .unwrap_or_default();
             for (index, fix) in envelope.fixes.iter().enumerate() {
                 let key = (envelope.device, fix.fix_time);
                 if self.dedupe.contains(&key) {
@@ -376,8 +386,12 @@ impl Pipeline {
         let m = &self.metrics;
         m.records.inc_by(records.len() as u64);
         m.accepted.inc_by(outcome.stored.len() as u64);
-        m.duplicates.with_label_values(&["memory"]).inc_by(memory_dups);
-        m.duplicates.with_label_values(&["batch"]).inc_by(batch_dups);
+        m.duplicates
+            .with_label_values(&["memory"])
+            .inc_by(memory_dups);
+        m.duplicates
+            .with_label_values(&["batch"])
+            .inc_by(batch_dups);
         m.duplicates
             .with_label_values(&["database"])
             .inc_by(database_dups as u64);

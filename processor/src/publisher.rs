@@ -40,7 +40,11 @@ impl Publisher {
     /// Queue the newly stored fixes of one committed batch, one message per tenant.
     pub fn publish_stored(&self, rows: &[PositionRow]) {
         for (tenant, batch) in live_batches(rows) {
-            if self.tx.try_send((channel_for(tenant), batch.encode())).is_err() {
+            if self
+                .tx
+                .try_send((channel_for(tenant), batch.encode()))
+                .is_err()
+            {
                 self.metrics.publish_failures.inc();
                 tracing::warn!(%tenant, fixes = batch.fixes.len(), reason = "queue_full", "live publish dropped");
             }
@@ -79,10 +83,13 @@ async fn connect(args: &RedisArgs) -> Result<ConnectionManager, String> {
         .set_connection_timeout(REDIS_TIMEOUT)
         .set_response_timeout(REDIS_TIMEOUT)
         .set_number_of_retries(1);
-    tokio::time::timeout(REDIS_TIMEOUT * 2, ConnectionManager::new_with_config(client, config))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())
+    tokio::time::timeout(
+        REDIS_TIMEOUT * 2,
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_owned())?
+    .map_err(|e| e.to_string())
 }
 
 async fn publish_loop(

@@ -65,13 +65,17 @@ pub async fn replay(
         return Ok(ReplaySummary::default());
     };
 
-    let consumer: StreamConsumer = gps_runtime::kafka::client_config(&config.kafka, "gps-processor-replay")
-        .set("group.id", format!("gps-processor-replay-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let consumer: StreamConsumer =
+        gps_runtime::kafka::client_config(&config.kafka, "gps-processor-replay")
+            .set(
+                "group.id",
+                format!("gps-processor-replay-{}", uuid::Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
 
     // Where each partition starts and ends (the high watermark now).
     let timeout = Duration::from_secs(10);
@@ -104,7 +108,7 @@ pub async fn replay(
     }
     let total: u64 = bounds.values().map(|(s, e)| (e - s) as u64).sum();
     let mut summary = ReplaySummary {
-        partitions: partitions,
+        partitions,
         ..Default::default()
     };
     if bounds.is_empty() {
@@ -116,7 +120,12 @@ pub async fn replay(
     }
     consumer.assign(&assignment)?;
 
-    let writer = Writer::new(pool.clone(), config.batch.write_mode, storage, metrics.clone());
+    let writer = Writer::new(
+        pool.clone(),
+        config.batch.write_mode,
+        storage,
+        metrics.clone(),
+    );
     let mut pipeline = Pipeline::new(
         pool,
         writer,
@@ -147,7 +156,8 @@ pub async fn replay(
         let mut batch: Vec<InRecord> = Vec::new();
         let mut fixes = 0usize;
         while fixes < max_fixes && !open.is_empty() {
-            let message = match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            let message = match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await
+            {
                 Ok(Ok(m)) => m,
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "kafka consume error during replay");
@@ -193,7 +203,10 @@ pub async fn replay(
         summary.stored += outcome.stored.len() as u64;
         summary.duplicates += outcome.duplicates as u64;
         for (reason, count) in outcome.rejected {
-            *summary.rejected.entry(reason.as_str().to_owned()).or_default() += count as u64;
+            *summary
+                .rejected
+                .entry(reason.as_str().to_owned())
+                .or_default() += count as u64;
         }
         progress.inc(batch.len() as u64);
     }

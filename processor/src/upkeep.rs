@@ -38,7 +38,12 @@ pub async fn run_once(
         .with_label_values(&["dropped"])
         .inc_by(dropped.max(0) as u64);
     if created > 0 || dropped > 0 {
-        tracing::info!(created, dropped, retention_days = args.retention_days, "partition upkeep");
+        tracing::info!(
+            created,
+            dropped,
+            retention_days = args.retention_days,
+            "partition upkeep"
+        );
     }
     Ok((created, dropped))
 }

@@ -19,15 +19,27 @@ async fn credentials_tickets_origins_and_permissions_are_checked_before_the_upgr
     let (user_id, viewer) = fanout.user(tenant, Role::Viewer).await;
 
     // No credential, a garbage token, an expired token, a forged one: 401 with the error shape.
-    assert_eq!(refused_status(connect_with(addr, None, None, None).await), 401);
-    assert_eq!(refused_status(connect_with(addr, Some("nonsense"), None, None).await), 401);
+    assert_eq!(
+        refused_status(connect_with(addr, None, None, None).await),
+        401
+    );
+    assert_eq!(
+        refused_status(connect_with(addr, Some("nonsense"), None, None).await),
+        401
+    );
     let expired = fanout.keys.issue(user_id, tenant, Role::Viewer, -3600);
-    assert_eq!(refused_status(connect_with(addr, Some(&expired), None, None).await), 401);
+    assert_eq!(
+        refused_status(connect_with(addr, Some(&expired), None, None).await),
+        401
+    );
     let forged = gps_runtime::access::JwtKeys::new(&secrecy::SecretString::from(
         "some-other-secret-some-other-secret-xx",
     ))
     .issue(user_id, tenant, Role::Admin, 600);
-    assert_eq!(refused_status(connect_with(addr, Some(&forged), None, None).await), 401);
+    assert_eq!(
+        refused_status(connect_with(addr, Some(&forged), None, None).await),
+        401
+    );
     let response = reqwest::Client::new()
         .get(format!("http://{addr}/v1/live"))
         .header("connection", "upgrade")
@@ -43,16 +55,26 @@ async fn credentials_tickets_origins_and_permissions_are_checked_before_the_upgr
     assert_eq!(body["error"]["code"], "unauthorized");
 
     // Not a WebSocket request at all: 426, and a ticket in it would not be burnt.
-    let plain = reqwest::get(format!("http://{addr}/v1/live")).await.unwrap();
+    let plain = reqwest::get(format!("http://{addr}/v1/live"))
+        .await
+        .unwrap();
     assert_eq!(plain.status(), 426);
 
     // A device-role user and an API key without live:read: 403.
     let (_, device_user) = fanout.user(tenant, Role::Device).await;
-    assert_eq!(refused_status(connect_with(addr, Some(&device_user), None, None).await), 403);
+    assert_eq!(
+        refused_status(connect_with(addr, Some(&device_user), None, None).await),
+        403
+    );
     let write_only = create_api_key(&db.pool, tenant, &["fixes:write"]).await;
-    assert_eq!(refused_status(connect_with(addr, Some(&write_only), None, None).await), 403);
+    assert_eq!(
+        refused_status(connect_with(addr, Some(&write_only), None, None).await),
+        403
+    );
     let live_key = create_api_key(&db.pool, tenant, &["live:read"]).await;
-    assert!(connect_with(addr, Some(&live_key), None, None).await.is_ok());
+    assert!(connect_with(addr, Some(&live_key), None, None)
+        .await
+        .is_ok());
 
     // A disabled user is refused even with a valid token.
     let (disabled_id, disabled) = fanout.user(tenant, Role::Admin).await;
@@ -61,10 +83,17 @@ async fn credentials_tickets_origins_and_permissions_are_checked_before_the_upgr
         .execute(&db.pool)
         .await
         .unwrap();
-    assert_eq!(refused_status(connect_with(addr, Some(&disabled), None, None).await), 401);
+    assert_eq!(
+        refused_status(connect_with(addr, Some(&disabled), None, None).await),
+        401
+    );
 
     // Browser origins: allowed one passes, another is refused; no Origin (non-browser) passes.
-    assert!(connect_with(addr, Some(&viewer), None, Some("https://maps.example.com")).await.is_ok());
+    assert!(
+        connect_with(addr, Some(&viewer), None, Some("https://maps.example.com"))
+            .await
+            .is_ok()
+    );
     assert_eq!(
         refused_status(connect_with(addr, Some(&viewer), None, Some("https://evil.example")).await),
         403
@@ -78,7 +107,9 @@ async fn credentials_tickets_origins_and_permissions_are_checked_before_the_upgr
             role: Role::Viewer,
         },
     };
-    let ticket = access::issue_ticket(&mut fanout.redis, &principal, 30).await.unwrap();
+    let ticket = access::issue_ticket(&mut fanout.redis, &principal, 30)
+        .await
+        .unwrap();
     let mut ws = connect_with(addr, None, Some(&ticket), Some("https://maps.example.com"))
         .await
         .expect("ticket accepted");
@@ -86,9 +117,20 @@ async fn credentials_tickets_origins_and_permissions_are_checked_before_the_upgr
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["scope"], "groups");
     assert_eq!(welcome["tenant"], tenant.to_string());
-    assert_eq!(refused_status(connect_with(addr, None, Some(&ticket), None).await), 401);
-    assert_eq!(refused_status(connect_with(addr, None, Some("gpst_guess"), None).await), 401);
+    assert_eq!(
+        refused_status(connect_with(addr, None, Some(&ticket), None).await),
+        401
+    );
+    assert_eq!(
+        refused_status(connect_with(addr, None, Some("gpst_guess"), None).await),
+        401
+    );
 
-    assert!(fanout.metric("gps_fanout_upgrades_refused_total{reason=\"unauthorized\"}").await >= 6.0);
+    assert!(
+        fanout
+            .metric("gps_fanout_upgrades_refused_total{reason=\"unauthorized\"}")
+            .await
+            >= 6.0
+    );
     fanout.stop().await;
 }

@@ -21,8 +21,14 @@ async fn bad_messages_get_errors_and_oversized_frames_a_close() {
     let cases: Vec<(Message, &str)> = vec![
         (Message::Text("{not json".into()), "invalid_json"),
         (Message::Text("42".into()), "invalid_message"),
-        (Message::Text(r#"{"type":"teleport"}"#.into()), "unknown_type"),
-        (Message::Text(r#"{"type":"subscribe"}"#.into()), "invalid_message"),
+        (
+            Message::Text(r#"{"type":"teleport"}"#.into()),
+            "unknown_type",
+        ),
+        (
+            Message::Text(r#"{"type":"subscribe"}"#.into()),
+            "invalid_message",
+        ),
         (
             Message::Text(r#"{"type":"subscribe","devices":"all"}"#.into()),
             "invalid_field",
@@ -31,7 +37,10 @@ async fn bad_messages_get_errors_and_oversized_frames_a_close() {
             Message::Text(r#"{"type":"subscribe","bbox":[200,0,10,10]}"#.into()),
             "invalid_field",
         ),
-        (Message::Binary(vec![1, 2, 3].into()), "binary_not_supported"),
+        (
+            Message::Binary(vec![1, 2, 3].into()),
+            "binary_not_supported",
+        ),
     ];
     for (message, code) in cases {
         ws.send(message).await.unwrap();
@@ -57,7 +66,9 @@ async fn bad_messages_get_errors_and_oversized_frames_a_close() {
     assert_eq!(recv(&mut ws).await["type"], "pong");
 
     // An oversized frame closes with 1009.
-    ws.send(Message::Text("x".repeat(64 * 1024).into())).await.unwrap();
+    ws.send(Message::Text("x".repeat(64 * 1024).into()))
+        .await
+        .unwrap();
     let code = loop {
         match ws.next().await {
             Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
@@ -73,7 +84,9 @@ async fn bad_messages_get_errors_and_oversized_frames_a_close() {
     send(&mut again, json!({"type": "ping"})).await;
     assert_eq!(recv(&mut again).await["type"], "pong");
     assert_eq!(
-        fanout.metric("gps_fanout_closes_total{reason=\"message_too_big\"}").await,
+        fanout
+            .metric("gps_fanout_closes_total{reason=\"message_too_big\"}")
+            .await,
         1.0
     );
     fanout.stop().await;

@@ -15,8 +15,24 @@ async fn snapshot_then_live_fixes_with_device_group_and_bbox_filters() {
     let d2 = seed_device(&db.pool, &tenant_name).await;
     let d3 = seed_device(&db.pool, &tenant_name).await;
     let tenant = d1.tenant_id;
-    set_last_position(&db.pool, tenant, d1.device_id, 1_700_000_001_000, 10.0, 10.0).await;
-    set_last_position(&db.pool, tenant, d2.device_id, 1_700_000_002_000, 50.0, 50.0).await;
+    set_last_position(
+        &db.pool,
+        tenant,
+        d1.device_id,
+        1_700_000_001_000,
+        10.0,
+        10.0,
+    )
+    .await;
+    set_last_position(
+        &db.pool,
+        tenant,
+        d2.device_id,
+        1_700_000_002_000,
+        50.0,
+        50.0,
+    )
+    .await;
     let group = create_group(&db.pool, tenant, &[d2.device_id], &[]).await;
     let mut fanout = start(db.clone(), config(&db)).await;
     let (_, token) = fanout.user(tenant, Role::Analyst).await;
@@ -53,8 +69,11 @@ async fn snapshot_then_live_fixes_with_device_group_and_bbox_filters() {
     assert_eq!(snapshot["count"], 1);
     assert_eq!(snapshot["positions"][0]["device"], d1.device_id.to_string());
     let mut by_group = fanout.connect(&token).await;
-    let (before, snapshot) =
-        subscribe(&mut by_group, json!({"type": "subscribe", "groups": [group]})).await;
+    let (before, snapshot) = subscribe(
+        &mut by_group,
+        json!({"type": "subscribe", "groups": [group]}),
+    )
+    .await;
     assert_eq!(before[0]["subscriptions"]["device_count"], 1);
     assert_eq!(snapshot["count"], 1);
     assert_eq!(snapshot["positions"][0]["device"], d2.device_id.to_string());
@@ -85,7 +104,9 @@ async fn snapshot_then_live_fixes_with_device_group_and_bbox_filters() {
         got.push(recv(&mut by_device).await);
     }
     assert_eq!(
-        got.iter().map(|f| (f["seq"].as_u64().unwrap(), f["fix_time"].as_i64().unwrap())).collect::<Vec<_>>(),
+        got.iter()
+            .map(|f| (f["seq"].as_u64().unwrap(), f["fix_time"].as_i64().unwrap()))
+            .collect::<Vec<_>>(),
         vec![(2, 1_700_000_003_000), (3, 1_700_000_004_000)],
         "live fixes follow the snapshot's sequence in order: {got:?}"
     );
@@ -96,7 +117,10 @@ async fn snapshot_then_live_fixes_with_device_group_and_bbox_filters() {
     let mut inside = Vec::new();
     for _ in 0..4 {
         let f = recv(&mut by_bbox).await;
-        inside.push((f["device"].as_str().unwrap().to_owned(), f["fix_time"].as_i64().unwrap()));
+        inside.push((
+            f["device"].as_str().unwrap().to_owned(),
+            f["fix_time"].as_i64().unwrap(),
+        ));
     }
     assert_eq!(
         inside,
@@ -109,15 +133,25 @@ async fn snapshot_then_live_fixes_with_device_group_and_bbox_filters() {
         "d2 leaving the box is not sent"
     );
     let group_fixes = [recv(&mut by_group).await, recv(&mut by_group).await];
-    assert!(group_fixes.iter().all(|f| f["device"] == d2.device_id.to_string()));
+    assert!(group_fixes
+        .iter()
+        .all(|f| f["device"] == d2.device_id.to_string()));
     assert_eq!(group_fixes[1]["seq"], 3);
 
     // Unsubscribe stops the flow for that device and nothing else.
-    send(&mut by_device, json!({"type": "subscribe", "devices": [d3.device_id]})).await;
+    send(
+        &mut by_device,
+        json!({"type": "subscribe", "devices": [d3.device_id]}),
+    )
+    .await;
     let ack = recv(&mut by_device).await;
     assert_eq!(ack["type"], "subscribed");
     assert_eq!(recv(&mut by_device).await["type"], "snapshot");
-    send(&mut by_device, json!({"type": "unsubscribe", "id": 9, "devices": [d1.device_id]})).await;
+    send(
+        &mut by_device,
+        json!({"type": "unsubscribe", "id": 9, "devices": [d1.device_id]}),
+    )
+    .await;
     let ack = recv(&mut by_device).await;
     assert_eq!(ack["type"], "unsubscribed");
     assert_eq!(ack["id"], 9);
@@ -144,13 +178,21 @@ async fn snapshot_then_live_fixes_with_device_group_and_bbox_filters() {
     assert_eq!(ack["type"], "unsubscribed");
     assert_eq!(ack["subscriptions"]["bboxes"], json!([]));
     fanout
-        .publish(tenant, vec![live(d1.device_id, 1_700_000_006_000, 12.0, 12.0)])
+        .publish(
+            tenant,
+            vec![live(d1.device_id, 1_700_000_006_000, 12.0, 12.0)],
+        )
         .await;
-    assert!(next_frame(&mut by_bbox, Duration::from_millis(300)).await.is_none());
+    assert!(next_frame(&mut by_bbox, Duration::from_millis(300))
+        .await
+        .is_none());
 
     // Application ping.
     send(&mut by_bbox, json!({"type": "ping", "id": "p"})).await;
     let pong = recv(&mut by_bbox).await;
-    assert_eq!((pong["type"].as_str(), pong["id"].as_str()), (Some("pong"), Some("p")));
+    assert_eq!(
+        (pong["type"].as_str(), pong["id"].as_str()),
+        (Some("pong"), Some("p"))
+    );
     fanout.stop().await;
 }

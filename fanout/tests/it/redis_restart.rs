@@ -28,7 +28,11 @@ impl PrivateRedis {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok() {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
                     break;
                 }
             }
@@ -74,11 +78,23 @@ async fn clients_get_a_gap_when_redis_restarts_and_the_stream_resumes() {
     let mut fanout = start(db, config).await;
     let (_, token) = fanout.user(device.tenant_id, Role::Manager).await;
     let mut ws = fanout.connect(&token).await;
-    subscribe(&mut ws, json!({"type": "subscribe", "devices": [device.device_id]})).await;
+    subscribe(
+        &mut ws,
+        json!({"type": "subscribe", "devices": [device.device_id]}),
+    )
+    .await;
 
-    fanout.publish(device.tenant_id, vec![live(device.device_id, 1_000, 1.0, 1.0)]).await;
+    fanout
+        .publish(
+            device.tenant_id,
+            vec![live(device.device_id, 1_000, 1.0, 1.0)],
+        )
+        .await;
     let fix = recv(&mut ws).await;
-    assert_eq!((fix["type"].as_str(), fix["seq"].as_u64()), (Some("fix"), Some(1)));
+    assert_eq!(
+        (fix["type"].as_str(), fix["seq"].as_u64()),
+        (Some("fix"), Some(1))
+    );
 
     redis.kill();
     let lost = recv(&mut ws).await;
@@ -106,7 +122,12 @@ async fn clients_get_a_gap_when_redis_restarts_and_the_stream_resumes() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    publish(&mut publisher, device.tenant_id, vec![live(device.device_id, 2_000, 1.0, 1.0)]).await;
+    publish(
+        &mut publisher,
+        device.tenant_id,
+        vec![live(device.device_id, 2_000, 1.0, 1.0)],
+    )
+    .await;
     let fix = recv(&mut ws).await;
     assert_eq!(fix["type"], "fix", "{fix}");
     assert_eq!(fix["fix_time"], 2_000);

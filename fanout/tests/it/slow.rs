@@ -23,7 +23,9 @@ async fn slow_client(addr: SocketAddr, token: &str) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(addr).await.unwrap();
-    let mut request = format!("ws://{addr}/v1/live").into_client_request().unwrap();
+    let mut request = format!("ws://{addr}/v1/live")
+        .into_client_request()
+        .unwrap();
     request.headers_mut().insert(
         "authorization",
         HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
@@ -114,7 +116,10 @@ async fn a_stalled_client_gets_coalesced_fixes_and_does_not_delay_a_fast_one() {
     let p99 = latencies[latencies.len() * 99 / 100];
     let max = *latencies.last().unwrap();
     // Generous: the machine is shared; the point is that the stalled client adds no stall.
-    assert!(p99 < 1_000 && max < 3_000, "fast client latency p99 {p99} ms, max {max} ms");
+    assert!(
+        p99 < 1_000 && max < 3_000,
+        "fast client latency p99 {p99} ms, max {max} ms"
+    );
     assert!(
         fanout.metric("gps_fanout_fixes_coalesced_total").await > 0.0,
         "the stalled client's queue coalesced"
@@ -143,7 +148,10 @@ async fn a_stalled_client_gets_coalesced_fixes_and_does_not_delay_a_fast_one() {
                 fixes += 1;
                 newest.insert(
                     message["device"].as_str().unwrap().into(),
-                    (message["seq"].as_u64().unwrap(), message["fix_time"].as_i64().unwrap()),
+                    (
+                        message["seq"].as_u64().unwrap(),
+                        message["fix_time"].as_i64().unwrap(),
+                    ),
                 );
             }
             Some("lagged") => lagged += 1,
@@ -153,7 +161,11 @@ async fn a_stalled_client_gets_coalesced_fixes_and_does_not_delay_a_fast_one() {
     assert!(lagged > 0, "the client was told it lagged");
     assert!(fixes < expected, "fewer messages than fixes: {fixes}");
     for (seq, t) in newest.values() {
-        assert_eq!((*seq, *t), (ROUNDS as u64, ROUNDS), "seq counts the skipped fixes");
+        assert_eq!(
+            (*seq, *t),
+            (ROUNDS as u64, ROUNDS),
+            "seq counts the skipped fixes"
+        );
     }
     fanout.stop().await;
 }
@@ -163,12 +175,23 @@ async fn a_client_behind_past_the_hard_limit_is_closed_as_too_slow() {
     let (mut fanout, devices, tenant, token) = setup(8, 16).await;
     let mut slow = slow_client(fanout.addr, &token).await;
     let mut fast = fanout.connect(&token).await;
-    subscribe(&mut fast, json!({"type": "subscribe", "devices": [devices[0]]})).await;
+    subscribe(
+        &mut fast,
+        json!({"type": "subscribe", "devices": [devices[0]]}),
+    )
+    .await;
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut t = 0;
-    while fanout.metric("gps_fanout_closes_total{reason=\"too_slow\"}").await < 1.0 {
-        assert!(Instant::now() < deadline, "the stalled client was never closed");
+    while fanout
+        .metric("gps_fanout_closes_total{reason=\"too_slow\"}")
+        .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client was never closed"
+        );
         for _ in 0..20 {
             t += 1;
             fanout.publish(tenant, round(&devices, t)).await;

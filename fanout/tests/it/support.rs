@@ -39,7 +39,8 @@ pub struct Running {
 
 /// The default test configuration (shared Redis, the given database).
 pub fn config(db: &TestDb) -> fanout::Config {
-    let mut config = <fanout::Config as clap::Parser>::parse_from(["fanout", "--jwt-secret", SECRET]);
+    let mut config =
+        <fanout::Config as clap::Parser>::parse_from(["fanout", "--jwt-secret", SECRET]);
     config.database = db.args.clone();
     config.redis = gps_runtime::testing::redis_args();
     config
@@ -57,7 +58,9 @@ pub fn with_redis(mut config: fanout::Config, url: &str) -> fanout::Config {
 pub async fn start(db: TestDb, config: fanout::Config) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let redis = gps_runtime::redis_client::connect(&config.redis).await.unwrap();
+    let redis = gps_runtime::redis_client::connect(&config.redis)
+        .await
+        .unwrap();
     let shutdown = Shutdown::new();
     let server = tokio::spawn(fanout::run(config, listener, shutdown.clone()));
     let client = reqwest::Client::new();
@@ -130,7 +133,11 @@ impl Running {
 }
 
 /// Publish one live batch to `redis`.
-pub async fn publish(redis: &mut impl redis::aio::ConnectionLike, tenant: Uuid, fixes: Vec<LiveFix>) {
+pub async fn publish(
+    redis: &mut impl redis::aio::ConnectionLike,
+    tenant: Uuid,
+    fixes: Vec<LiveFix>,
+) {
     let batch = LiveBatch::new(tenant, fixes);
     redis::cmd("PUBLISH")
         .arg(channel_for(tenant))
@@ -174,7 +181,9 @@ pub async fn connect_with(
             .headers_mut()
             .insert("origin", HeaderValue::from_str(origin).unwrap());
     }
-    tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 /// The HTTP status of a refused upgrade.
@@ -211,7 +220,9 @@ pub async fn recv(ws: &mut Ws) -> Value {
 
 /// Send a JSON message.
 pub async fn send(ws: &mut Ws, value: Value) {
-    ws.send(Message::Text(value.to_string().into())).await.unwrap();
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .unwrap();
 }
 
 /// Subscribe and return (messages before the snapshot, the snapshot).
@@ -279,14 +290,13 @@ pub async fn create_user(pool: &PgPool, tenant: Uuid, role: Role) -> Uuid {
 
 /// Insert a group with its devices and members.
 pub async fn create_group(pool: &PgPool, tenant: Uuid, devices: &[Uuid], members: &[Uuid]) -> Uuid {
-    let group: Uuid = sqlx::query_scalar(
-        "INSERT INTO groups (tenant_id, name) VALUES ($1, $2) RETURNING id",
-    )
-    .bind(tenant)
-    .bind(format!("group-{}", Uuid::new_v4().simple()))
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    let group: Uuid =
+        sqlx::query_scalar("INSERT INTO groups (tenant_id, name) VALUES ($1, $2) RETURNING id")
+            .bind(tenant)
+            .bind(format!("group-{}", Uuid::new_v4().simple()))
+            .fetch_one(pool)
+            .await
+            .unwrap();
     for device in devices {
         sqlx::query("INSERT INTO group_devices (group_id, device_id) VALUES ($1, $2)")
             .bind(group)
@@ -324,7 +334,14 @@ pub async fn create_api_key(pool: &PgPool, tenant: Uuid, scopes: &[&str]) -> Str
 }
 
 /// Set a device's last known position.
-pub async fn set_last_position(pool: &PgPool, tenant: Uuid, device: Uuid, t: i64, lat: f64, lon: f64) {
+pub async fn set_last_position(
+    pool: &PgPool,
+    tenant: Uuid,
+    device: Uuid,
+    t: i64,
+    lat: f64,
+    lon: f64,
+) {
     sqlx::query(
         "INSERT INTO last_positions (tenant_id, device_id, fix_time, received_at, lat, lon,
                                      speed_mps, protocol, attributes)

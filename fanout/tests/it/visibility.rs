@@ -8,7 +8,10 @@ use serde_json::json;
 #[tokio::test]
 async fn each_principal_receives_exactly_what_it_may_see() {
     let db = TestDb::new().await;
-    let (ta, tb) = (format!("a-{}", unique_suffix()), format!("b-{}", unique_suffix()));
+    let (ta, tb) = (
+        format!("a-{}", unique_suffix()),
+        format!("b-{}", unique_suffix()),
+    );
     let a1 = seed_device(&db.pool, &ta).await;
     let a2 = seed_device(&db.pool, &ta).await;
     let a3 = seed_device(&db.pool, &ta).await;
@@ -30,7 +33,10 @@ async fn each_principal_receives_exactly_what_it_may_see() {
     let api_key = create_api_key(&db.pool, tenant_a, &["live:read"]).await;
     let mut tenant_wide = Vec::new();
     for role in [Role::Admin, Role::Manager, Role::Analyst] {
-        tenant_wide.push((role.as_str().to_owned(), fanout.user(tenant_a, role).await.1));
+        tenant_wide.push((
+            role.as_str().to_owned(),
+            fanout.user(tenant_a, role).await.1,
+        ));
     }
     tenant_wide.push(("api_key".to_owned(), api_key));
     let (_, admin_b) = fanout.user(tenant_b, Role::Admin).await;
@@ -41,14 +47,29 @@ async fn each_principal_receives_exactly_what_it_may_see() {
         let mut ws = fanout.connect(token).await;
         let (before, _) = subscribe(&mut ws, json!({"type": "subscribe", "all": true})).await;
         assert_eq!(before.len(), 1, "{name}: only the ack: {before:?}");
-        clients.push((name.clone(), ws, a_marker.device_id, ids(&[a1.device_id, a2.device_id, a3.device_id])));
+        clients.push((
+            name.clone(),
+            ws,
+            a_marker.device_id,
+            ids(&[a1.device_id, a2.device_id, a3.device_id]),
+        ));
     }
     let mut ws = fanout.connect(&viewer).await;
     subscribe(&mut ws, json!({"type": "subscribe", "all": true})).await;
-    clients.push(("viewer".into(), ws, a_marker.device_id, ids(&[a1.device_id])));
+    clients.push((
+        "viewer".into(),
+        ws,
+        a_marker.device_id,
+        ids(&[a1.device_id]),
+    ));
     let mut ws = fanout.connect(&admin_b).await;
     subscribe(&mut ws, json!({"type": "subscribe", "all": true})).await;
-    clients.push(("admin_b".into(), ws, b_marker.device_id, ids(&[b1.device_id])));
+    clients.push((
+        "admin_b".into(),
+        ws,
+        b_marker.device_id,
+        ids(&[b1.device_id]),
+    ));
 
     // A viewer outside every group sees nothing, and asking for a device by id is refused.
     let mut lonely = fanout.connect(&lonely_viewer).await;
@@ -75,7 +96,8 @@ async fn each_principal_receives_exactly_what_it_may_see() {
     assert_eq!(before[0]["code"], "not_found", "{before:?}");
     assert_eq!(
         {
-            let mut refused: Vec<String> = serde_json::from_value(before[0]["devices"].clone()).unwrap();
+            let mut refused: Vec<String> =
+                serde_json::from_value(before[0]["devices"].clone()).unwrap();
             refused.sort();
             refused
         },
@@ -83,7 +105,11 @@ async fn each_principal_receives_exactly_what_it_may_see() {
     );
     assert_eq!(before[1]["subscriptions"]["devices"], json!([a2.device_id]));
 
-    let ws = clients.iter_mut().find(|c| c.0 == "viewer").map(|c| &mut c.1).unwrap();
+    let ws = clients
+        .iter_mut()
+        .find(|c| c.0 == "viewer")
+        .map(|c| &mut c.1)
+        .unwrap();
     let (before, _) = subscribe(
         ws,
         json!({"type": "subscribe", "devices": [a2.device_id, b1.device_id]}),
@@ -91,10 +117,7 @@ async fn each_principal_receives_exactly_what_it_may_see() {
     .await;
     assert_eq!(before[0]["code"], "not_found");
 
-    for (tenant, devices) in [
-        (tenant_a, vec![&a1, &a2, &a3]),
-        (tenant_b, vec![&b1]),
-    ] {
+    for (tenant, devices) in [(tenant_a, vec![&a1, &a2, &a3]), (tenant_b, vec![&b1])] {
         let fixes = devices
             .iter()
             .enumerate()
@@ -102,8 +125,12 @@ async fn each_principal_receives_exactly_what_it_may_see() {
             .collect();
         fanout.publish(tenant, fixes).await;
     }
-    fanout.publish(tenant_a, vec![live(a_marker.device_id, 5_000, 1.0, 1.0)]).await;
-    fanout.publish(tenant_b, vec![live(b_marker.device_id, 5_000, 1.0, 1.0)]).await;
+    fanout
+        .publish(tenant_a, vec![live(a_marker.device_id, 5_000, 1.0, 1.0)])
+        .await;
+    fanout
+        .publish(tenant_b, vec![live(b_marker.device_id, 5_000, 1.0, 1.0)])
+        .await;
 
     for (name, ws, marker, expected) in &mut clients {
         let fixes = fixes_until(ws, *marker).await;
@@ -113,6 +140,10 @@ async fn each_principal_receives_exactly_what_it_may_see() {
         }
     }
     // The lonely viewer got nothing at all, not even the marker.
-    assert!(next_frame(&mut lonely, std::time::Duration::from_millis(300)).await.is_none());
+    assert!(
+        next_frame(&mut lonely, std::time::Duration::from_millis(300))
+            .await
+            .is_none()
+    );
     fanout.stop().await;
 }

@@ -121,7 +121,11 @@ fn field_error(field: &str, code: &'static str, message: impl Into<String>) -> F
 /// Decode one fix object.
 pub fn decode_item(value: &Value) -> Result<JsonItem, FieldError> {
     let Value::Object(map) = value else {
-        return Err(field_error("", "not_an_object", "each fix must be a JSON object"));
+        return Err(field_error(
+            "",
+            "not_an_object",
+            "each fix must be a JSON object",
+        ));
     };
     let fix_time = time_field(map)?;
     let lat = required_number(map, "lat")?;
@@ -135,14 +139,16 @@ pub fn decode_item(value: &Value) -> Result<JsonItem, FieldError> {
     fix.hdop = optional_number(map, "hdop")?;
     fix.satellites = match map.get("satellites") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(
-            n.as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .ok_or_else(|| {
-                    field_error("satellites", "out_of_range", "must be an integer 0..=65535")
-                })?,
-        ),
-        Some(_) => return Err(field_error("satellites", "wrong_type", "must be an integer")),
+        Some(Value::Number(n)) => Some(n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(
+            || field_error("satellites", "out_of_range", "must be an integer 0..=65535"),
+        )?),
+        Some(_) => {
+            return Err(field_error(
+                "satellites",
+                "wrong_type",
+                "must be an integer",
+            ))
+        }
     };
     fix.attributes = match map.get("attributes") {
         None | Some(Value::Null) => BTreeMap::new(),
@@ -180,9 +186,8 @@ fn time_field(map: &Map<String, Value>) -> Result<EpochMillis, FieldError> {
                     "must be integer epoch milliseconds or an ISO 8601 string",
                 )
             }),
-        Some(Value::String(s)) => parse_time_text(s).ok_or_else(|| {
-            field_error("time", "wrong_type", "not an ISO 8601 timestamp")
-        }),
+        Some(Value::String(s)) => parse_time_text(s)
+            .ok_or_else(|| field_error("time", "wrong_type", "not an ISO 8601 timestamp")),
         Some(_) => Err(field_error(
             "time",
             "wrong_type",
@@ -351,7 +356,10 @@ mod tests {
             ]
         );
         assert_eq!(d.items.len(), 2);
-        assert_eq!(d.items[1].0, 8, "finite but implausible values are the processor's call");
+        assert_eq!(
+            d.items[1].0, 8,
+            "finite but implausible values are the processor's call"
+        );
         assert_eq!(d.total(), 9);
     }
 

@@ -75,7 +75,10 @@ mod tests {
         assert_eq!(parse_time_text("1970-01-01T01:00:01+01:00"), Some(1000));
         assert_eq!(parse_time_text("1970-01-01T00:00:01"), Some(1000));
         assert_eq!(parse_time_text("1970-01-01 00:00:01"), Some(1000));
-        assert_eq!(parse_time_text("2024-05-01T10:00:00.000+0000"), Some(1_714_557_600_000));
+        assert_eq!(
+            parse_time_text("2024-05-01T10:00:00.000+0000"),
+            Some(1_714_557_600_000)
+        );
         assert_eq!(parse_time_text("yesterday"), None);
         assert_eq!(parse_time_text(""), None);
     }

@@ -10,7 +10,9 @@
 //!   "heading","altitude"},"battery":{"level" (0..1),"is_charging"},"is_moving","odometer",
 //!   "event","activity":{"type"},"mock"},"device_id":uid}`; `location` may also be an array.
 
-use super::{parse_finite, parse_time_text, MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE};
+use super::{
+    parse_finite, parse_time_text, MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE,
+};
 use crate::fix::{units, EpochMillis, Fix};
 use serde_json::Value;
 
@@ -209,14 +211,16 @@ fn json_location(location: &Value, path: &str) -> Result<Fix, OsmandError> {
         fix.attributes.insert("odometer".into(), odometer.into());
     }
     if let Some(event) = location.get("event").and_then(Value::as_str) {
-        fix.attributes.insert("event".into(), attribute_value(event));
+        fix.attributes
+            .insert("event".into(), attribute_value(event));
     }
     if let Some(activity) = location
         .get("activity")
         .and_then(|a| a.get("type"))
         .and_then(Value::as_str)
     {
-        fix.attributes.insert("activity".into(), attribute_value(activity));
+        fix.attributes
+            .insert("activity".into(), attribute_value(activity));
     }
     if let Some(mock) = location.get("mock").and_then(Value::as_bool) {
         fix.attributes.insert("mock".into(), mock.into());
@@ -273,9 +277,18 @@ mod tests {
     fn timestamp_forms() {
         assert_eq!(parse_timestamp("1700000000"), Some(1_700_000_000_000));
         assert_eq!(parse_timestamp("1700000000123"), Some(1_700_000_000_123));
-        assert_eq!(parse_timestamp("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
-        assert_eq!(parse_timestamp("2023-11-14 22:13:20"), Some(1_700_000_000_000));
-        assert_eq!(parse_timestamp("2023-11-14T22:13:20.5+00:00"), Some(1_700_000_000_500));
+        assert_eq!(
+            parse_timestamp("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("2023-11-14 22:13:20"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("2023-11-14T22:13:20.5+00:00"),
+            Some(1_700_000_000_500)
+        );
         assert_eq!(parse_timestamp("soon"), None);
         let r = decode_params(b"deviceid=x&location=1.5,2.5", 42).unwrap();
         assert_eq!(r.fixes[0].fix_time, 42, "missing timestamp means now");
@@ -286,11 +299,30 @@ mod tests {
     fn refusals_name_the_field() {
         assert_eq!(decode_params(b"lat=1&lon=2", 0).unwrap_err().field, "id");
         assert_eq!(decode_params(b"id=a&lon=2", 0).unwrap_err().field, "lat");
-        assert_eq!(decode_params(b"id=a&lat=NaN&lon=2", 0).unwrap_err().field, "lat");
-        assert_eq!(decode_params(b"id=a&lat=1&lon=inf", 0).unwrap_err().field, "lon");
-        assert_eq!(decode_params(b"id=a&lat=1&lon=2&speed=fast", 0).unwrap_err().field, "speed");
-        assert_eq!(decode_params(b"id=a&lat=1&lon=2&timestamp=x", 0).unwrap_err().field, "timestamp");
-        assert_eq!(decode_params(b"id=&lat=1&lon=2", 0).unwrap_err().field, "id");
+        assert_eq!(
+            decode_params(b"id=a&lat=NaN&lon=2", 0).unwrap_err().field,
+            "lat"
+        );
+        assert_eq!(
+            decode_params(b"id=a&lat=1&lon=inf", 0).unwrap_err().field,
+            "lon"
+        );
+        assert_eq!(
+            decode_params(b"id=a&lat=1&lon=2&speed=fast", 0)
+                .unwrap_err()
+                .field,
+            "speed"
+        );
+        assert_eq!(
+            decode_params(b"id=a&lat=1&lon=2&timestamp=x", 0)
+                .unwrap_err()
+                .field,
+            "timestamp"
+        );
+        assert_eq!(
+            decode_params(b"id=&lat=1&lon=2", 0).unwrap_err().field,
+            "id"
+        );
     }
 
     #[test]
@@ -301,7 +333,10 @@ mod tests {
         }
         let r = decode_params(q.as_bytes(), 0).unwrap();
         assert_eq!(r.fixes[0].attributes.len(), MAX_ATTRIBUTES);
-        assert!(r.fixes[0].attributes.values().all(|v| v.as_str().unwrap().len() == 256));
+        assert!(r.fixes[0]
+            .attributes
+            .values()
+            .all(|v| v.as_str().unwrap().len() == 256));
     }
 
     #[test]
@@ -327,9 +362,15 @@ mod tests {
     fn json_unknown_speed_and_refusals() {
         let body = br#"{"location":{"timestamp":"2023-11-14T22:13:20Z","coords":{"latitude":1,"longitude":2,"speed":-1,"heading":-1},"battery":{"level":-1}},"device_id":"d"}"#;
         let f = &decode_json(body).unwrap().fixes[0];
-        assert_eq!((f.speed_mps, f.heading_deg, f.battery_pct), (None, None, None));
+        assert_eq!(
+            (f.speed_mps, f.heading_deg, f.battery_pct),
+            (None, None, None)
+        );
         assert_eq!(decode_json(b"{}").unwrap_err().field, "device_id");
-        assert_eq!(decode_json(br#"{"device_id":"d"}"#).unwrap_err().field, "location");
+        assert_eq!(
+            decode_json(br#"{"device_id":"d"}"#).unwrap_err().field,
+            "location"
+        );
         assert_eq!(
             decode_json(br#"{"device_id":"d","location":{"timestamp":"x","coords":{}}}"#)
                 .unwrap_err()

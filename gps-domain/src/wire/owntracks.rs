@@ -35,8 +35,8 @@ fn err(field: &str, message: &str) -> OwntracksError {
 
 /// Decode one message.
 pub fn decode(body: &[u8]) -> Result<OwntracksMessage, OwntracksError> {
-    let root: Value = serde_json::from_slice(body)
-        .map_err(|e| err("", &format!("malformed json: {e}")))?;
+    let root: Value =
+        serde_json::from_slice(body).map_err(|e| err("", &format!("malformed json: {e}")))?;
     let Value::Object(map) = &root else {
         return Err(err("", "must be a JSON object"));
     };
@@ -86,13 +86,15 @@ pub fn decode(body: &[u8]) -> Result<OwntracksMessage, OwntracksError> {
     for key in ["tid", "t", "conn", "topic", "SSID"] {
         if let Some(Value::String(s)) = map.get(key) {
             if s.len() <= MAX_ATTRIBUTE_VALUE {
-                fix.attributes.insert(key.to_owned(), Value::from(s.as_str()));
+                fix.attributes
+                    .insert(key.to_owned(), Value::from(s.as_str()));
             }
         }
     }
     for key in ["vac", "bs", "m"] {
         if let Some(Value::Number(n)) = map.get(key) {
-            fix.attributes.insert(key.to_owned(), Value::Number(n.clone()));
+            fix.attributes
+                .insert(key.to_owned(), Value::Number(n.clone()));
         }
     }
     Ok(OwntracksMessage::Location(fix))
@@ -150,9 +152,16 @@ mod tests {
             OwntracksMessage::Other("transition".into())
         );
         assert_eq!(decode(br#"{"lat":1}"#).unwrap_err().field, "_type");
-        assert_eq!(decode(br#"{"_type":"location","lat":1,"lon":2}"#).unwrap_err().field, "tst");
         assert_eq!(
-            decode(br#"{"_type":"location","tst":1,"lat":"x","lon":2}"#).unwrap_err().field,
+            decode(br#"{"_type":"location","lat":1,"lon":2}"#)
+                .unwrap_err()
+                .field,
+            "tst"
+        );
+        assert_eq!(
+            decode(br#"{"_type":"location","tst":1,"lat":"x","lon":2}"#)
+                .unwrap_err()
+                .field,
             "lat"
         );
         assert_eq!(decode(b"[]").unwrap_err().field, "");

@@ -129,7 +129,11 @@ pub fn parse_header(datagram: &[u8]) -> Result<Header, UdpError> {
         return Err(UdpError::Truncated);
     }
     let device = Uuid::from_slice(&datagram[4..20]).map_err(|_| UdpError::Truncated)?;
-    let counter = u64::from_be_bytes(datagram[20..28].try_into().map_err(|_| UdpError::Truncated)?);
+    let counter = u64::from_be_bytes(
+        datagram[20..28]
+            .try_into()
+            .map_err(|_| UdpError::Truncated)?,
+    );
     let fix_count = usize::from(datagram[28]);
     if fix_count == 0 || datagram.len() != HEADER_LEN + fix_count * FIX_LEN + TAG_LEN {
         return Err(UdpError::Truncated);
@@ -370,7 +374,10 @@ mod tests {
             encode(Uuid::nil(), 1, &vec![full_fix(); MAX_FIXES + 1], &KEY),
             Err(UdpError::FixCount(MAX_FIXES + 1))
         );
-        assert_eq!(encode(Uuid::nil(), 1, &[], &KEY), Err(UdpError::FixCount(0)));
+        assert_eq!(
+            encode(Uuid::nil(), 1, &[], &KEY),
+            Err(UdpError::FixCount(0))
+        );
     }
 
     #[test]
@@ -379,7 +386,10 @@ mod tests {
         let sparse = Fix::new(5, 0.0, 0.0);
         let bytes = encode(device, 42, &[full_fix(), sparse.clone()], &KEY).unwrap();
         let header = parse_header(&bytes).unwrap();
-        assert_eq!((header.device, header.counter, header.fix_count), (device, 42, 2));
+        assert_eq!(
+            (header.device, header.counter, header.fix_count),
+            (device, 42, 2)
+        );
         let datagram = open(&bytes, &KEY).unwrap();
         assert_eq!(datagram.device, device);
         assert_eq!(datagram.counter, 42);
@@ -405,7 +415,10 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[40] ^= 1;
         assert_eq!(open(&flipped, &KEY), Err(UdpError::BadMac));
-        assert_eq!(open(&bytes[..bytes.len() - 1], &KEY), Err(UdpError::Truncated));
+        assert_eq!(
+            open(&bytes[..bytes.len() - 1], &KEY),
+            Err(UdpError::Truncated)
+        );
         assert_eq!(open(&bytes[..10], &KEY), Err(UdpError::Truncated));
         assert_eq!(open(&[], &KEY), Err(UdpError::Truncated));
         let mut other = bytes.clone();
@@ -441,7 +454,11 @@ mod tests {
         assert_eq!(w.accept(11), Ok(()), "out of order within the window");
         assert_eq!(w.accept(11), Err(UdpError::Replayed));
         assert_eq!(w.accept(12 + REPLAY_WINDOW), Ok(()));
-        assert_eq!(w.accept(12), Err(UdpError::Replayed), "fell out of the window");
+        assert_eq!(
+            w.accept(12),
+            Err(UdpError::Replayed),
+            "fell out of the window"
+        );
         assert_eq!(w.accept(13), Ok(()), "the oldest counter inside the window");
         assert_eq!(w.accept(u64::MAX), Ok(()));
         assert_eq!(w.accept(u64::MAX), Err(UdpError::Replayed));

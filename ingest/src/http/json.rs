@@ -2,7 +2,7 @@
 //! device token or a gateway API key with `fixes:write`. 202 with the accepted count once Kafka
 //! acknowledged every accepted fix; bad items are listed by index and field.
 
-use super::{body, bearer, json_response, store_unavailable, AppState, UNAUTHORIZED};
+use super::{bearer, body, json_response, store_unavailable, AppState, UNAUTHORIZED};
 use crate::auth::{DeviceRecord, KeyCheck};
 use crate::error::ApiError;
 use axum::extract::rejection::BytesRejection;

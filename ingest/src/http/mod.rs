@@ -36,7 +36,12 @@ pub struct AppState {
 }
 
 /// The device routes plus `ops` (health and metrics), with the body cap and request timeout.
-pub fn router(state: AppState, ops: Router, max_body_bytes: usize, request_timeout: Duration) -> Router {
+pub fn router(
+    state: AppState,
+    ops: Router,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+) -> Router {
     Router::new()
         .route("/v1/fixes", post(json::post_fixes))
         .route("/", get(osmand::report).post(osmand::report))
@@ -52,7 +57,12 @@ pub fn router(state: AppState, ops: Router, max_body_bytes: usize, request_timeo
 
 impl AppState {
     /// Record the outcome of one request and turn it into a response.
-    pub fn finish(&self, protocol: Protocol, started: Instant, result: Result<Response, ApiError>) -> Response {
+    pub fn finish(
+        &self,
+        protocol: Protocol,
+        started: Instant,
+        result: Result<Response, ApiError>,
+    ) -> Response {
         let response = match result {
             Ok(response) => response,
             Err(error) => {

@@ -1,1 +1,121 @@
+//! Broker stopped: the device gets 503 + Retry-After within the delivery timeout, never a hang,
+//! a false 202 or a silent drop, and every fix acknowledged before the outage is in the topic.
+//! Runs against a private tansu so the shared broker is never touched.
+//!
+//! Recovery after the broker returns is a separate, ignored test: tansu 0.6 (sqlite storage)
+//! fails every later produce once an idempotent producer's batch timed out against it (its
+//! storage panics with "more or less than one row" in `tansu-storage` lite.rs and resets the
+//! connection), for the old producer and for a fresh one alike. Ingest keeps answering 503 then
+//! (and replaces its producer after such errors, which recovers against Apache Kafka).
 
+use crate::support::{read_fixes, Ingest, PrivateBroker};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+async fn outage() -> (Ingest, PrivateBroker) {
+    let Some(broker) = PrivateBroker::start().await else {
+        panic!("tansu binary not found: run `dev/stack up` (it builds and caches the broker) or set TANSU_BIN");
+    };
+    let mut kafka = gps_runtime::config::KafkaArgs::local();
+    kafka.brokers = broker.brokers();
+    gps_runtime::kafka::ensure_standard_topics(&kafka)
+        .await
+        .unwrap();
+    let ingest = Ingest::start_on(kafka, |c| {
+        c.producer.delivery_timeout_ms = 2_000;
+        c.limits.request_timeout_ms = 10_000;
+    })
+    .await;
+    assert_eq!(post(&ingest, 1_714_557_600_000).await, 202);
+    broker.pause();
+    (ingest, broker)
+}
+
+async fn post(ingest: &Ingest, t: i64) -> u16 {
+    ingest
+        .client
+        .post(ingest.url("/v1/fixes"))
+        .bearer_auth(&ingest.device.token)
+        .json(&json!({"time": t, "lat": 52.5, "lon": 13.4}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn broker_down_gives_503_with_retry_after_and_loses_nothing_acknowledged() {
+    let (ingest, broker) = outage().await;
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let down = ingest
+            .client
+            .post(ingest.url("/v1/fixes"))
+            .bearer_auth(&ingest.device.token)
+            .json(&json!({"time": 1_714_557_601_000_i64 + attempt, "lat": 52.5, "lon": 13.4}))
+            .send()
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert_eq!(down.status(), 503, "attempt {attempt}");
+        let retry: u64 = down.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry >= 1);
+        assert!(
+            waited < Duration::from_secs(5),
+            "answered after {waited:?}, beyond the delivery timeout"
+        );
+    }
+    assert!(
+        ingest
+            .metric("gps_ingest_fixes_refused_total{protocol=\"json\",reason=\"unavailable\"}")
+            .await
+            >= 3.0
+    );
+    broker.resume();
+    let envelopes = read_fixes(&ingest.kafka, 1).await;
+    let times: Vec<i64> = envelopes
+        .iter()
+        .flat_map(|e| e.fixes.iter().map(|f| f.fix_time))
+        .collect();
+    assert!(
+        times.contains(&1_714_557_600_000),
+        "the acknowledged fix is in the topic: {times:?}"
+    );
+    ingest.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "tansu 0.6 fails every produce after an idempotent batch timed out against it (see module docs)"]
+async fn after_the_broker_returns_the_same_request_succeeds() {
+    let (ingest, broker) = outage().await;
+    assert_eq!(post(&ingest, 1_714_557_601_000).await, 503);
+    broker.resume();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = post(&ingest, 1_714_557_601_000).await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(
+            status, 503,
+            "while recovering the answer is 503, nothing else"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "ingest never recovered after the broker came back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let envelopes = read_fixes(&ingest.kafka, 2).await;
+    let times: Vec<i64> = envelopes
+        .iter()
+        .flat_map(|e| e.fixes.iter().map(|f| f.fix_time))
+        .collect();
+    assert!(times.contains(&1_714_557_601_000), "{times:?}");
+    ingest.stop().await;
+}

@@ -77,8 +77,18 @@ async fn json_single_and_batch_with_a_bad_item() {
     assert_eq!(second.fixes[0].fix_time, 1_714_557_601_000);
     assert_eq!((second.fixes[1].lat, second.fixes[1].lon), (3.0, 4.0));
 
-    assert_eq!(ingest.metric("gps_ingest_fixes_accepted_total{protocol=\"json\"}").await, 3.0);
-    assert_eq!(ingest.metric("gps_ingest_fixes_received_total{protocol=\"json\"}").await, 4.0);
+    assert_eq!(
+        ingest
+            .metric("gps_ingest_fixes_accepted_total{protocol=\"json\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        ingest
+            .metric("gps_ingest_fixes_received_total{protocol=\"json\"}")
+            .await,
+        4.0
+    );
     assert_eq!(
         ingest
             .metric("gps_ingest_fixes_refused_total{protocol=\"json\",reason=\"wrong_type\"}")
@@ -115,7 +125,12 @@ async fn gateway_api_key_posts_for_its_tenant_only() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["index"].as_i64().unwrap(), e["code"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["index"].as_i64().unwrap(),
+                e["code"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         rejected,
@@ -162,7 +177,9 @@ async fn traccar_client_query_form_and_json_body() {
     // OsmAnd: GET with milliseconds.
     let r = ingest
         .client
-        .get(ingest.url(&format!("/?deviceid={uid}&timestamp=1700000001000&lat=1&lon=2")))
+        .get(ingest.url(&format!(
+            "/?deviceid={uid}&timestamp=1700000001000&lat=1&lon=2"
+        )))
         .send()
         .await
         .unwrap();
@@ -172,7 +189,9 @@ async fn traccar_client_query_form_and_json_body() {
         .client
         .post(ingest.url("/"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("id={uid}&timestamp=2023-11-14+22%3A13%3A22&lat=3&lon=4&speed=1"))
+        .body(format!(
+            "id={uid}&timestamp=2023-11-14+22%3A13%3A22&lat=3&lon=4&speed=1"
+        ))
         .send()
         .await
         .unwrap();
@@ -183,7 +202,13 @@ async fn traccar_client_query_form_and_json_body() {
         "altitude": 100}, "is_moving": true, "odometer": 42, "event": "motionchange",
         "battery": {"level": 0.65, "is_charging": true}, "activity": {"type": "walking"}},
         "device_id": uid});
-    let r = ingest.client.post(ingest.url("/")).json(&body).send().await.unwrap();
+    let r = ingest
+        .client
+        .post(ingest.url("/"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // Unknown device: 400, as Traccar answers.
     let r = ingest
@@ -199,7 +224,9 @@ async fn traccar_client_query_form_and_json_body() {
     let mut envelopes = read_fixes(&ingest.kafka, 4).await;
     assert_eq!(envelopes.len(), 4);
     envelopes.sort_by_key(|e| e.fixes[0].fix_time);
-    assert!(envelopes.iter().all(|e| e.proto == Protocol::Osmand && e.uid == uid));
+    assert!(envelopes
+        .iter()
+        .all(|e| e.proto == Protocol::Osmand && e.uid == uid));
     let f = &envelopes[0].fixes[0];
     assert_eq!(f.fix_time, 1_700_000_000_000);
     assert_eq!((f.lat, f.lon), (52.52, 13.405));
@@ -246,15 +273,23 @@ async fn owntracks_location_and_other_types() {
     let r = post(location.clone(), &dev.uid, &dev.token).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "[]");
-    let r = post(json!({"_type": "transition", "event": "enter"}), &dev.uid, &dev.token)
-        .await
-        .unwrap();
+    let r = post(
+        json!({"_type": "transition", "event": "enter"}),
+        &dev.uid,
+        &dev.token,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "[]");
-    let r = post(location.clone(), &dev.uid, "gpsd_wrong").await.unwrap();
+    let r = post(location.clone(), &dev.uid, "gpsd_wrong")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("www-authenticate"));
-    let r = post(location.clone(), "someone-else", &dev.token).await.unwrap();
+    let r = post(location.clone(), "someone-else", &dev.token)
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 
     let envelopes = read_fixes(&ingest.kafka, 1).await;
@@ -292,7 +327,10 @@ async fn udp_datagrams_verified_replay_checked_and_produced() {
     let envelopes = read_fixes(&ingest.kafka, 2).await;
     assert_eq!(envelopes.len(), 1);
     let e = &envelopes[0];
-    assert_eq!((e.proto, e.device, e.tenant), (Protocol::Udp, dev.device_id, dev.tenant_id));
+    assert_eq!(
+        (e.proto, e.device, e.tenant),
+        (Protocol::Udp, dev.device_id, dev.tenant_id)
+    );
     let f = &e.fixes[0];
     assert_eq!(f.fix_time, a.fix_time);
     assert!((f.lat - a.lat).abs() < 1e-7 && (f.lon - a.lon).abs() < 1e-7);
@@ -309,11 +347,12 @@ async fn udp_datagrams_verified_replay_checked_and_produced() {
 
     // Replayed, forged, truncated, unknown device, foreign version: dropped and counted.
     socket.send_to(&datagram, ingest.udp).await.unwrap();
-    let mut forged = udp::encode(dev.device_id, 2, &[b.clone()], &dev.udp_key).unwrap();
+    let mut forged = udp::encode(dev.device_id, 2, std::slice::from_ref(&b), &dev.udp_key).unwrap();
     forged[35] ^= 0x40;
     socket.send_to(&forged, ingest.udp).await.unwrap();
     socket.send_to(&datagram[..40], ingest.udp).await.unwrap();
-    let stranger = udp::encode(uuid::Uuid::new_v4(), 1, &[b.clone()], &[1; 32]).unwrap();
+    let stranger =
+        udp::encode(uuid::Uuid::new_v4(), 1, std::slice::from_ref(&b), &[1; 32]).unwrap();
     socket.send_to(&stranger, ingest.udp).await.unwrap();
     let mut future = datagram.clone();
     future[2] = 2;
@@ -328,12 +367,15 @@ async fn udp_datagrams_verified_replay_checked_and_produced() {
         "oversized",
     ] {
         ingest
-            .wait_metric(&format!("gps_ingest_udp_dropped_total{{reason=\"{reason}\"}}"), 1.0)
+            .wait_metric(
+                &format!("gps_ingest_udp_dropped_total{{reason=\"{reason}\"}}"),
+                1.0,
+            )
             .await;
     }
     // A fresh counter from the same device still goes through, out of order within the window.
-    let later = udp::encode(dev.device_id, 5, &[b.clone()], &dev.udp_key).unwrap();
-    let earlier = udp::encode(dev.device_id, 3, &[b.clone()], &dev.udp_key).unwrap();
+    let later = udp::encode(dev.device_id, 5, std::slice::from_ref(&b), &dev.udp_key).unwrap();
+    let earlier = udp::encode(dev.device_id, 3, std::slice::from_ref(&b), &dev.udp_key).unwrap();
     socket.send_to(&later, ingest.udp).await.unwrap();
     socket.send_to(&earlier, ingest.udp).await.unwrap();
     ingest
@@ -368,7 +410,10 @@ async fn disabled_device_is_refused_within_the_cache_ttl() {
             break;
         }
         assert_eq!(status, 202);
-        assert!(changed.elapsed() < Duration::from_secs(5), "still accepted after the TTL");
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "still accepted after the TTL"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ingest.stop().await;

@@ -104,7 +104,10 @@ impl Ingest {
             if v >= at_least {
                 return v;
             }
-            assert!(Instant::now() < deadline, "{sample} stayed at {v} < {at_least}");
+            assert!(
+                Instant::now() < deadline,
+                "{sample} stayed at {v} < {at_least}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -131,7 +134,8 @@ pub async fn read_fixes(kafka: &KafkaArgs, count: usize) -> Vec<FixEnvelope> {
         let consumer: BaseConsumer = config.create().unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in 0..gps_runtime::kafka::FIXES_PARTITIONS {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
         let mut out = Vec::new();
@@ -180,11 +184,20 @@ pub struct PrivateBroker {
     child: Option<std::process::Child>,
 }
 
-pub const TANSU: &str = "/root/.cache/gps-telemetry/tansu-0.6.0/bin/tansu";
+/// Where `dev/stack` caches the broker (`TANSU_BIN` overrides).
+pub fn default_tansu() -> String {
+    let cache = std::env::var("GPS_CACHE_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/gps-telemetry",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into())
+        )
+    });
+    format!("{cache}/tansu-0.6.0/bin/tansu")
+}
 
 impl PrivateBroker {
     pub fn tansu_path() -> Option<std::path::PathBuf> {
-        let path = std::env::var("TANSU_BIN").unwrap_or_else(|_| TANSU.to_owned());
+        let path = std::env::var("TANSU_BIN").unwrap_or_else(|_| default_tansu());
         let path = std::path::PathBuf::from(path);
         path.exists().then_some(path)
     }
@@ -237,6 +250,26 @@ impl PrivateBroker {
         {
             assert!(Instant::now() < deadline, "private tansu did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Freeze the broker (SIGSTOP): connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaw a paused broker (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = std::process::Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {signal} failed");
         }
     }
 

@@ -48,7 +48,14 @@ async fn sigkill_mid_stream_then_restart_stores_every_fix_exactly_once() {
                     Fix::new(base + n * 500, 10.0 + d as f64, 20.0 + n as f64 * 1e-5)
                 })
                 .collect();
-            envelopes.push(FixEnvelope::new(tenant, *device, "d", Protocol::Udp, rx, fixes));
+            envelopes.push(FixEnvelope::new(
+                tenant,
+                *device,
+                "d",
+                Protocol::Udp,
+                rx,
+                fixes,
+            ));
         }
     }
     let producer = producer(&kafka);

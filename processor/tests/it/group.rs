@@ -55,7 +55,11 @@ async fn two_instances_share_partitions_and_store_each_fix_once() {
     assert_eq!(stored, expected);
     let accepted = a.metric("gps_processor_fixes_accepted_total").await
         + b.metric("gps_processor_fixes_accepted_total").await;
-    assert_eq!(accepted, expected.len() as f64, "each fix newly stored exactly once");
+    assert_eq!(
+        accepted,
+        expected.len() as f64,
+        "each fix newly stored exactly once"
+    );
     a.stop().await;
     b.stop().await;
 }

@@ -95,11 +95,12 @@ async fn stores_each_distinct_fix_once_quarantines_rejects_publishes_and_replays
     input.push(envelope(tenant, dev_a, rx, first));
 
     // Rejects on device A, one per reason, after good fixes exist (for the speed check).
-    let mut bad = Vec::new();
-    bad.push(Fix::new(base + 40_000, 0.0, 0.0));
-    bad.push(Fix::new(base + 41_000, 95.0, 13.4));
-    bad.push(Fix::new(rx + 3_600_000, 52.5, 13.4));
-    bad.push(Fix::new(rx - GPS_ROLLOVER_MS, 52.5, 13.4));
+    let mut bad = vec![
+        Fix::new(base + 40_000, 0.0, 0.0),
+        Fix::new(base + 41_000, 95.0, 13.4),
+        Fix::new(rx + 3_600_000, 52.5, 13.4),
+        Fix::new(rx - GPS_ROLLOVER_MS, 52.5, 13.4),
+    ];
     let mut poor = walk(base, 42);
     poor.accuracy_m = Some(50_000.0);
     bad.push(poor);
@@ -109,16 +110,34 @@ async fn stores_each_distinct_fix_once_quarantines_rejects_publishes_and_replays
 
     // Device B: newest first, then older ones: the live position must stay at the newest.
     input.push(envelope(tenant, dev_b, rx, vec![walk(base, 100)]));
-    input.push(envelope(tenant, dev_b, rx, (90..100).map(|i| walk(base, i)).collect()));
+    input.push(envelope(
+        tenant,
+        dev_b,
+        rx,
+        (90..100).map(|i| walk(base, i)).collect(),
+    ));
     for i in 90..=100 {
         expected.insert((dev_b, base + i * 1000));
     }
     produce(&producer, &kafka.fixes_topic, &input).await;
-    produce_raw(&producer, &kafka.fixes_topic, "garbage", b"\x00not an envelope").await;
-    let future_version = String::from_utf8(input[0].encode())
-        .unwrap()
-        .replacen("{\"v\":1,", "{\"v\":9,", 1);
-    produce_raw(&producer, &kafka.fixes_topic, "v9", future_version.as_bytes()).await;
+    produce_raw(
+        &producer,
+        &kafka.fixes_topic,
+        "garbage",
+        b"\x00not an envelope",
+    )
+    .await;
+    let future_version =
+        String::from_utf8(input[0].encode())
+            .unwrap()
+            .replacen("{\"v\":1,", "{\"v\":9,", 1);
+    produce_raw(
+        &producer,
+        &kafka.fixes_topic,
+        "v9",
+        future_version.as_bytes(),
+    )
+    .await;
 
     let running = Running::start(config(&db, &kafka, &group())).await;
     let want = expected.len() as i64;

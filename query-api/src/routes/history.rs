@@ -157,7 +157,7 @@ fn decode_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
     Ok((micros(a)?, micros(b)?))
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow, serde::Serialize)]
 struct PositionRow {
     fix_time: DateTime<Utc>,
     received_at: DateTime<Utc>,
@@ -537,6 +537,21 @@ fn stream_rows(
     Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response()
 }
 
+/// One device's last known position.
+#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+pub(crate) struct LatestRow {
+    device_id: Uuid,
+    uid: String,
+    fix_time: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+    lat: f64,
+    lon: f64,
+    speed_mps: Option<f64>,
+    heading_deg: Option<f64>,
+    accuracy_m: Option<f64>,
+    battery_pct: Option<f64>,
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct LatestQuery {
     group: Option<String>,
@@ -602,7 +617,7 @@ pub(crate) async fn latest(
         None => None,
     };
     let visible = visible_filter(&state, &caller).await?;
-    let rows: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>, f64, f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>)> =
+    let positions: Vec<LatestRow> =
         sqlx::query_as(
             "SELECT lp.device_id, d.uid, lp.fix_time, lp.received_at, lp.lat, lp.lon,
                     lp.speed_mps, lp.heading_deg, lp.accuracy_m, lp.battery_pct
@@ -622,16 +637,6 @@ pub(crate) async fn latest(
         .bind(bbox.map(|b| b[3]))
         .fetch_all(&state.pool)
         .await?;
-    let positions: Vec<_> = rows
-        .into_iter()
-        .map(|(device, uid, fix_time, received_at, lat, lon, speed, heading, accuracy, battery)| {
-            serde_json::json!({
-                "device_id": device, "uid": uid, "fix_time": fix_time, "received_at": received_at,
-                "lat": lat, "lon": lon, "speed_mps": speed, "heading_deg": heading,
-                "accuracy_m": accuracy, "battery_pct": battery,
-            })
-        })
-        .collect();
     audit_caller(
         &state.pool,
         &caller,

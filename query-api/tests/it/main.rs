@@ -2,6 +2,7 @@
 
 mod auth;
 mod history;
+mod perf;
 mod rbac;
 mod smoke;
 mod support;
