@@ -107,7 +107,7 @@ pub struct BatchArgs {
     #[arg(long = "batch-max-fixes", env = "PROCESSOR_BATCH_MAX_FIXES", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
     pub max_fixes: u32,
     /// Longest wait for a batch to fill after its first record, milliseconds.
-    #[arg(long = "batch-max-wait-ms", env = "PROCESSOR_BATCH_MAX_WAIT_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000), global = true)]
+    #[arg(long = "batch-max-wait-ms", env = "PROCESSOR_BATCH_MAX_WAIT_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000), global = true)]
     pub max_wait_ms: u64,
     /// Bulk write path.
     #[arg(long = "write-mode", env = "PROCESSOR_WRITE_MODE", value_enum, default_value_t = WriteMode::Copy, global = true)]
@@ -142,7 +142,7 @@ impl Default for BatchArgs {
     fn default() -> Self {
         Self {
             max_fixes: 5000,
-            max_wait_ms: 200,
+            max_wait_ms: 50,
             write_mode: WriteMode::Copy,
             dedupe_capacity: 500_000,
             device_cache_capacity: 200_000,
