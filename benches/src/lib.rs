@@ -1,10 +1,11 @@
 //! The benches' shared pieces and the load generator (`loadgen`): device simulation ([`sim`]),
 //! wire encoders ([`wire`]), fleet seeding ([`seed`]), a measured run ([`run`]), the report's
-//! arithmetic and output ([`stats`], [`report`]), the raw ceilings ([`ceiling`]) and the endless
-//! demo stream ([`demo`]).
+//! arithmetic and output ([`stats`], [`report`]), the raw ceilings ([`ceiling`]), the
+//! processor-alone drain ([`drain`]) and the endless demo stream ([`demo`]).
 
 pub mod ceiling;
 pub mod demo;
+pub mod drain;
 pub mod report;
 pub mod run;
 pub mod seed;
@@ -64,4 +65,17 @@ pub fn sample_envelope(n: usize) -> FixEnvelope {
         1_700_000_100_000,
         fixes,
     )
+}
+
+/// A realistic track of `n` fixes of one simulated vehicle at 1 Hz (driving with curves, stops
+/// and wandering GPS error), deterministic: the same `n` always gives the same track.
+pub fn sample_track(n: usize) -> Vec<Fix> {
+    let mut vehicle = sim::Vehicle::new(
+        7,
+        52.52,
+        13.40,
+        1_700_000_000_000,
+        sim::MotionLimits::default(),
+    );
+    (0..n).map(|_| vehicle.step(1000)).collect()
 }

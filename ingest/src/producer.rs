@@ -112,12 +112,17 @@ impl FixProducer {
         }
     }
 
-    /// Errors after which the idempotent producer's state is unusable.
+    /// Errors after which the idempotent producer's state is unusable, or would have to be
+    /// repaired by an epoch bump: after a record timed out, librdkafka re-initialises the same
+    /// producer id with a bumped epoch once the broker is back, which tansu 0.6 cannot handle
+    /// (its storage panics and it stops serving). A fresh producer (new id) avoids that dance on
+    /// every broker and costs nothing the retrying device would notice.
     fn needs_rebuild(&self, error: &KafkaError) -> bool {
         matches!(
             error,
             KafkaError::MessageProduction(
-                RDKafkaErrorCode::Unknown
+                RDKafkaErrorCode::MessageTimedOut
+                    | RDKafkaErrorCode::Unknown
                     | RDKafkaErrorCode::OutOfOrderSequenceNumber
                     | RDKafkaErrorCode::UnknownProducerId
                     | RDKafkaErrorCode::InvalidProducerEpoch
@@ -173,7 +178,12 @@ impl FixProducer {
                 Err(self.unavailable(format!("kafka delivery failed: {e}")))
             }
             Ok(Err(_canceled)) => Err(self.unavailable("kafka producer shut down")),
-            Err(_elapsed) => Err(self.unavailable("kafka delivery timed out")),
+            Err(_elapsed) => {
+                self.rebuild(&KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut,
+                ));
+                Err(self.unavailable("kafka delivery timed out"))
+            }
         }
     }
 

@@ -140,6 +140,8 @@ pub struct LoopSettings {
     pub max_fixes: usize,
     /// Max wait for a batch to fill.
     pub max_wait: Duration,
+    /// The broker's fetch wait (`fetch.wait.max.ms`).
+    pub fetch_wait_ms: u32,
 }
 
 /// The group consumer of the service.
@@ -167,7 +169,7 @@ pub fn subscribe(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", "5000")
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
         .create_with_context(context)?;
     consumer.subscribe(&[&kafka.fixes_topic])?;
     Ok((Arc::new(consumer), state))

@@ -272,7 +272,7 @@ fn attributes_json(fix: &Fix) -> Option<String> {
 }
 
 /// One array per column, for the UNNEST path.
-struct Columns {
+pub struct Columns {
     tenant: Vec<Uuid>,
     device: Vec<Uuid>,
     fix_time: Vec<DateTime<Utc>>,
@@ -291,7 +291,8 @@ struct Columns {
 }
 
 impl Columns {
-    fn of(rows: &[PositionRow]) -> Self {
+    /// The column arrays of `rows` (public for the benches).
+    pub fn of(rows: &[PositionRow]) -> Self {
         let n = rows.len();
         let mut c = Self {
             tenant: Vec::with_capacity(n),

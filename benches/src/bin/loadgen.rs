@@ -1,11 +1,13 @@
 //! `loadgen`: the load generator. `loadgen run` drives a simulated fleet through ingest and
 //! reports rates, latency and a loss check (table, JSON, SVG); `loadgen demo` is the gentle
 //! endless stream `dev/stack run` starts; `loadgen ceiling-copy` and `loadgen ceiling-produce`
-//! measure the raw ceilings the end-to-end rate is compared with.
+//! measure the raw ceilings the end-to-end rate is compared with; `loadgen drain` measures the
+//! processor alone against the COPY ceiling.
 
 use anyhow::Context;
 use benches::ceiling;
 use benches::demo::{self, CancelFlag, DemoConfig};
+use benches::drain;
 use benches::report;
 use benches::run::{self, RunConfig, RunEnv};
 use benches::sim::FaultRates;
@@ -43,6 +45,40 @@ enum Command {
     CeilingCopy(CopyArgs),
     /// Produce envelope-sized records to a throwaway topic with ingest's producer settings.
     CeilingProduce(ProduceArgs),
+    /// The processor alone: fill a throwaway topic, start the processor on it, time the drain
+    /// into `positions`, and compare with the COPY ceiling of the same rows.
+    Drain(DrainArgs),
+}
+
+#[derive(Debug, Args)]
+struct DrainArgs {
+    /// Fixes in the backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    fixes: u64,
+    /// Fixes per Kafka record (100 = one HTTP batch's envelope).
+    #[arg(long, default_value_t = 100)]
+    fixes_per_record: usize,
+    /// Distinct devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// The processor binary to start.
+    #[arg(long, default_value = "target/release/processor")]
+    processor_bin: PathBuf,
+    /// Extra processor flag (repeatable), e.g. `--processor-arg=--write-mode=unnest`.
+    #[arg(long = "processor-arg", allow_hyphen_values = true)]
+    processor_args: Vec<String>,
+    /// Where the started processor serves its metrics.
+    #[arg(long, default_value = "127.0.0.1:18084")]
+    metrics_addr: SocketAddr,
+    /// Seconds without progress before giving up.
+    #[arg(long, default_value_t = 60.0)]
+    stall_secs: f64,
+    /// Skip the COPY ceiling.
+    #[arg(long)]
+    no_copy_ceiling: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -231,6 +267,28 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             print_ceiling(&c, args.json);
+            Ok(())
+        }
+        Command::Drain(args) => {
+            let config = drain::DrainConfig {
+                fixes: args.fixes.max(1),
+                fixes_per_record: args.fixes_per_record.max(1),
+                devices: args.devices.max(1),
+                processor_bin: args.processor_bin,
+                processor_args: args.processor_args,
+                metrics_addr: args.metrics_addr,
+                stall_timeout: Duration::from_secs_f64(args.stall_secs.max(1.0)),
+                with_copy_ceiling: !args.no_copy_ceiling,
+            };
+            let result = drain::run(config, &cli.database, &cli.kafka).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print!("{}", drain::table(&result));
+            }
+            if result.stored_rows != result.fixes as i64 {
+                anyhow::bail!("stored rows differ from the fixes produced");
+            }
             Ok(())
         }
     }

@@ -2,11 +2,11 @@
 //! a false 202 or a silent drop, and every fix acknowledged before the outage is in the topic.
 //! Runs against a private tansu so the shared broker is never touched.
 //!
-//! Recovery after the broker returns is a separate, ignored test: tansu 0.6 (sqlite storage)
-//! fails every later produce once an idempotent producer's batch timed out against it (its
-//! storage panics with "more or less than one row" in `tansu-storage` lite.rs and resets the
-//! connection), for the old producer and for a fresh one alike. Ingest keeps answering 503 then
-//! (and replaces its producer after such errors, which recovers against Apache Kafka).
+//! Two outages: the broker frozen (SIGSTOP, connections hang) and the broker killed (SIGKILL)
+//! and restarted on its durable storage. In both, once it is back, the same request is
+//! acknowledged. This relies on ingest replacing its idempotent producer after a timed-out
+//! record: letting librdkafka bump the old producer's epoch instead makes tansu 0.6's storage
+//! panic ("more or less than one row") and stop serving.
 
 use crate::support::{read_fixes, Ingest, PrivateBroker};
 use serde_json::json;
@@ -90,7 +90,6 @@ async fn broker_down_gives_503_with_retry_after_and_loses_nothing_acknowledged()
 }
 
 #[tokio::test]
-#[ignore = "tansu 0.6 fails every produce after an idempotent batch timed out against it (see module docs)"]
 async fn after_the_broker_returns_the_same_request_succeeds() {
     let (ingest, broker) = outage().await;
     assert_eq!(post(&ingest, 1_714_557_601_000).await, 503);
@@ -116,6 +115,54 @@ async fn after_the_broker_returns_the_same_request_succeeds() {
         .iter()
         .flat_map(|e| e.fixes.iter().map(|f| f.fix_time))
         .collect();
+    assert!(times.contains(&1_714_557_601_000), "{times:?}");
+    ingest.stop().await;
+}
+
+/// The broker process dies (SIGKILL) and is started again on the same durable storage: while it
+/// is gone the answer is 503, once it is back the same request is acknowledged, and both the fix
+/// acknowledged before the crash and the retried one are in the topic.
+#[tokio::test]
+async fn after_a_broker_crash_and_restart_the_same_request_succeeds() {
+    let Some(mut broker) = PrivateBroker::start().await else {
+        panic!("tansu binary not found: run `dev/stack up` (it builds and caches the broker) or set TANSU_BIN");
+    };
+    let mut kafka = gps_runtime::config::KafkaArgs::local();
+    kafka.brokers = broker.brokers();
+    gps_runtime::kafka::ensure_standard_topics(&kafka)
+        .await
+        .unwrap();
+    let ingest = Ingest::start_on(kafka, |c| {
+        c.producer.delivery_timeout_ms = 2_000;
+        c.limits.request_timeout_ms = 10_000;
+    })
+    .await;
+    assert_eq!(post(&ingest, 1_714_557_600_000).await, 202);
+    broker.kill();
+    let started = Instant::now();
+    assert_eq!(post(&ingest, 1_714_557_601_000).await, 503);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    broker.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = post(&ingest, 1_714_557_601_000).await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503, "while recovering the answer is 503");
+        assert!(
+            Instant::now() < deadline,
+            "ingest never recovered after the broker restarted; broker log:\n{}",
+            broker.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let envelopes = read_fixes(&ingest.kafka, 2).await;
+    let times: Vec<i64> = envelopes
+        .iter()
+        .flat_map(|e| e.fixes.iter().map(|f| f.fix_time))
+        .collect();
+    assert!(times.contains(&1_714_557_600_000), "{times:?}");
     assert!(times.contains(&1_714_557_601_000), "{times:?}");
     ingest.stop().await;
 }

@@ -253,6 +253,13 @@ impl PrivateBroker {
         }
     }
 
+    /// The last `lines` lines of the broker's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Freeze the broker (SIGSTOP): connections stay open and nothing answers.
     pub fn pause(&self) {
         self.signal("-STOP");
