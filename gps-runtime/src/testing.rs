@@ -146,6 +146,65 @@ pub async fn seed_device(pool: &PgPool, tenant_name: &str) -> SeededDevice {
     }
 }
 
+/// Poll `url` every 50 ms until it answers 200; panics after `within`, or at once when `task`
+/// (the service under test) has already ended.
+pub async fn wait_until_ok<T>(
+    client: &reqwest::Client,
+    url: &str,
+    task: &tokio::task::JoinHandle<T>,
+    within: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Ok(response) = client.get(url).send().await {
+            if response.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            !task.is_finished(),
+            "the service ended before {url} answered"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} did not answer 200 within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Check a service's operational endpoints at `base`: `/healthz` 200, `/readyz` 200 with each of
+/// `checks` reported "ok", `/metrics` in Prometheus text. Returns the metrics text.
+pub async fn assert_ops_endpoints(client: &reqwest::Client, base: &str, checks: &[&str]) -> String {
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    let status = ready.status();
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    for check in checks {
+        assert_eq!(
+            body["checks"][check], "ok",
+            "readiness check {check}: {body}"
+        );
+    }
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("# TYPE"), "not Prometheus text: {text}");
+    text
+}
+
+/// The value of one sample in Prometheus text (`name{labels}` exactly as exposed), 0 when absent.
+pub fn metric_sample(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse::<f64>().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_database;

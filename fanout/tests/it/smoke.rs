@@ -4,7 +4,7 @@
 use crate::support::*;
 use futures::StreamExt;
 use gps_domain::auth::Role;
-use gps_runtime::testing::{seed_device, unique_suffix, TestDb};
+use gps_runtime::testing::{assert_ops_endpoints, seed_device, unique_suffix, TestDb};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -15,24 +15,21 @@ async fn serves_health_readiness_metrics_and_closes_clients_on_shutdown() {
     let fanout = start(db.clone(), config(&db)).await;
     let base = format!("http://{}", fanout.addr);
     let client = reqwest::Client::new();
-    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
-    let status = ready.status();
-    let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["checks"]["postgres"], "ok");
-    assert_eq!(body["checks"]["redis"], "ok");
-    assert_eq!(body["checks"]["live_subscription"], "ok");
-
+    assert_ops_endpoints(&client, &base, &["postgres", "redis", "live_subscription"]).await;
     let (_, token) = fanout.user(device.tenant_id, Role::Analyst).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
         clients.push(fanout.connect(&token).await);
     }
     assert_eq!(fanout.metric("gps_fanout_connections ").await, 3.0);
-    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for name in [
         "gps_fanout_messages_sent_total",
         "gps_fanout_fixes_coalesced_total",

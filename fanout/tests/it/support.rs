@@ -64,17 +64,13 @@ pub async fn start(db: TestDb, config: fanout::Config) -> Running {
     let shutdown = Shutdown::new();
     let server = tokio::spawn(fanout::run(config, listener, shutdown.clone()));
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "fanout never became ready");
-        assert!(!server.is_finished(), "fanout exited at start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gps_runtime::testing::wait_until_ok(
+        &client,
+        &format!("http://{addr}/readyz"),
+        &server,
+        Duration::from_secs(20),
+    )
+    .await;
     Running {
         addr,
         shutdown,

@@ -12,7 +12,8 @@ use crate::support::{read_fixes, Ingest, PrivateBroker};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-async fn outage() -> (Ingest, PrivateBroker) {
+/// Ingest against a private broker, with one fix acknowledged before anything goes wrong.
+async fn ingest_on_private_broker() -> (Ingest, PrivateBroker) {
     let Some(broker) = PrivateBroker::start().await else {
         panic!("tansu binary not found: run `dev/stack up` (it builds and caches the broker) or set TANSU_BIN");
     };
@@ -27,6 +28,12 @@ async fn outage() -> (Ingest, PrivateBroker) {
     })
     .await;
     assert_eq!(post(&ingest, 1_714_557_600_000).await, 202);
+    (ingest, broker)
+}
+
+/// The broker frozen after one acknowledged fix.
+async fn outage() -> (Ingest, PrivateBroker) {
+    let (ingest, broker) = ingest_on_private_broker().await;
     broker.pause();
     (ingest, broker)
 }
@@ -124,20 +131,7 @@ async fn after_the_broker_returns_the_same_request_succeeds() {
 /// acknowledged before the crash and the retried one are in the topic.
 #[tokio::test]
 async fn after_a_broker_crash_and_restart_the_same_request_succeeds() {
-    let Some(mut broker) = PrivateBroker::start().await else {
-        panic!("tansu binary not found: run `dev/stack up` (it builds and caches the broker) or set TANSU_BIN");
-    };
-    let mut kafka = gps_runtime::config::KafkaArgs::local();
-    kafka.brokers = broker.brokers();
-    gps_runtime::kafka::ensure_standard_topics(&kafka)
-        .await
-        .unwrap();
-    let ingest = Ingest::start_on(kafka, |c| {
-        c.producer.delivery_timeout_ms = 2_000;
-        c.limits.request_timeout_ms = 10_000;
-    })
-    .await;
-    assert_eq!(post(&ingest, 1_714_557_600_000).await, 202);
+    let (ingest, mut broker) = ingest_on_private_broker().await;
     broker.kill();
     let started = Instant::now();
     assert_eq!(post(&ingest, 1_714_557_601_000).await, 503);

@@ -50,17 +50,13 @@ impl Ingest {
         let shutdown = Shutdown::new();
         let task = tokio::spawn(ingest::run(config, http, udp, shutdown.clone()));
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "ingest did not come up");
-            assert!(!task.is_finished(), "ingest exited at start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        gps_runtime::testing::wait_until_ok(
+            &client,
+            &format!("{base}/healthz"),
+            &task,
+            Duration::from_secs(20),
+        )
+        .await;
         Self {
             db,
             kafka,
@@ -88,12 +84,7 @@ impl Ingest {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                (name == sample).then(|| value.parse::<f64>().ok())?
-            })
-            .unwrap_or(0.0)
+        gps_runtime::testing::metric_sample(&text, sample)
     }
 
     /// Wait until a metric sample reaches `at_least`.

@@ -1,21 +1,13 @@
 //! The service starts against the real stack and serves its operational endpoints.
 
 use crate::support::Api;
+use gps_runtime::testing::assert_ops_endpoints;
 
 #[tokio::test]
 async fn serves_health_readiness_metrics_and_openapi() {
     let api = Api::start().await;
-    let health = api.client.get(api.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let ready = api.client.get(api.url("/readyz")).send().await.unwrap();
-    let status = ready.status();
-    let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["checks"]["postgres"], "ok");
-    assert_eq!(body["checks"]["redis"], "ok");
-    let metrics = api.client.get(api.url("/metrics")).send().await.unwrap();
-    assert_eq!(metrics.status(), 200);
-    assert!(metrics.text().await.unwrap().contains("# TYPE"));
+    let base = api.url("");
+    assert_ops_endpoints(&api.client, &base, &["postgres", "redis"]).await;
 }
 
 #[tokio::test]
