@@ -2,7 +2,11 @@
 //! same run: a bulk `COPY` of the same rows into the same `positions` table (in a throwaway,
 //! migrated database, so the shared one is untouched), and the broker's produce rate with
 //! records of the same size and settings as ingest's (idempotent, `acks=all`, keyed by device),
-//! to a throwaway topic (left in place: see [`leave_topic`]).
+//! to a scratch topic.
+//!
+//! Scratch topics (`bench.*`) are left in place on purpose: after a `DeleteTopics`, tansu 0.6
+//! stops acknowledging produce requests to the topics that remain (seen here: ingest's
+//! `gps.fixes` timed out until the broker restarted). `dev/stack reset` clears them.
 
 use crate::sim::{FaultRates, MotionLimits, Traffic, Vehicle};
 use crate::LoadgenError;
@@ -153,7 +157,7 @@ async fn copy_rows(
 
 /// Produce `records` envelopes of `fixes_per_record` fixes (`devices` keys) to a fresh topic
 /// with ingest's producer settings (idempotent, acks=all, linger 20 ms, no compression),
-/// `in_flight` at a time (the topic is left in place, see [`leave_topic`]).
+/// `in_flight` at a time (the topic is left in place, see the module docs).
 pub async fn produce(
     kafka: &KafkaArgs,
     records: u64,
@@ -185,7 +189,6 @@ pub async fn produce(
     )
     .await;
     let secs = started.elapsed().as_secs_f64();
-    leave_topic(&topic);
     sent?;
     let fixes = records * fixes_per_record.max(1) as u64;
     Ok(Ceiling {
@@ -259,13 +262,6 @@ pub async fn produce_records<'a>(
         )));
     }
     Ok(())
-}
-
-/// Throwaway topics (`bench.*`) are left in place on purpose: after a `DeleteTopics`, tansu 0.6
-/// stops acknowledging produce requests to the topics that remain (seen here: ingest's
-/// `gps.fixes` timed out until the broker restarted). `dev/stack reset` clears them.
-pub fn leave_topic(topic: &str) {
-    tracing::debug!(topic, "throwaway topic left in place");
 }
 
 #[cfg(test)]

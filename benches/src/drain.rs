@@ -63,8 +63,8 @@ pub struct DrainResult {
     pub ratio_to_copy: Option<f64>,
 }
 
-/// Fill, drain, count and compare. The run's rows are removed afterwards; its topic is left
-/// (see [`ceiling::leave_topic`]).
+/// Fill, drain, count and compare. The run's rows are removed afterwards; its topic is left in
+/// place (see the [`ceiling`] module docs).
 pub async fn run(
     config: DrainConfig,
     db: &DatabaseArgs,
@@ -136,7 +136,7 @@ pub async fn run(
             .bind(fleet.tenant_id)
             .fetch_one(&pool)
             .await?;
-    cleanup(&pool, &topic, fleet.tenant_id).await;
+    cleanup(&pool, fleet.tenant_id).await;
     let (startup_secs, drain_secs) = result?;
     let fixes_per_sec = config.fixes as f64 / drain_secs.max(1e-9);
     let copy_ceiling = if config.with_copy_ceiling {
@@ -204,8 +204,10 @@ async fn drain(
                 .text()
                 .await
                 .ok()
-                .and_then(|text| metric_value(&text, "gps_processor_fixes_accepted_total"))
-                .unwrap_or(0),
+                .and_then(|text| {
+                    gps_runtime::ops::metric_sample(&text, "gps_processor_fixes_accepted_total")
+                })
+                .map_or(0, |v| v as u64),
             Err(_) => 0,
         };
         let now = Instant::now();
@@ -236,18 +238,7 @@ async fn drain(
     outcome
 }
 
-/// The value of an unlabelled counter in Prometheus text.
-pub fn metric_value(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse::<f64>().ok().map(|v| v as u64))?
-        })
-}
-
-async fn cleanup(pool: &sqlx::PgPool, topic: &str, tenant: Uuid) {
-    ceiling::leave_topic(topic);
+async fn cleanup(pool: &sqlx::PgPool, tenant: Uuid) {
     for sql in [
         "DELETE FROM positions WHERE tenant_id = $1",
         "DELETE FROM last_positions WHERE tenant_id = $1",
@@ -289,21 +280,4 @@ pub fn table(r: &DrainResult) -> String {
         ));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::metric_value;
-
-    #[test]
-    fn reads_an_unlabelled_counter_and_ignores_comments_and_prefixes() {
-        let text = "# HELP gps_processor_fixes_accepted_total fixes\n\
-                    gps_processor_fixes_accepted_total_extra 9\n\
-                    gps_processor_fixes_accepted_total 12345\n";
-        assert_eq!(
-            metric_value(text, "gps_processor_fixes_accepted_total"),
-            Some(12345)
-        );
-        assert_eq!(metric_value(text, "missing"), None);
-    }
 }

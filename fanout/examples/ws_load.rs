@@ -36,7 +36,6 @@
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
-use gps_domain::auth::Role;
 use gps_domain::fix::{now_millis, Fix, Protocol};
 use gps_domain::live::{channel_for, LiveBatch, LiveFix};
 use gps_runtime::access::JwtKeys;
@@ -177,8 +176,8 @@ struct Seeded {
     tokens: Vec<String>,
 }
 
-/// Upsert tenant, devices `<tenant>-<n>` and analyst users (same row shapes as
-/// `gps_runtime::testing::seed_device` and the fanout tests' `create_user`, in bulk).
+/// Upsert tenant, devices `<tenant>-<n>` and analyst users with the load generator's seeding
+/// (`benches::seed`), and mint each user an access token.
 async fn seed(common: &Common, token_ttl_secs: i64) -> anyhow::Result<Seeded> {
     let started = Instant::now();
     let pool: PgPool = PgPoolOptions::new()
@@ -186,60 +185,20 @@ async fn seed(common: &Common, token_ttl_secs: i64) -> anyhow::Result<Seeded> {
         .connect(&common.database_url)
         .await
         .context("connect to DATABASE_URL (is `dev/stack up` done?)")?;
-    let tenant: Uuid = sqlx::query_scalar(
-        "INSERT INTO tenants (name) VALUES ($1)
-         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
-    )
-    .bind(&common.tenant)
-    .fetch_one(&pool)
-    .await?;
-    let mut devices = Vec::with_capacity(common.devices);
-    for start in (0..common.devices).step_by(1000) {
-        let uids: Vec<String> = (start..(start + 1000).min(common.devices))
-            .map(|i| format!("{}-{i:06}", common.tenant))
-            .collect();
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "INSERT INTO devices (tenant_id, uid, name)
-             SELECT $1, u, u FROM UNNEST($2::text[]) AS t(u)
-             ON CONFLICT (uid) DO UPDATE SET disabled = false, updated_at = now()
-                WHERE devices.tenant_id = EXCLUDED.tenant_id
-             RETURNING id, uid",
-        )
-        .bind(tenant)
-        .bind(&uids)
-        .fetch_all(&pool)
-        .await?;
-        let ids: HashMap<String, Uuid> = rows.into_iter().map(|(id, uid)| (uid, id)).collect();
-        for uid in uids {
-            let Some(&id) = ids.get(&uid) else {
-                bail!("device uid {uid} belongs to another tenant; choose another --tenant");
-            };
-            devices.push((id, uid));
-        }
-    }
+    let fleet = benches::seed::fleet(&pool, &common.tenant, &common.tenant, common.devices)
+        .await
+        .context("seeding devices")?;
+    let tenant = fleet.tenant_id;
+    let devices: Vec<(Uuid, String)> = fleet.devices.into_iter().map(|d| (d.id, d.uid)).collect();
     let keys = JwtKeys::new(&SecretString::from(common.jwt_secret.clone()));
     let mut tokens = Vec::with_capacity(common.users);
     for i in 0..common.users.max(1) {
-        // "!" is no argon2 hash: nobody can log in with a password as these users.
-        let user: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO users (tenant_id, email, display_name, password_hash, role)
-             VALUES ($1, $2, 'ws_load', '!', $3)
-             ON CONFLICT (lower(email)) DO UPDATE SET disabled = false, updated_at = now()
-                WHERE users.tenant_id = EXCLUDED.tenant_id
-             RETURNING id",
-        )
-        .bind(tenant)
-        .bind(format!("{}-{i}@ws-load.example", common.tenant))
-        .bind(Role::Analyst.as_str())
-        .fetch_optional(&pool)
-        .await?;
-        let Some(user) = user else {
-            bail!(
-                "user {i} of --tenant {} belongs to another tenant",
-                common.tenant
-            );
-        };
-        tokens.push(keys.issue(user, tenant, Role::Analyst, token_ttl_secs));
+        let email = format!("{}-{i}@ws-load.example", common.tenant);
+        tokens.push(
+            benches::seed::live_viewer_token(&pool, &keys, tenant, &email, token_ttl_secs)
+                .await
+                .context("seeding users")?,
+        );
     }
     pool.close().await;
     println!(

@@ -164,6 +164,15 @@ where
     metric
 }
 
+/// The value of one sample in Prometheus text (`name{labels}` exactly as exposed), if present.
+/// For tools and tests that read a service's `/metrics`.
+pub fn metric_sample(text: &str, sample: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse::<f64>().ok())?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +187,19 @@ mod tests {
         assert_eq!(map["postgres"], "ok");
         assert_eq!(map["kafka"], "connection refused");
         assert!(Readiness::new().report().await.0);
+    }
+
+    #[test]
+    fn metric_sample_reads_exact_samples_only() {
+        let text = "# HELP gps_x_total fixes\n\
+                    gps_x_total_extra 9\n\
+                    gps_x_total 12345\n\
+                    gps_y_total{reason=\"too slow\"} 2\n";
+        assert_eq!(metric_sample(text, "gps_x_total"), Some(12345.0));
+        assert_eq!(
+            metric_sample(text, "gps_y_total{reason=\"too slow\"}"),
+            Some(2.0)
+        );
+        assert_eq!(metric_sample(text, "missing"), None);
     }
 }

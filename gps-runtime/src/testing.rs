@@ -195,16 +195,6 @@ pub async fn assert_ops_endpoints(client: &reqwest::Client, base: &str, checks: 
     text
 }
 
-/// The value of one sample in Prometheus text (`name{labels}` exactly as exposed), 0 when absent.
-pub fn metric_sample(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse::<f64>().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::replace_database;

@@ -84,7 +84,7 @@ impl Ingest {
             .text()
             .await
             .unwrap();
-        gps_runtime::testing::metric_sample(&text, sample)
+        gps_runtime::ops::metric_sample(&text, sample).unwrap_or(0.0)
     }
 
     /// Wait until a metric sample reaches `at_least`.
