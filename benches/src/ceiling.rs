@@ -1,5 +1,5 @@
 //! The raw ceilings an end-to-end rate is compared with, measured on the same machine in the
-//! same run: a bulk `COPY` of the same rows into the same `positions` table (in a throwaway,
+//! same run: a bulk binary `COPY` of the same rows into the same `positions` table (in a throwaway,
 //! migrated database, so the shared one is untouched), and the broker's produce rate with
 //! records of the same size and settings as ingest's (idempotent, `acks=all`, keyed by device),
 //! to a scratch topic.
@@ -13,9 +13,10 @@ use crate::LoadgenError;
 use gps_domain::fix::now_millis;
 use gps_domain::Protocol;
 use gps_runtime::config::{DatabaseArgs, KafkaArgs};
+use processor::writer::{encode_copy, EnvelopeMeta, PositionRow};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -30,7 +31,7 @@ pub struct Ceiling {
     pub secs: f64,
     /// Fixes per second.
     pub fixes_per_sec: f64,
-    /// Bytes per record (produce) or per row (COPY text).
+    /// Bytes per record (produce) or per row (binary COPY).
     pub bytes_per_record: usize,
 }
 
@@ -98,38 +99,36 @@ async fn copy_rows(
             )
         })
         .collect();
-    // Build the CSV first: the ceiling is the database's, not the generator's.
-    let received = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // Encode every chunk first, in PostgreSQL's binary COPY format (its cheapest input, and
+    // what the processor sends): the ceiling is the database's, not the generator's.
+    let received = now_millis();
+    let metas: Vec<Arc<EnvelopeMeta>> = ids
+        .iter()
+        .map(|&device| {
+            Arc::new(EnvelopeMeta {
+                tenant,
+                device,
+                uid: String::new(),
+                proto: Protocol::Json,
+                rx: received,
+            })
+        })
+        .collect();
     let mut chunks = Vec::new();
-    let mut buf = String::new();
-    let mut in_chunk = 0;
+    let mut pending: Vec<PositionRow> = Vec::with_capacity(chunk.max(1));
     let mut bytes = 0usize;
     for n in 0..rows {
         let d = (n % devices as u64) as usize;
         let (fix, _) = fleet[d].next_fix();
-        let fix_time = chrono::DateTime::from_timestamp_millis(fix.fix_time)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-        let _ = writeln!(
-            buf,
-            "{tenant},{},{fix_time},{received},{},{},{},{},{},{},{},{},{},json,",
-            ids[d],
-            fix.lat,
-            fix.lon,
-            opt(fix.altitude_m),
-            opt(fix.speed_mps),
-            opt(fix.heading_deg),
-            opt(fix.accuracy_m),
-            opt(fix.battery_pct),
-            fix.satellites.map(|s| s.to_string()).unwrap_or_default(),
-            opt(fix.hdop),
-        );
-        in_chunk += 1;
-        if in_chunk == chunk.max(1) || n + 1 == rows {
-            bytes += buf.len();
-            chunks.push(std::mem::take(&mut buf));
-            in_chunk = 0;
+        pending.push(PositionRow {
+            meta: metas[d].clone(),
+            fix,
+        });
+        if pending.len() == chunk.max(1) || n + 1 == rows {
+            let data = encode_copy(&pending);
+            bytes += data.len();
+            chunks.push(data);
+            pending.clear();
         }
     }
     let started = Instant::now();
@@ -139,10 +138,10 @@ async fn copy_rows(
             .copy_in_raw(
                 "COPY positions (tenant_id, device_id, fix_time, received_at, lat, lon, altitude_m,
                  speed_mps, heading_deg, accuracy_m, battery_pct, satellites, hdop, protocol,
-                 attributes) FROM STDIN WITH (FORMAT csv)",
+                 attributes) FROM STDIN (FORMAT binary)",
             )
             .await?;
-        copy.send(data.into_bytes()).await?;
+        copy.send(data).await?;
         copy.finish().await?;
     }
     let secs = started.elapsed().as_secs_f64();

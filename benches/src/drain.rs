@@ -176,6 +176,11 @@ async fn drain(
         .env("KAFKA_FIXES_TOPIC", topic)
         .env("PROCESSOR_GROUP_ID", format!("bench-drain-{run_id}"))
         .env("PROCESSOR_ADDR", config.metrics_addr.to_string())
+        // Its warnings and errors show on our stderr; its info lines would only be noise.
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)

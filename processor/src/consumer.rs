@@ -140,6 +140,8 @@ pub struct LoopSettings {
     pub max_fixes: usize,
     /// Max wait for a batch to fill.
     pub max_wait: Duration,
+    /// A gap between records this long closes the batch.
+    pub idle: Duration,
     /// The broker's fetch wait (`fetch.wait.max.ms`).
     pub fetch_wait_ms: u32,
 }
@@ -200,7 +202,9 @@ pub async fn run_loop(
         let mut deadline: Option<Instant> = None;
         while fixes < settings.max_fixes {
             let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(settings.idle),
                 None => Duration::from_millis(500),
             };
             let received = tokio::select! {

@@ -57,6 +57,7 @@ pub async fn run(
         group_id: config.group_id.clone(),
         max_fixes: config.batch.max_fixes as usize,
         max_wait: config.batch.max_wait(),
+        idle: config.batch.idle(),
         fetch_wait_ms: config.batch.fetch_wait_ms,
     };
     let (consumer, state) = consumer::subscribe(&config.kafka, &settings, metrics.clone())?;

@@ -21,8 +21,11 @@ pub struct Metrics {
     pub duplicates: IntCounterVec,
     /// Fixes per written batch.
     pub batch_fixes: Histogram,
-    /// Seconds per database write (partition check + transaction), by write mode.
+    /// Seconds per database write (partition check + transaction), by write path
+    /// (`copy`, `copy_staged`, `unnest`).
     pub write_seconds: HistogramVec,
+    /// Direct COPYs that met an already stored row and went through the staging path.
+    pub direct_copy_conflicts: IntCounter,
     /// Batches retried after a transient failure.
     pub batch_retries: IntCounter,
     /// Live messages that could not be published to Redis.
@@ -88,6 +91,10 @@ impl Metrics {
                     &["mode"],
                 )
                 .expect("valid metric"),
+            ),
+            direct_copy_conflicts: counter(
+                "gps_processor_direct_copy_conflicts_total",
+                "batches whose direct copy met a stored row and were written through staging",
             ),
             batch_retries: counter(
                 "gps_processor_batch_retries_total",

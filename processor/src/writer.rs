@@ -1,12 +1,20 @@
-//! Batch writes to PostgreSQL: one transaction per batch that inserts into `positions` with
-//! `ON CONFLICT DO NOTHING` (reporting which rows were new) and moves `last_positions` forward
-//! only (`WHERE EXCLUDED.fix_time > last_positions.fix_time`), so a late fix lands in history
+//! Batch writes to PostgreSQL: one transaction per batch that stores the new rows of
+//! `positions` (reporting which rows were new) and moves `last_positions` forward only (`WHERE EXCLUDED.fix_time > last_positions.fix_time`), so a late fix lands in history
 //! without rewinding the live position.
 //!
-//! Two bulk paths, chosen by [`WriteMode`]: binary `COPY` into a per-connection temporary
-//! staging table followed by one `INSERT .. SELECT`, or one `INSERT .. SELECT FROM unnest(..)`
-//! with an array per column. Before a batch, the daily partitions of its days are created if
-//! missing (native partitioning only; the known days are cached).
+//! Two bulk paths, chosen by [`WriteMode`]:
+//! - `copy`: binary `COPY` straight into `positions`, plus one small upsert of each device's
+//!   newest fix into `last_positions`. A batch is nearly always all new (the in-memory dedupe
+//!   took the redeliveries out), and a plain COPY costs PostgreSQL far less than an
+//!   `INSERT .. ON CONFLICT` of the same rows. When the COPY meets a row that is already stored
+//!   (a replay, a restart, a duplicate older than the dedupe cache), the transaction rolls back
+//!   and the batch goes through a per-connection temporary staging table and
+//!   `INSERT .. SELECT .. ON CONFLICT DO NOTHING` instead, and so do the batches of the next
+//!   [`DIRECT_COPY_PAUSE`], since conflicts come in runs.
+//! - `unnest`: one `INSERT .. SELECT FROM unnest(..)` with an array per column.
+//!
+//! Before a batch, the daily partitions of its days are created if missing (native
+//! partitioning only; the known days are cached).
 
 use crate::config::WriteMode;
 use crate::dedupe::FixKey;
@@ -14,10 +22,12 @@ use crate::metrics::Metrics;
 use chrono::{DateTime, NaiveDate, Utc};
 use gps_domain::fix::{EpochMillis, Fix, Protocol};
 use gps_runtime::db::StorageMode;
-use sqlx::PgPool;
-use std::collections::HashSet;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, PgPool};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The envelope fields every fix of one record shares.
@@ -81,17 +91,32 @@ fn copy_sql() -> String {
     )
 }
 
+/// The rows of a [`Columns`] bound as `$1..$15`, as a query over them.
+const UNNEST_ROWS: &str = "SELECT tenant_id, device_id, fix_time, received_at, lat, lon,
+            altitude_m, speed_mps, heading_deg, accuracy_m, battery_pct, satellites, hdop,
+            protocol, attributes::jsonb AS attributes
+        FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[],
+                    $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[],
+                    $10::float8[], $11::float8[], $12::int2[], $13::float8[], $14::text[],
+                    $15::text[])
+             AS r(tenant_id, device_id, fix_time, received_at, lat, lon, altitude_m,
+                  speed_mps, heading_deg, accuracy_m, battery_pct, satellites, hdop, protocol,
+                  attributes)";
+
+/// The direct path's COPY: every column of `positions`, in table order.
+fn direct_copy_sql() -> String {
+    format!("COPY positions ({COLUMNS}) FROM STDIN (FORMAT binary)")
+}
+
+/// The direct path's `last_positions` upsert, from one row per device.
+fn latest_sql() -> String {
+    format!("INSERT INTO last_positions ({COLUMNS}) {UNNEST_ROWS} {UPSERT_LATEST}")
+}
+
 fn unnest_sql() -> String {
     format!(
         "WITH rows AS (
-            SELECT tenant_id, device_id, fix_time, received_at, lat, lon, altitude_m, speed_mps,
-                   heading_deg, accuracy_m, battery_pct, satellites, hdop, protocol,
-                   attributes::jsonb AS attributes
-            FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[],
-                        $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[],
-                        $10::float8[], $11::float8[], $12::int2[], $13::float8[], $14::text[],
-                        $15::text[])
-                 AS r({COLUMNS})
+            {UNNEST_ROWS}
         ), ins AS (
             INSERT INTO positions ({COLUMNS}) SELECT {COLUMNS} FROM rows
             ON CONFLICT DO NOTHING RETURNING device_id, fix_time
@@ -105,7 +130,11 @@ fn unnest_sql() -> String {
     )
 }
 
-/// Writes batches of positions; owns the cache of days known to have a partition.
+/// How long the `copy` mode keeps to the staging path after a direct COPY met a stored row.
+pub const DIRECT_COPY_PAUSE: Duration = Duration::from_secs(30);
+
+/// Writes batches of positions; owns the cache of days known to have a partition and whether
+/// the direct COPY is paused.
 #[derive(Debug)]
 pub struct Writer {
     pool: PgPool,
@@ -113,6 +142,9 @@ pub struct Writer {
     partitioned: bool,
     known_days: HashSet<i64>,
     metrics: Metrics,
+    direct_paused_until: Option<Instant>,
+    direct_copy_sql: String,
+    latest_sql: String,
     copy_sql: String,
     unnest_sql: String,
 }
@@ -128,6 +160,9 @@ impl Writer {
             partitioned: storage == StorageMode::Partitioned,
             known_days: HashSet::new(),
             metrics,
+            direct_paused_until: None,
+            direct_copy_sql: direct_copy_sql(),
+            latest_sql: latest_sql(),
             copy_sql: copy_sql(),
             unnest_sql: unnest_sql(),
         }
@@ -149,61 +184,90 @@ impl Writer {
         }
         let started = Instant::now();
         self.ensure_partitions(rows).await?;
-        let mut tx = self.pool.begin().await?;
-        let inserted: Vec<(Uuid, DateTime<Utc>)> = match self.mode {
-            WriteMode::Copy => {
-                // Quiet the "already exists" notice; SET LOCAL ends with the transaction.
-                // A &str with no arguments goes over the simple protocol: both statements in
-                // one round trip.
-                sqlx::Executor::execute(
-                    &mut *tx,
-                    "SET LOCAL client_min_messages = warning;
-                     CREATE TEMP TABLE IF NOT EXISTS positions_staging
-                        (LIKE positions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-                )
-                .await?;
-                let mut copy = tx
-                    .copy_in_raw("COPY positions_staging FROM STDIN (FORMAT binary)")
-                    .await?;
-                copy.send(encode_copy(rows)).await?;
-                copy.finish().await?;
-                sqlx::query_as(&self.copy_sql).fetch_all(&mut *tx).await?
-            }
-            WriteMode::Unnest => {
-                let c = Columns::of(rows);
-                sqlx::query_as(&self.unnest_sql)
-                    .bind(c.tenant)
-                    .bind(c.device)
-                    .bind(c.fix_time)
-                    .bind(c.received_at)
-                    .bind(c.lat)
-                    .bind(c.lon)
-                    .bind(c.alt)
-                    .bind(c.speed)
-                    .bind(c.heading)
-                    .bind(c.accuracy)
-                    .bind(c.battery)
-                    .bind(c.satellites)
-                    .bind(c.hdop)
-                    .bind(c.protocol)
-                    .bind(c.attributes)
-                    .fetch_all(&mut *tx)
-                    .await?
-            }
-        };
-        tx.commit().await?;
-        let mode = match self.mode {
-            WriteMode::Copy => "copy",
-            WriteMode::Unnest => "unnest",
+        let direct = self.mode == WriteMode::Copy && self.direct_copy_allowed();
+        let (path, inserted) = match self.mode {
+            WriteMode::Copy if direct => match self.copy_direct(rows).await {
+                Ok(()) => ("copy", rows.iter().map(PositionRow::key).collect()),
+                Err(e) if is_unique_violation(&e) => {
+                    tracing::debug!(
+                        rows = rows.len(),
+                        "direct copy met a stored row; staging path for a while"
+                    );
+                    self.direct_paused_until = Some(Instant::now() + DIRECT_COPY_PAUSE);
+                    self.metrics.direct_copy_conflicts.inc();
+                    ("copy_staged", self.copy_staged(rows).await?)
+                }
+                Err(e) => return Err(e),
+            },
+            WriteMode::Copy => ("copy_staged", self.copy_staged(rows).await?),
+            WriteMode::Unnest => ("unnest", self.unnest(rows).await?),
         };
         self.metrics
             .write_seconds
-            .with_label_values(&[mode])
+            .with_label_values(&[path])
             .observe(started.elapsed().as_secs_f64());
-        Ok(inserted
-            .into_iter()
-            .map(|(device, t)| (device, t.timestamp_millis()))
-            .collect())
+        Ok(inserted)
+    }
+
+    fn direct_copy_allowed(&mut self) -> bool {
+        match self.direct_paused_until {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                self.direct_paused_until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// COPY every row into `positions` and upsert each device's newest into `last_positions`,
+    /// in one transaction. Fails with a unique violation, and changes nothing, when any row is
+    /// already stored.
+    async fn copy_direct(&self, rows: &[PositionRow]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut copy = tx.copy_in_raw(&self.direct_copy_sql).await?;
+        copy.send(encode_copy(rows)).await?;
+        copy.finish().await?;
+        let latest = newest_per_device(rows);
+        sqlx::query_with(&self.latest_sql, Columns::of(&latest).into_arguments()?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// COPY into the staging table, then insert what is new; returns the new keys.
+    async fn copy_staged(&self, rows: &[PositionRow]) -> Result<HashSet<FixKey>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Quiet the "already exists" notice; SET LOCAL ends with the transaction.
+        // A &str with no arguments goes over the simple protocol: both statements in
+        // one round trip.
+        sqlx::Executor::execute(
+            &mut *tx,
+            "SET LOCAL client_min_messages = warning;
+             CREATE TEMP TABLE IF NOT EXISTS positions_staging
+                (LIKE positions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+        )
+        .await?;
+        let mut copy = tx
+            .copy_in_raw("COPY positions_staging FROM STDIN (FORMAT binary)")
+            .await?;
+        copy.send(encode_copy(rows)).await?;
+        copy.finish().await?;
+        let inserted: Vec<(Uuid, DateTime<Utc>)> =
+            sqlx::query_as(&self.copy_sql).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(keys_of(inserted))
+    }
+
+    /// One `INSERT .. SELECT FROM unnest(..)`; returns the new keys.
+    async fn unnest(&self, rows: &[PositionRow]) -> Result<HashSet<FixKey>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let inserted: Vec<(Uuid, DateTime<Utc>)> =
+            sqlx::query_as_with(&self.unnest_sql, Columns::of(rows).into_arguments()?)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(keys_of(inserted))
     }
 
     /// Create the daily partitions of the batch's days that are not known to exist. Runs in
@@ -256,6 +320,33 @@ impl Writer {
     pub fn forget_partitions(&mut self) {
         self.known_days.clear();
     }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("23505"))
+}
+
+fn keys_of(inserted: Vec<(Uuid, DateTime<Utc>)>) -> HashSet<FixKey> {
+    inserted
+        .into_iter()
+        .map(|(device, t)| (device, t.timestamp_millis()))
+        .collect()
+}
+
+/// Each device's row with the newest fix time (keys are distinct, so there are no ties).
+pub fn newest_per_device(rows: &[PositionRow]) -> Vec<PositionRow> {
+    let mut newest: HashMap<Uuid, &PositionRow> = HashMap::new();
+    for row in rows {
+        newest
+            .entry(row.meta.device)
+            .and_modify(|kept| {
+                if row.fix.fix_time > kept.fix.fix_time {
+                    *kept = row;
+                }
+            })
+            .or_insert(row);
+    }
+    newest.into_values().cloned().collect()
 }
 
 fn day_date(day: i64) -> Option<NaiveDate> {
@@ -330,6 +421,28 @@ impl Columns {
             c.attributes.push(attributes_json(f));
         }
         c
+    }
+
+    /// The fifteen arrays as the arguments `$1..$15`, in `positions` column order.
+    pub fn into_arguments(self) -> Result<PgArguments, sqlx::Error> {
+        let mut args = PgArguments::default();
+        let add = |result: Result<(), BoxDynError>| result.map_err(sqlx::Error::Encode);
+        add(args.add(self.tenant))?;
+        add(args.add(self.device))?;
+        add(args.add(self.fix_time))?;
+        add(args.add(self.received_at))?;
+        add(args.add(self.lat))?;
+        add(args.add(self.lon))?;
+        add(args.add(self.alt))?;
+        add(args.add(self.speed))?;
+        add(args.add(self.heading))?;
+        add(args.add(self.accuracy))?;
+        add(args.add(self.battery))?;
+        add(args.add(self.satellites))?;
+        add(args.add(self.hdop))?;
+        add(args.add(self.protocol))?;
+        add(args.add(self.attributes))?;
+        Ok(args)
     }
 }
 

@@ -77,29 +77,40 @@ impl Decoded {
 }
 
 /// Decode a body of one fix or an array of at most `max_items` fixes.
+///
+/// The body is read in one pass into the known fields of each item ([`ItemFields`]); unknown
+/// keys are skipped and no JSON tree is built per item, which is most of the cost of a batch.
 pub fn decode(body: &[u8], max_items: usize) -> Result<Decoded, JsonError> {
-    let value: Value =
+    let raw: RawBody =
         serde_json::from_slice(body).map_err(|e| JsonError::Malformed(e.to_string()))?;
-    let values = match value {
-        Value::Array(values) => values,
-        object @ Value::Object(_) => vec![object],
-        _ => return Err(JsonError::WrongShape),
+    let items = match raw {
+        RawBody::Many(items) => items,
+        RawBody::One(item) => vec![item],
+        RawBody::Other => return Err(JsonError::WrongShape),
     };
-    if values.is_empty() {
+    if items.is_empty() {
         return Err(JsonError::Empty);
     }
-    if values.len() > max_items {
+    if items.len() > max_items {
         return Err(JsonError::TooMany {
-            count: values.len(),
+            count: items.len(),
             max: max_items,
         });
     }
     let mut decoded = Decoded {
-        items: Vec::with_capacity(values.len()),
+        items: Vec::with_capacity(items.len()),
         errors: Vec::new(),
     };
-    for (index, value) in values.iter().enumerate() {
-        match decode_item(value) {
+    for (index, item) in items.into_iter().enumerate() {
+        let result = match item {
+            RawItem::Object(fields) => decode_fields(*fields),
+            RawItem::NotObject => Err(field_error(
+                "",
+                "not_an_object",
+                "each fix must be a JSON object",
+            )),
+        };
+        match result {
             Ok(item) => decoded.items.push((index, item)),
             Err((field, code, message)) => decoded.errors.push(ItemError {
                 index,
@@ -112,32 +123,188 @@ pub fn decode(body: &[u8], max_items: usize) -> Result<Decoded, JsonError> {
     Ok(decoded)
 }
 
+/// The known fields of one fix object, each as the JSON value it held (`None` when absent;
+/// a repeated key keeps its last value, as a JSON object would).
+#[derive(Debug, Default)]
+struct ItemFields {
+    time: Option<Value>,
+    lat: Option<Value>,
+    lon: Option<Value>,
+    altitude: Option<Value>,
+    speed: Option<Value>,
+    heading: Option<Value>,
+    accuracy: Option<Value>,
+    battery: Option<Value>,
+    hdop: Option<Value>,
+    satellites: Option<Value>,
+    attributes: Option<Value>,
+    device: Option<Value>,
+}
+
+impl ItemFields {
+    /// Where a field's value goes; `None` for a key the format does not have.
+    fn slot(&mut self, field: Field) -> Option<&mut Option<Value>> {
+        Some(match field {
+            Field::Time => &mut self.time,
+            Field::Lat => &mut self.lat,
+            Field::Lon => &mut self.lon,
+            Field::Altitude => &mut self.altitude,
+            Field::Speed => &mut self.speed,
+            Field::Heading => &mut self.heading,
+            Field::Accuracy => &mut self.accuracy,
+            Field::Battery => &mut self.battery,
+            Field::Hdop => &mut self.hdop,
+            Field::Satellites => &mut self.satellites,
+            Field::Attributes => &mut self.attributes,
+            Field::Device => &mut self.device,
+            Field::Other => return None,
+        })
+    }
+}
+
+/// The body: one object, an array of items, or anything else (refused as a whole).
+enum RawBody {
+    One(RawItem),
+    Many(Vec<RawItem>),
+    Other,
+}
+
+/// One array item: a fix object's known fields, or something that is not an object.
+enum RawItem {
+    Object(Box<ItemFields>),
+    NotObject,
+}
+
+impl<'de> serde::Deserialize<'de> for RawBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BodyVisitor)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RawItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ItemVisitor)
+    }
+}
+
+/// A key of a fix object: one of the format's fields, or any other (skipped). Escaped keys
+/// (`"l\u0061t"`) match like plain ones.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Field {
+    Time,
+    Lat,
+    Lon,
+    Altitude,
+    Speed,
+    Heading,
+    Accuracy,
+    Battery,
+    Hdop,
+    Satellites,
+    Attributes,
+    Device,
+    #[serde(other)]
+    Other,
+}
+
+struct ItemVisitor;
+
+macro_rules! not_an_object {
+    ($($method:ident: $ty:ty),*) => {
+        $(fn $method<E: serde::de::Error>(self, _: $ty) -> Result<RawItem, E> {
+            Ok(RawItem::NotObject)
+        })*
+    };
+}
+
+impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+    type Value = RawItem;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a fix object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawItem, A::Error> {
+        let mut fields = Box::<ItemFields>::default();
+        while let Some(field) = map.next_key::<Field>()? {
+            match fields.slot(field) {
+                Some(slot) => *slot = Some(map.next_value()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(RawItem::Object(fields))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawItem, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(RawItem::NotObject)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<RawItem, E> {
+        Ok(RawItem::NotObject)
+    }
+
+    not_an_object!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+}
+
+struct BodyVisitor;
+
+macro_rules! wrong_shape {
+    ($($method:ident: $ty:ty),*) => {
+        $(fn $method<E: serde::de::Error>(self, _: $ty) -> Result<RawBody, E> {
+            Ok(RawBody::Other)
+        })*
+    };
+}
+
+impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+    type Value = RawBody;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a fix object or an array of fix objects")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawBody, A::Error> {
+        ItemVisitor.visit_map(map).map(RawBody::One)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawBody, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(RawBody::Many(items))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<RawBody, E> {
+        Ok(RawBody::Other)
+    }
+
+    wrong_shape!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+}
+
 type FieldError = (String, &'static str, String);
 
 fn field_error(field: &str, code: &'static str, message: impl Into<String>) -> FieldError {
     (field.to_owned(), code, message.into())
 }
 
-/// Decode one fix object.
-pub fn decode_item(value: &Value) -> Result<JsonItem, FieldError> {
-    let Value::Object(map) = value else {
-        return Err(field_error(
-            "",
-            "not_an_object",
-            "each fix must be a JSON object",
-        ));
-    };
-    let fix_time = time_field(map)?;
-    let lat = required_number(map, "lat")?;
-    let lon = required_number(map, "lon")?;
+/// Decode the known fields of one fix object.
+fn decode_fields(f: ItemFields) -> Result<JsonItem, FieldError> {
+    let fix_time = time_field(f.time.as_ref())?;
+    let lat = required_number(f.lat.as_ref(), "lat")?;
+    let lon = required_number(f.lon.as_ref(), "lon")?;
     let mut fix = Fix::new(fix_time, lat, lon);
-    fix.altitude_m = optional_number(map, "altitude")?;
-    fix.speed_mps = optional_number(map, "speed")?;
-    fix.heading_deg = optional_number(map, "heading")?;
-    fix.accuracy_m = optional_number(map, "accuracy")?;
-    fix.battery_pct = optional_number(map, "battery")?;
-    fix.hdop = optional_number(map, "hdop")?;
-    fix.satellites = match map.get("satellites") {
+    fix.altitude_m = optional_number(f.altitude.as_ref(), "altitude")?;
+    fix.speed_mps = optional_number(f.speed.as_ref(), "speed")?;
+    fix.heading_deg = optional_number(f.heading.as_ref(), "heading")?;
+    fix.accuracy_m = optional_number(f.accuracy.as_ref(), "accuracy")?;
+    fix.battery_pct = optional_number(f.battery.as_ref(), "battery")?;
+    fix.hdop = optional_number(f.hdop.as_ref(), "hdop")?;
+    fix.satellites = match f.satellites {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(
             || field_error("satellites", "out_of_range", "must be an integer 0..=65535"),
@@ -150,14 +317,14 @@ pub fn decode_item(value: &Value) -> Result<JsonItem, FieldError> {
             ))
         }
     };
-    fix.attributes = match map.get("attributes") {
+    fix.attributes = match f.attributes {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(attrs)) => attributes(attrs)?,
         Some(_) => return Err(field_error("attributes", "wrong_type", "must be an object")),
     };
-    let device = match map.get("device") {
+    let device = match f.device {
         None | Some(Value::Null) => None,
-        Some(Value::String(uid)) if !uid.is_empty() && uid.len() <= 128 => Some(uid.clone()),
+        Some(Value::String(uid)) if !uid.is_empty() && uid.len() <= 128 => Some(uid),
         Some(_) => {
             return Err(field_error(
                 "device",
@@ -169,8 +336,8 @@ pub fn decode_item(value: &Value) -> Result<JsonItem, FieldError> {
     Ok(JsonItem { device, fix })
 }
 
-fn time_field(map: &Map<String, Value>) -> Result<EpochMillis, FieldError> {
-    match map.get("time") {
+fn time_field(value: Option<&Value>) -> Result<EpochMillis, FieldError> {
+    match value {
         None | Some(Value::Null) => Err(field_error("time", "missing", "required")),
         Some(Value::Number(n)) => n
             .as_i64()
@@ -207,21 +374,21 @@ fn number(field: &str, value: &Value) -> Result<f64, FieldError> {
     }
 }
 
-fn required_number(map: &Map<String, Value>, field: &str) -> Result<f64, FieldError> {
-    match map.get(field) {
+fn required_number(value: Option<&Value>, field: &str) -> Result<f64, FieldError> {
+    match value {
         None | Some(Value::Null) => Err(field_error(field, "missing", "required")),
         Some(value) => number(field, value),
     }
 }
 
-fn optional_number(map: &Map<String, Value>, field: &str) -> Result<Option<f64>, FieldError> {
-    match map.get(field) {
+fn optional_number(value: Option<&Value>, field: &str) -> Result<Option<f64>, FieldError> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(value) => number(field, value).map(Some),
     }
 }
 
-fn attributes(attrs: &Map<String, Value>) -> Result<BTreeMap<String, Value>, FieldError> {
+fn attributes(attrs: Map<String, Value>) -> Result<BTreeMap<String, Value>, FieldError> {
     if attrs.len() > MAX_ATTRIBUTES {
         return Err(field_error(
             "attributes",
@@ -231,21 +398,21 @@ fn attributes(attrs: &Map<String, Value>) -> Result<BTreeMap<String, Value>, Fie
     }
     let mut out = BTreeMap::new();
     for (key, value) in attrs {
-        let small = match value {
+        let small = match &value {
             Value::Null | Value::Bool(_) | Value::Number(_) => true,
             Value::String(s) => s.len() <= MAX_ATTRIBUTE_VALUE,
             Value::Array(_) | Value::Object(_) => false,
         };
         if key.len() > MAX_ATTRIBUTE_KEY || !small {
             return Err(field_error(
-                &format!("attributes.{}", truncate(key, MAX_ATTRIBUTE_KEY)),
+                &format!("attributes.{}", truncate(&key, MAX_ATTRIBUTE_KEY)),
                 "too_large",
                 format!(
                     "keys up to {MAX_ATTRIBUTE_KEY} bytes; values are scalars, strings up to {MAX_ATTRIBUTE_VALUE} bytes"
                 ),
             ));
         }
-        out.insert(key.clone(), value.clone());
+        out.insert(key, value);
     }
     Ok(out)
 }
@@ -260,11 +427,28 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// Encode fixes as a body (one object for one fix, an array otherwise), as a device would.
 pub fn encode(fixes: &[Fix], device: Option<&str>) -> Vec<u8> {
-    let item = |fix: &Fix| {
-        let mut m = Map::new();
-        m.insert("time".into(), fix.fix_time.into());
-        m.insert("lat".into(), fix.lat.into());
-        m.insert("lon".into(), fix.lon.into());
+    let item = |fix| EncodedItem { fix, device };
+    let written = match fixes {
+        [one] => serde_json::to_vec(&item(one)),
+        many => serde_json::to_vec(&many.iter().map(item).collect::<Vec<_>>()),
+    };
+    written.unwrap_or_default()
+}
+
+/// One fix as a device writes it, serialized field by field (no JSON tree per fix).
+struct EncodedItem<'a> {
+    fix: &'a Fix,
+    device: Option<&'a str>,
+}
+
+impl Serialize for EncodedItem<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let fix = self.fix;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("time", &fix.fix_time)?;
+        m.serialize_entry("lat", &fix.lat)?;
+        m.serialize_entry("lon", &fix.lon)?;
         for (k, v) in [
             ("altitude", fix.altitude_m),
             ("speed", fix.speed_mps),
@@ -274,28 +458,20 @@ pub fn encode(fixes: &[Fix], device: Option<&str>) -> Vec<u8> {
             ("hdop", fix.hdop),
         ] {
             if let Some(v) = v {
-                m.insert(k.into(), v.into());
+                m.serialize_entry(k, &v)?;
             }
         }
-        if let Some(s) = fix.satellites {
-            m.insert("satellites".into(), s.into());
+        if let Some(n) = fix.satellites {
+            m.serialize_entry("satellites", &n)?;
         }
         if !fix.attributes.is_empty() {
-            m.insert(
-                "attributes".into(),
-                Value::Object(fix.attributes.clone().into_iter().collect()),
-            );
+            m.serialize_entry("attributes", &fix.attributes)?;
         }
-        if let Some(d) = device {
-            m.insert("device".into(), d.into());
+        if let Some(d) = self.device {
+            m.serialize_entry("device", d)?;
         }
-        Value::Object(m)
-    };
-    let value = match fixes {
-        [one] => item(one),
-        many => Value::Array(many.iter().map(item).collect()),
-    };
-    serde_json::to_vec(&value).unwrap_or_default()
+        m.end()
+    }
 }
 
 #[cfg(test)]
@@ -361,6 +537,28 @@ mod tests {
             "finite but implausible values are the processor's call"
         );
         assert_eq!(d.total(), 9);
+    }
+
+    #[test]
+    fn keys_are_read_as_a_json_object_would_be() {
+        // Escaped keys, a repeated key (the last wins), unknown keys of any shape skipped, and
+        // items that are not objects, nested or not.
+        let body =
+            br#"[{"l\u0061t":1,"lon":2,"time":1,"lon":3,"extra":{"lat":[9,{"x":null}]},"more":[1]},
+            [{"time":1,"lat":1,"lon":2}], null, true, "s", 1.5]"#;
+        let d = decode(body, 10).unwrap();
+        assert_eq!(d.items.len(), 1);
+        let fix = &d.items[0].1.fix;
+        assert_eq!((fix.lat, fix.lon, fix.fix_time), (1.0, 3.0, 1));
+        let not_objects: Vec<usize> = d.errors.iter().map(|e| e.index).collect();
+        assert_eq!(not_objects, vec![1, 2, 3, 4, 5]);
+        assert!(d.errors.iter().all(|e| e.code == "not_an_object"));
+        assert_eq!(decode(b"null", 10), Err(JsonError::WrongShape));
+        assert_eq!(decode(b"12", 10), Err(JsonError::WrongShape));
+        assert!(matches!(
+            decode(br#"[{"time":1,"lat":1,"lon":2}] trailing"#, 10),
+            Err(JsonError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -5,3 +5,4 @@ mod group;
 mod pipeline;
 mod smoke;
 mod support;
+mod writer;
