@@ -2,6 +2,7 @@
 //! batch holding an already stored row rolls back and is written through staging, storing only
 //! what is new; `last_positions` keeps each device's newest fix either way.
 
+use crate::support::count_positions;
 use chrono::{DateTime, Utc};
 use gps_domain::fix::{now_millis, Fix, Protocol};
 use gps_runtime::testing::TestDb;
@@ -86,11 +87,7 @@ async fn direct_copy_stores_new_batches_and_falls_back_to_staging_on_a_stored_ro
     assert_eq!(want.len(), 6);
     assert_eq!(metrics.direct_copy_conflicts.get(), 1);
     assert_eq!(path_count(&metrics, "copy_staged"), 1);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM positions")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(count, 15 + 1 + 5);
+    assert_eq!(count_positions(&db.pool).await, 15 + 1 + 5);
     let last = last_fix_times(&db.pool).await;
     assert_eq!(last[&a.device], base + 14_000);
     assert_eq!(
