@@ -8,7 +8,7 @@
 //! stops acknowledging produce requests to the topics that remain (seen here: ingest's
 //! `gps.fixes` timed out until the broker restarted). `dev/stack reset` clears them.
 
-use crate::sim::{FaultRates, MotionLimits, Traffic, Vehicle};
+use crate::sim::Traffic;
 use crate::LoadgenError;
 use gps_domain::fix::now_millis;
 use gps_domain::Protocol;
@@ -90,15 +90,7 @@ async fn copy_rows(
     let tenant = Uuid::new_v4();
     let ids: Vec<Uuid> = (0..devices).map(|_| Uuid::new_v4()).collect();
     let start_clock = (now_millis() - 2 * 3600 * 1000).div_euclid(1000) * 1000;
-    let mut fleet: Vec<Traffic> = (0..devices)
-        .map(|i| {
-            Traffic::new(
-                Vehicle::new(i as u64, 52.52, 13.40, start_clock, MotionLimits::default()),
-                100,
-                FaultRates::none(),
-            )
-        })
-        .collect();
+    let mut fleet = Traffic::clean_fleet(devices, start_clock, 100);
     // Encode every chunk first, in PostgreSQL's binary COPY format (its cheapest input, and
     // what the processor sends): the ceiling is the database's, not the generator's.
     let received = now_millis();

@@ -7,7 +7,7 @@
 
 use crate::ceiling::{self, Ceiling};
 use crate::seed;
-use crate::sim::{FaultRates, MotionLimits, Traffic, Vehicle};
+use crate::sim::Traffic;
 use crate::LoadgenError;
 use gps_domain::fix::now_millis;
 use gps_domain::{FixEnvelope, Protocol};
@@ -90,15 +90,7 @@ pub async fn run(
     let rounds = records.div_ceil(devices as u64);
     let span_ms = rounds as i64 * per_record as i64 * 1000;
     let start_clock = (now_millis() - span_ms - 60_000).div_euclid(1000) * 1000;
-    let mut traffic: Vec<Traffic> = (0..devices)
-        .map(|i| {
-            Traffic::new(
-                Vehicle::new(i as u64, 52.52, 13.40, start_clock, MotionLimits::default()),
-                1000,
-                FaultRates::none(),
-            )
-        })
-        .collect();
+    let mut traffic = Traffic::clean_fleet(devices, start_clock, 1000);
     let rx = now_millis();
     let mut payloads = Vec::with_capacity(records as usize);
     let mut left = config.fixes;

@@ -242,6 +242,20 @@ impl Traffic {
         }
     }
 
+    /// `devices` fault-free vehicles around Berlin, clocks at `start_clock`, one fix every
+    /// `step_ms`: the rows the benchmarks that need no faults (ceilings, drain) generate.
+    pub fn clean_fleet(devices: usize, start_clock: EpochMillis, step_ms: i64) -> Vec<Self> {
+        (0..devices)
+            .map(|i| {
+                Self::new(
+                    Vehicle::new(i as u64, 52.52, 13.40, start_clock, MotionLimits::default()),
+                    step_ms,
+                    FaultRates::none(),
+                )
+            })
+            .collect()
+    }
+
     /// The next fix to send and what it is.
     pub fn next_fix(&mut self) -> (Fix, FixKind) {
         if let Some((fix, left)) = self.held.take() {

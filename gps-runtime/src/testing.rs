@@ -195,6 +195,28 @@ pub async fn assert_ops_endpoints(client: &reqwest::Client, base: &str, checks: 
     text
 }
 
+/// The smoke check of a service running in-process at `addr`: wait for `/healthz`, check the
+/// operational endpoints (see [`assert_ops_endpoints`]), then trigger `shutdown` and require
+/// the service to stop cleanly within 10 s.
+pub async fn assert_serves_ops_then_stops<E: std::fmt::Debug>(
+    addr: std::net::SocketAddr,
+    server: tokio::task::JoinHandle<Result<(), E>>,
+    shutdown: crate::shutdown::Shutdown,
+    checks: &[&str],
+) {
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let within = std::time::Duration::from_secs(10);
+    wait_until_ok(&client, &format!("{base}/healthz"), &server, within).await;
+    assert_ops_endpoints(&client, &base, checks).await;
+    shutdown.trigger();
+    tokio::time::timeout(within, server)
+        .await
+        .expect("the service stops on shutdown")
+        .expect("the service task does not panic")
+        .expect("the service stops without an error");
+}
+
 #[cfg(test)]
 mod tests {
     use super::replace_database;

@@ -210,10 +210,19 @@ enum Field {
 
 struct ItemVisitor;
 
-macro_rules! not_an_object {
-    ($($method:ident: $ty:ty),*) => {
-        $(fn $method<E: serde::de::Error>(self, _: $ty) -> Result<RawItem, E> {
-            Ok(RawItem::NotObject)
+/// The visitor methods for every JSON value that is neither an object nor an array: each
+/// answers `$value` (the value itself is not needed).
+macro_rules! scalars_answer {
+    ($out:ty, $value:expr) => {
+        fn visit_unit<E: serde::de::Error>(self) -> Result<$out, E> {
+            Ok($value)
+        }
+        scalars_answer!(@each $out, $value; visit_bool: bool, visit_i64: i64, visit_u64: u64,
+            visit_f64: f64, visit_str: &str);
+    };
+    (@each $out:ty, $value:expr; $($method:ident: $ty:ty),*) => {
+        $(fn $method<E: serde::de::Error>(self, _: $ty) -> Result<$out, E> {
+            Ok($value)
         })*
     };
 }
@@ -243,22 +252,10 @@ impl<'de> serde::de::Visitor<'de> for ItemVisitor {
         Ok(RawItem::NotObject)
     }
 
-    fn visit_unit<E: serde::de::Error>(self) -> Result<RawItem, E> {
-        Ok(RawItem::NotObject)
-    }
-
-    not_an_object!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    scalars_answer!(RawItem, RawItem::NotObject);
 }
 
 struct BodyVisitor;
-
-macro_rules! wrong_shape {
-    ($($method:ident: $ty:ty),*) => {
-        $(fn $method<E: serde::de::Error>(self, _: $ty) -> Result<RawBody, E> {
-            Ok(RawBody::Other)
-        })*
-    };
-}
 
 impl<'de> serde::de::Visitor<'de> for BodyVisitor {
     type Value = RawBody;
@@ -279,11 +276,7 @@ impl<'de> serde::de::Visitor<'de> for BodyVisitor {
         Ok(RawBody::Many(items))
     }
 
-    fn visit_unit<E: serde::de::Error>(self) -> Result<RawBody, E> {
-        Ok(RawBody::Other)
-    }
-
-    wrong_shape!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    scalars_answer!(RawBody, RawBody::Other);
 }
 
 type FieldError = (String, &'static str, String);

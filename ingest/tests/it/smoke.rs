@@ -1,8 +1,7 @@
 //! The service starts against the real stack and serves its operational endpoints.
 
 use gps_runtime::shutdown::Shutdown;
-use gps_runtime::testing::{assert_ops_endpoints, kafka_topics, wait_until_ok, TestDb};
-use std::time::Duration;
+use gps_runtime::testing::{assert_serves_ops_then_stops, kafka_topics, TestDb};
 
 #[tokio::test]
 async fn serves_health_readiness_and_metrics() {
@@ -17,21 +16,5 @@ async fn serves_health_readiness_and_metrics() {
     let shutdown = Shutdown::new();
     let server = tokio::spawn(ingest::run(config, http, udp, shutdown.clone()));
 
-    let client = reqwest::Client::new();
-    let base = format!("http://{addr}");
-    wait_until_ok(
-        &client,
-        &format!("{base}/healthz"),
-        &server,
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_ops_endpoints(&client, &base, &["postgres", "kafka"]).await;
-
-    shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("ingest stops on shutdown")
-        .unwrap()
-        .unwrap();
+    assert_serves_ops_then_stops(addr, server, shutdown, &["postgres", "kafka"]).await;
 }

@@ -1,8 +1,7 @@
 //! The service starts against the real stack and serves its operational endpoints.
 
 use gps_runtime::shutdown::Shutdown;
-use gps_runtime::testing::{assert_ops_endpoints, wait_until_ok, TestDb};
-use std::time::Duration;
+use gps_runtime::testing::{assert_serves_ops_then_stops, TestDb};
 
 #[tokio::test]
 async fn serves_health_readiness_and_metrics() {
@@ -14,21 +13,5 @@ async fn serves_health_readiness_and_metrics() {
     let shutdown = Shutdown::new();
     let server = tokio::spawn(processor::run(config, listener, shutdown.clone()));
 
-    let client = reqwest::Client::new();
-    let base = format!("http://{addr}");
-    wait_until_ok(
-        &client,
-        &format!("{base}/healthz"),
-        &server,
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_ops_endpoints(&client, &base, &["postgres", "kafka"]).await;
-
-    shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("processor stops on shutdown")
-        .unwrap()
-        .unwrap();
+    assert_serves_ops_then_stops(addr, server, shutdown, &["postgres", "kafka"]).await;
 }
