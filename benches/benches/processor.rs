@@ -2,15 +2,16 @@
 //! (`gps_domain::validation::validate`, against the previous fix as the pipeline calls it, and a
 //! rejection, which formats its detail), the in-memory dedupe in front of the database
 //! (`processor::dedupe`: a hit and a miss in a full 500,000-key cache, an insert that evicts, the
-//! per-device previous-fix cache), and the bulk-write encoders (`processor::writer`: the binary
-//! COPY buffer and the UNNEST column arrays) for a small batch and a full 5,000-fix batch.
+//! per-device previous-fix cache), and the bulk-write encoders the writer uses
+//! (`gps_store::positions`: the binary COPY buffer and the UNNEST column arrays) for a small batch
+//! and a full 5,000-fix batch.
 
 use benches::sample_track;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gps_domain::validation::{validate, PreviousFix, Thresholds};
 use gps_domain::Protocol;
-use processor::dedupe::{DedupeCache, DeviceCache, FixKey};
-use processor::writer::{encode_copy, Columns, EnvelopeMeta, PositionRow};
+use gps_store::positions::{encode_copy, Columns, FixKey, StoredFix};
+use processor::dedupe::{DedupeCache, DeviceCache};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -133,24 +134,24 @@ fn dedupe(c: &mut Criterion) {
 
 /// `n` rows in envelopes of [`PER_ENVELOPE`] fixes, one device each; `attributes` adds one
 /// attribute per fix (as OsmAnd and OwnTracks fixes carry), which the encoders serialize.
-fn rows(n: usize, attributes: bool) -> Vec<PositionRow> {
+fn rows(n: usize, attributes: bool) -> Vec<StoredFix> {
     let track = sample_track(n);
     track
         .chunks(PER_ENVELOPE)
         .flat_map(|chunk| {
-            let meta = Arc::new(EnvelopeMeta {
-                tenant: Uuid::from_u128(1),
-                device: Uuid::new_v4(),
-                uid: "358240051111110".into(),
-                proto: Protocol::Json,
-                rx: chunk.last().unwrap().fix_time + 500,
-            });
+            let device = Uuid::new_v4();
+            let uid: Arc<str> = Arc::from("358240051111110");
+            let received = chunk.last().unwrap().fix_time + 500;
             chunk.iter().cloned().map(move |mut fix| {
                 if attributes {
                     fix.attributes.insert("charge".into(), false.into());
                 }
-                PositionRow {
-                    meta: meta.clone(),
+                StoredFix {
+                    tenant: Uuid::from_u128(1),
+                    device,
+                    uid: uid.clone(),
+                    protocol: Protocol::Json,
+                    received,
                     fix,
                 }
             })

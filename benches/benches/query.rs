@@ -6,7 +6,8 @@
 
 use benches::sample_track;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use query_api::summary::{haversine_m, simplify_indices, summarize, TrackPoint};
+use gps_domain::geo::haversine_m;
+use query_api::summary::{simplify_indices, summarize, TrackPoint};
 
 /// Track lengths: a short page and a day at 1 Hz.
 const SIZES: [usize; 2] = [1_000, 86_400];

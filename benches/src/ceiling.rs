@@ -13,7 +13,7 @@ use crate::LoadgenError;
 use gps_domain::fix::now_millis;
 use gps_domain::Protocol;
 use gps_runtime::config::{DatabaseArgs, KafkaArgs};
-use processor::writer::{encode_copy, EnvelopeMeta, PositionRow};
+use gps_store::positions::{copy_into, encode_copy, StoredFix};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use std::sync::Arc;
@@ -35,20 +35,6 @@ pub struct Ceiling {
     pub bytes_per_record: usize,
 }
 
-fn url_with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let prefix = match base.rfind('/') {
-        Some(i) if i > base.find("://").map_or(0, |j| j + 2) => &base[..i],
-        _ => base,
-    };
-    match query {
-        Some(q) => format!("{prefix}/{name}?{q}"),
-        None => format!("{prefix}/{name}"),
-    }
-}
-
 /// COPY `rows` simulated rows (`devices` devices) into `positions` of a fresh database, in
 /// chunks of `chunk` rows per COPY statement (one transaction each), and drop it afterwards.
 pub async fn copy(
@@ -63,7 +49,10 @@ pub async fn copy(
         .execute(&admin)
         .await?;
     let scratch = DatabaseArgs {
-        database_url: SecretString::from(url_with_database(db.database_url.expose_secret(), &name)),
+        database_url: SecretString::from(gps_runtime::db::url_with_database(
+            db.database_url.expose_secret(),
+            &name,
+        )),
         max_connections: 2,
     };
     let result = async {
@@ -94,26 +83,19 @@ async fn copy_rows(
     // Encode every chunk first, in PostgreSQL's binary COPY format (its cheapest input, and
     // what the processor sends): the ceiling is the database's, not the generator's.
     let received = now_millis();
-    let metas: Vec<Arc<EnvelopeMeta>> = ids
-        .iter()
-        .map(|&device| {
-            Arc::new(EnvelopeMeta {
-                tenant,
-                device,
-                uid: String::new(),
-                proto: Protocol::Json,
-                rx: received,
-            })
-        })
-        .collect();
+    let uid: Arc<str> = Arc::from("");
     let mut chunks = Vec::new();
-    let mut pending: Vec<PositionRow> = Vec::with_capacity(chunk.max(1));
+    let mut pending: Vec<StoredFix> = Vec::with_capacity(chunk.max(1));
     let mut bytes = 0usize;
     for n in 0..rows {
         let d = (n % devices as u64) as usize;
         let (fix, _) = fleet[d].next_fix();
-        pending.push(PositionRow {
-            meta: metas[d].clone(),
+        pending.push(StoredFix {
+            tenant,
+            device: ids[d],
+            uid: uid.clone(),
+            protocol: Protocol::Json,
+            received,
             fix,
         });
         if pending.len() == chunk.max(1) || n + 1 == rows {
@@ -123,16 +105,11 @@ async fn copy_rows(
             pending.clear();
         }
     }
+    let statement = copy_into("positions");
     let started = Instant::now();
     for data in chunks {
         let mut conn = pool.acquire().await?;
-        let mut copy = conn
-            .copy_in_raw(
-                "COPY positions (tenant_id, device_id, fix_time, received_at, lat, lon, altitude_m,
-                 speed_mps, heading_deg, accuracy_m, battery_pct, satellites, hdop, protocol,
-                 attributes) FROM STDIN (FORMAT binary)",
-            )
-            .await?;
+        let mut copy = conn.copy_in_raw(&statement).await?;
         copy.send(data).await?;
         copy.finish().await?;
     }
@@ -253,21 +230,4 @@ pub async fn produce_records<'a>(
         )));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::url_with_database;
-
-    #[test]
-    fn scratch_database_url_keeps_credentials_and_options() {
-        assert_eq!(
-            url_with_database("postgres://gps:gps@127.0.0.1:5432/gps", "x"),
-            "postgres://gps:gps@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            url_with_database("postgres://h/gps?sslmode=disable", "x"),
-            "postgres://h/x?sslmode=disable"
-        );
-    }
 }

@@ -1,7 +1,8 @@
 //! The benches' shared pieces and the load generator (`loadgen`): device simulation ([`sim`]),
 //! wire encoders ([`wire`]), fleet seeding ([`seed`]), a measured run ([`run`]), the report's
 //! arithmetic and output ([`stats`], [`report`]), the raw ceilings ([`ceiling`]), the
-//! processor-alone drain ([`drain`]) and the endless demo stream ([`demo`]).
+//! processor-alone drain ([`drain`]), the endless demo stream ([`demo`]) and the fanout's
+//! WebSocket load ([`ws`]).
 
 pub mod ceiling;
 pub mod demo;
@@ -12,6 +13,7 @@ pub mod seed;
 pub mod sim;
 pub mod stats;
 pub mod wire;
+pub mod ws;
 
 use gps_domain::{Fix, FixEnvelope, Protocol};
 use uuid::Uuid;
@@ -25,6 +27,9 @@ pub enum LoadgenError {
     /// A Kafka call failed.
     #[error("kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// A Redis command failed.
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
     /// Connecting to a dependency failed.
     #[error(transparent)]
     Runtime(#[from] gps_runtime::RuntimeError),

@@ -18,8 +18,8 @@ use crate::LoadgenError;
 use gps_domain::fix::{now_millis, EpochMillis};
 use gps_domain::reject::RejectRecord;
 use gps_domain::Fix;
-use gps_runtime::access::JwtKeys;
 use gps_runtime::config::KafkaArgs;
+use gps_store::principal::JwtKeys;
 use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::PgPool;
@@ -799,15 +799,8 @@ async fn stored_keys(
     ids: &[Uuid],
     index_of: &HashMap<Uuid, u32>,
 ) -> Result<HashMap<FixKey, u64>, LoadgenError> {
-    use futures::TryStreamExt;
     let mut stored = HashMap::new();
-    let mut rows = sqlx::query_as::<_, (Uuid, i64)>(
-        "SELECT device_id, round(extract(epoch FROM fix_time) * 1000)::int8
-         FROM positions WHERE device_id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch(pool);
-    while let Some((device, fix_time)) = rows.try_next().await? {
+    for (device, fix_time) in gps_store::positions::stored_keys(pool, ids).await? {
         if let Some(&index) = index_of.get(&device) {
             *stored.entry((index, fix_time)).or_insert(0) += 1;
         }

@@ -3,7 +3,7 @@
 //! the WebSocket subscribers. Same row shapes as `gps_runtime::testing::seed_device`.
 
 use gps_domain::auth::{self, Role};
-use gps_runtime::access::JwtKeys;
+use gps_store::principal::JwtKeys;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -315,19 +315,10 @@ pub fn step_for_rate(devices: usize, rate: f64) -> i64 {
     ((devices as f64 * 1000.0 / rate).round() as i64).clamp(1, 5000)
 }
 
-/// Great-circle distance in metres (haversine).
-pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let r = 6_371_008.8;
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dp = p2 - p1;
-    let dl = (lon2 - lon1).to_radians();
-    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * r * a.sqrt().asin()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gps_domain::geo::haversine_m;
 
     fn vehicle(seed: u64) -> Vehicle {
         Vehicle::new(
@@ -399,9 +390,9 @@ mod tests {
             for _ in 0..5000 {
                 let fix = v.step(100);
                 let (true_lat, true_lon) = (v.lat, v.lon);
-                let err = distance_m(fix.lat, fix.lon, true_lat, true_lon);
+                let err = haversine_m(fix.lat, fix.lon, true_lat, true_lon);
                 assert!(err <= limits.max_jitter_m + 0.1, "error {err} m");
-                let apparent = distance_m(prev.lat, prev.lon, fix.lat, fix.lon) / 0.1;
+                let apparent = haversine_m(prev.lat, prev.lon, fix.lat, fix.lon) / 0.1;
                 // Rounding of the reported speed adds a little; drift adds at most √2·drift.
                 assert!(
                     apparent <= limits.max_speed_mps + 1.5 * limits.jitter_drift_m_s + 0.5,

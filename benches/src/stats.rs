@@ -56,17 +56,26 @@ impl Latency {
         self.hist.len()
     }
 
+    /// The `q` quantile (0 to 1) in ms (zero when empty).
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// The mean in ms (zero when empty).
+    pub fn mean_ms(&self) -> f64 {
+        self.hist.mean() / 1000.0
+    }
+
     /// p50/p95/p99/max in ms (all zero when empty).
     pub fn percentiles(&self) -> Percentiles {
         if self.hist.is_empty() {
             return Percentiles::default();
         }
-        let q = |q: f64| self.hist.value_at_quantile(q) as f64 / 1000.0;
         Percentiles {
             count: self.hist.len(),
-            p50: q(0.50),
-            p95: q(0.95),
-            p99: q(0.99),
+            p50: self.quantile_ms(0.50),
+            p95: self.quantile_ms(0.95),
+            p99: self.quantile_ms(0.99),
             max: self.hist.max() as f64 / 1000.0,
         }
     }
@@ -246,7 +255,14 @@ mod tests {
         assert!(close(p.p95, 950.0), "{p:?}");
         assert!(close(p.p99, 990.0), "{p:?}");
         assert!(close(p.max, 1000.0), "{p:?}");
+        assert!(
+            close(lat.quantile_ms(0.999), 999.0),
+            "{}",
+            lat.quantile_ms(0.999)
+        );
+        assert!(close(lat.mean_ms(), 500.5), "{}", lat.mean_ms());
         assert_eq!(Latency::default().percentiles(), Percentiles::default());
+        assert_eq!(Latency::default().mean_ms(), 0.0);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Who may open `/v1/live`: the browser `Origin` check, then the credential (an `Authorization:
 //! Bearer` JWT or API key, or a single-use `?ticket=` from the query API), then `live:read`.
-//! Credential checks are the shared access layer's ([`gps_runtime::access`]); this module only
-//! decides which to use and maps the outcome to an [`ApiError`].
+//! Credential checks are the shared store's ([`gps_store::principal`], [`gps_store::tickets`]);
+//! this module only decides which to use and maps the outcome to an [`ApiError`].
 
 use crate::config::OriginPolicy;
 use crate::error::ApiError;
 use axum::http::{header, HeaderMap};
-use gps_domain::auth::Permission;
-use gps_runtime::access::{self, AuthError, JwtKeys, Principal};
+use gps_domain::auth::{Permission, Principal};
+use gps_store::principal::{principal_from_bearer, AuthError, JwtKeys};
+use gps_store::tickets::redeem_ticket;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -38,13 +39,13 @@ pub async fn authenticate(
         })
         .transpose()?;
     let principal = match (authorization, ticket) {
-        (Some(value), _) => access::principal_from_bearer(pool, keys, Some(value)).await,
+        (Some(value), _) => principal_from_bearer(pool, keys, Some(value)).await,
         (None, Some(ticket)) => {
             if ticket.is_empty() || ticket.len() > MAX_TICKET_LEN {
                 return Err(ApiError::Unauthorized("invalid or used ticket"));
             }
             let mut redis = redis.clone();
-            access::redeem_ticket(&mut redis, ticket).await
+            redeem_ticket(&mut redis, ticket).await
         }
         (None, None) => Err(AuthError::Missing),
     }

@@ -4,7 +4,9 @@
 //! problem at once.
 
 use clap::Parser;
-use gps_runtime::config::{ConfigProblems, DatabaseArgs, JwtArgs, LogArgs, RedisArgs};
+use gps_runtime::config::{
+    ConfigProblems, DatabaseArgs, InvalidConfig, JwtArgs, LogArgs, RedisArgs,
+};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -169,7 +171,7 @@ pub struct Settings {
 
 impl Config {
     /// Check every value; the error lists every problem.
-    pub fn settings(&self) -> Result<Settings, String> {
+    pub fn settings(&self) -> Result<Settings, InvalidConfig> {
         let mut problems = ConfigProblems::default();
         let jwt_secret = problems.check(self.jwt.resolve());
         let mut origins = Vec::new();
@@ -295,7 +297,8 @@ mod tests {
             "200",
         ])
         .settings()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("FANOUT_ALLOWED_ORIGINS"), "{err}");
         assert!(err.contains("FANOUT_QUEUE_HARD_LIMIT"), "{err}");
         assert!(err.contains("FANOUT_IDLE_TIMEOUT_MS"), "{err}");

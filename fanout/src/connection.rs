@@ -8,7 +8,7 @@ use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, ConnShared, Item, Outgoing, QueueLimits};
-use crate::protocol::{self, BBox, ClientMessage, Selectors, SubscriptionState};
+use crate::protocol::{self, ClientMessage, Selectors, SubscriptionState};
 use crate::router::{Router, WideSub};
 use crate::store::{self, SnapshotQuery};
 use crate::subscriber::Upstream;
@@ -20,8 +20,11 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use gps_domain::auth::DeviceScope;
-use gps_runtime::access::{self, JwtKeys, Principal, Visibility};
+use gps_domain::auth::{DeviceScope, Principal, Visibility};
+use gps_domain::geo::BBox;
+use gps_runtime::service::Tasks;
+use gps_store::principal::JwtKeys;
+use gps_store::visibility;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::Value;
@@ -31,7 +34,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 /// Messages moved from the queue per lock; also the most frames written before a flush.
@@ -66,7 +68,7 @@ pub struct AppState {
     /// Cancelled at shutdown; every connection's token is a child.
     pub cancel: CancellationToken,
     /// Tracks connection tasks so that shutdown waits for their Close frames.
-    pub tracker: TaskTracker,
+    pub tasks: Tasks,
     /// Connection id source.
     pub next_id: Arc<AtomicU64>,
 }
@@ -121,14 +123,14 @@ async fn accept(
     )
     .await?;
     let max = state.settings.limits.max_message_bytes;
-    let tracker = state.tracker.clone();
+    let tasks = state.tasks.clone();
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(serve(socket, state, principal))))
+        .on_upgrade(move |socket| tasks.track("connection", serve(socket, state, principal))))
 }
 
 /// What one connection is subscribed to.
@@ -333,7 +335,7 @@ impl Session {
     async fn subscribe(&mut self, id: Option<Value>, selectors: Selectors) {
         let limits = self.settings.limits.clone();
         let checked = async {
-            let visibility = access::visibility(&self.pool, &self.principal).await?;
+            let visibility = visibility::visibility(&self.pool, &self.principal).await?;
             let devices = store::visible_devices(
                 &self.pool,
                 &self.principal,

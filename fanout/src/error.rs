@@ -1,19 +1,19 @@
 //! Errors: [`ServiceError`] stops the service; [`ApiError`] refuses a `/v1/live` request before
 //! the WebSocket upgrade, with the status mapping in one place and the shared JSON error shape
-//! `{"error":{"code","message","field"}}`. 5xx bodies are generic; the detail is only logged.
+//! `{"error":{"code","message","field"}}` ([`gps_runtime::http_error`]). 5xx bodies are
+//! generic; the detail is only logged, there.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
+use gps_runtime::http_error::ErrorResponse;
 
 /// Errors that stop the service.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The configuration is invalid (every problem listed).
-    #[error("invalid configuration:\n{0}")]
-    Config(String),
-    /// A dependency or listener failed at start.
+    #[error(transparent)]
+    Config(#[from] gps_runtime::config::InvalidConfig),
+    /// A dependency or listener failed at start, or a critical task stopped.
     #[error(transparent)]
     Runtime(#[from] gps_runtime::RuntimeError),
     /// Serving failed.
@@ -65,72 +65,45 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message, field) = match &self {
-            Self::Unauthorized(reason) => (
+        let response = match self {
+            Self::Unauthorized(reason) => ErrorResponse::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 format!("{reason}: send Authorization: Bearer <token or API key>, or ?ticket=<ticket from the query API>"),
-                None,
+            )
+            .header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"gps-live\""),
             ),
-            Self::MissingPermission => (
+            Self::MissingPermission => ErrorResponse::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "the credential lacks the live:read permission".to_owned(),
-                None,
+                "the credential lacks the live:read permission",
             ),
-            Self::OriginNotAllowed => (
+            Self::OriginNotAllowed => ErrorResponse::new(
                 StatusCode::FORBIDDEN,
                 "origin_not_allowed",
-                "this browser origin may not open live connections (see FANOUT_ALLOWED_ORIGINS)"
-                    .to_owned(),
-                Some("Origin"),
-            ),
-            Self::BadRequest { field, message } => (
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
-                message.clone(),
-                Some(*field),
-            ),
-            Self::UpgradeRequired(reason) => (
+                "this browser origin may not open live connections (see FANOUT_ALLOWED_ORIGINS)",
+            )
+            .field(Some("Origin")),
+            Self::BadRequest { field, message } => {
+                ErrorResponse::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+                    .field(Some(field))
+            }
+            Self::UpgradeRequired(reason) => ErrorResponse::new(
                 StatusCode::UPGRADE_REQUIRED,
                 "websocket_required",
                 format!("/v1/live speaks WebSocket only: {reason}"),
-                None,
-            ),
-            Self::Unavailable(detail) => {
-                tracing::error!(error = %detail, "credential store unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "service temporarily unavailable, retry later".to_owned(),
-                    None,
-                )
-            }
+            )
+            .header(header::UPGRADE, HeaderValue::from_static("websocket")),
+            Self::Unavailable(detail) => ErrorResponse::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "service temporarily unavailable, retry later",
+            )
+            .retry_after(5)
+            .cause(detail),
         };
-        let mut body = json!({ "error": { "code": code, "message": message } });
-        if let Some(field) = field {
-            body["error"]["field"] = json!(field);
-        }
-        let mut response = (status, Json(body)).into_response();
-        match self {
-            Self::Unauthorized(_) => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"gps-live\""),
-                );
-            }
-            Self::UpgradeRequired(_) => {
-                response
-                    .headers_mut()
-                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            }
-            Self::Unavailable(_) => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            }
-            _ => {}
-        }
-        response
+        response.into_response()
     }
 }

@@ -23,25 +23,26 @@ pub use config::Config;
 pub use error::ServiceError;
 
 use axum::routing::get;
-use gps_runtime::access::JwtKeys;
 use gps_runtime::ops::{self, Readiness};
+use gps_runtime::service::Service;
 use gps_runtime::shutdown::Shutdown;
+use gps_store::principal::JwtKeys;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_util::task::TaskTracker;
 
 /// How long shutdown waits for clients to receive their Close frames.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Run until `shutdown` fires, then close every client with 1001 (going away).
+/// Run until `shutdown` fires (or the server or the live subscription stops), then close every
+/// client with 1001 (going away), waiting at most [`DRAIN_DEADLINE`] for the Close frames.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), ServiceError> {
-    let settings = Arc::new(config.settings().map_err(ServiceError::Config)?);
+    let settings = Arc::new(config.settings()?);
     let pool = gps_runtime::db::connect(&config.database).await?;
     let redis = gps_runtime::redis_client::connect(&config.redis).await?;
     let redis_client = gps_runtime::redis_client::client(&config.redis)?;
@@ -49,30 +50,12 @@ pub async fn run(
     let metrics = metrics::Metrics::new(&registry);
     let router = Arc::new(router::Router::new(metrics.clone()));
     let upstream = Arc::new(subscriber::Upstream::default());
-    let cancel = shutdown.token().child_token();
-    let tracker = TaskTracker::new();
-
-    tracker.spawn(subscriber::run(
-        redis_client,
-        router.clone(),
-        upstream.clone(),
-        metrics.clone(),
-        settings.redis_backoff_max,
-        cancel.clone(),
-    ));
-
-    let readiness = {
-        let (pool, redis, upstream) = (pool.clone(), redis.clone(), upstream.clone());
-        Readiness::new()
-            .with("postgres", move || {
-                let pool = pool.clone();
-                async move { gps_runtime::db::ping(&pool).await }
-            })
-            .with("redis", move || {
-                let mut redis = redis.clone();
-                async move { gps_runtime::redis_client::ping(&mut redis).await }
-            })
-            .with("live_subscription", move || {
+    let readiness = Readiness::new()
+        .postgres(&pool)
+        .redis(&redis)
+        .with("live_subscription", {
+            let upstream = upstream.clone();
+            move || {
                 let up = upstream.is_subscribed();
                 async move {
                     if up {
@@ -81,40 +64,41 @@ pub async fn run(
                         Err("redis live subscription is down, reconnecting".to_owned())
                     }
                 }
-            })
-    };
+            }
+        });
+    tracing::info!(addr = %listener.local_addr()?, "fanout listening");
 
+    let service = Service::new("fanout", shutdown);
     let state = connection::AppState {
         pool,
         redis,
         keys: JwtKeys::new(&settings.jwt_secret),
-        settings,
-        router,
-        metrics,
-        upstream,
-        cancel: cancel.clone(),
-        tracker: tracker.clone(),
+        settings: settings.clone(),
+        router: router.clone(),
+        metrics: metrics.clone(),
+        upstream: upstream.clone(),
+        // Connections close with 1001 when this is cancelled; the drain waits for the frames.
+        cancel: service.token(),
+        tasks: service.tasks(),
         next_id: Arc::new(AtomicU64::new(1)),
     };
     let app = axum::Router::new()
         .route("/v1/live", get(connection::live))
         .with_state(state)
         .merge(ops::router("fanout", registry, readiness));
-
-    tracing::info!(addr = %listener.local_addr()?, "fanout listening");
-    let served = ops::serve(listener, app, shutdown).await;
-    // Upgraded connections outlive the HTTP server: close them (1001) and wait for the frames.
-    cancel.cancel();
-    tracker.close();
-    if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            deadline_secs = DRAIN_DEADLINE.as_secs(),
-            "some live connections did not close in time"
-        );
-    }
-    served?;
+    service.serve("http", listener, app).critical(
+        // It reconnects by itself and ends only when cancelled: any other end is a bug that
+        // would leave every client silently without fixes.
+        "live-subscription",
+        subscriber::run(
+            redis_client,
+            router,
+            upstream,
+            metrics,
+            settings.redis_backoff_max,
+            service.token(),
+        ),
+    );
+    service.run(DRAIN_DEADLINE).await?;
     Ok(())
 }

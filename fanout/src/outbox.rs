@@ -6,14 +6,18 @@
 //! blocks); a connection's memory is bounded by `queue_hard_limit` messages; sequence numbers are
 //! assigned when a message leaves the queue, and a coalesced (skipped) fix still consumes its
 //! number, so a client sees a jump in `seq` exactly where fixes of that device were skipped.
+//!
+//! The grace clock is tokio's ([`tokio::time::Instant`]), so tests drive it with
+//! `tokio::time::pause`/`advance` instead of sleeping.
 
 use crate::metrics::Metrics;
 use crate::protocol::EncodedFix;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -398,7 +402,7 @@ mod tests {
             "json",
             0,
             &Fix::new(t, 1.0, 2.0),
-            Instant::now(),
+            std::time::Instant::now(),
         ))
     }
 
@@ -462,14 +466,38 @@ mod tests {
         assert!(!c.pop_batch(10, &mut out));
     }
 
-    #[test]
-    fn a_client_behind_for_longer_than_the_grace_is_closed() {
-        let c = conn(1, 100, Duration::ZERO);
+    const GRACE: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_behind_for_longer_than_the_grace_is_closed() {
+        let c = conn(1, 100, GRACE);
         let d = Uuid::new_v4();
         c.push_fix(&fix(d, 1));
-        c.push_fix(&fix(d, 2)); // starts the clock
-        std::thread::sleep(Duration::from_millis(2));
+        c.push_fix(&fix(d, 2)); // over capacity: starts the clock
+        tokio::time::advance(GRACE).await;
+        c.push_fix(&fix(d, 3)); // behind for exactly the grace: still only coalesced
+        assert_eq!(c.close_reason(), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        c.push_fix(&fix(d, 4));
+        assert_eq!(c.close_reason(), Some(CloseReason::TooSlow));
+        assert!(c.cancel.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn catching_up_restarts_the_grace() {
+        let c = conn(1, 100, GRACE);
+        let d = Uuid::new_v4();
+        c.push_fix(&fix(d, 1));
+        c.push_fix(&fix(d, 2)); // over capacity: starts the clock
+        tokio::time::advance(GRACE - Duration::from_secs(1)).await;
+        drain(&c); // back under capacity: the clock stops
         c.push_fix(&fix(d, 3));
+        c.push_fix(&fix(d, 4)); // over capacity again: a new clock
+        tokio::time::advance(GRACE - Duration::from_secs(1)).await;
+        c.push_fix(&fix(d, 5));
+        assert_eq!(c.close_reason(), None, "behind twice, never for the grace");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        c.push_fix(&fix(d, 6));
         assert_eq!(c.close_reason(), Some(CloseReason::TooSlow));
     }
 

@@ -6,6 +6,7 @@
 //! a fix sent to many clients is one JSON encoding plus a copy per client.
 
 use gps_domain::fix::{EpochMillis, Fix};
+use gps_domain::geo::{BBox, BBoxError};
 use gps_domain::live::LiveFix;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -15,36 +16,6 @@ use uuid::Uuid;
 
 /// Longest request `id` echoed back, in characters.
 pub const MAX_ID_LEN: usize = 64;
-
-/// A bounding box, WGS84 degrees. `min_lon > max_lon` crosses the antimeridian.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct BBox {
-    /// West edge.
-    pub min_lon: f64,
-    /// South edge.
-    pub min_lat: f64,
-    /// East edge.
-    pub max_lon: f64,
-    /// North edge.
-    pub max_lat: f64,
-}
-
-impl BBox {
-    /// Whether the point lies inside (edges included).
-    pub fn contains(&self, lat: f64, lon: f64) -> bool {
-        let lon_in = if self.min_lon <= self.max_lon {
-            lon >= self.min_lon && lon <= self.max_lon
-        } else {
-            lon >= self.min_lon || lon <= self.max_lon
-        };
-        lon_in && lat >= self.min_lat && lat <= self.max_lat
-    }
-
-    /// `[minLon, minLat, maxLon, maxLat]`, the wire form.
-    pub fn to_array(self) -> [f64; 4] {
-        [self.min_lon, self.min_lat, self.max_lon, self.max_lat]
-    }
-}
 
 /// What a `subscribe` or `unsubscribe` names.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -285,41 +256,24 @@ fn uuid_list(value: Option<Value>, field: &str) -> Result<Vec<Uuid>, ProtocolErr
     Ok(ids)
 }
 
+/// `[minLon, minLat, maxLon, maxLat]`, validated by the one [`BBox`] rule (antimeridian-aware).
 fn bbox(value: &Value) -> Result<BBox, ProtocolError> {
-    let bad = |reason: &str| {
+    let bad = |reason: BBoxError| {
         ProtocolError::new(
             "invalid_field",
             format!("bbox must be [minLon, minLat, maxLon, maxLat]: {reason}"),
             Some("bbox"),
         )
     };
-    let items = value.as_array().ok_or_else(|| bad("not an array"))?;
-    if items.len() != 4 {
-        return Err(bad("needs exactly 4 numbers"));
+    let items = value
+        .as_array()
+        .filter(|items| items.len() == 4)
+        .ok_or(bad(BBoxError::Shape))?;
+    let mut edges = [0.0f64; 4];
+    for (slot, item) in edges.iter_mut().zip(items) {
+        *slot = item.as_f64().ok_or(bad(BBoxError::NotFinite))?;
     }
-    let mut n = [0.0f64; 4];
-    for (slot, item) in n.iter_mut().zip(items) {
-        *slot = item
-            .as_f64()
-            .filter(|v| v.is_finite())
-            .ok_or_else(|| bad("every item must be a finite number"))?;
-    }
-    let [min_lon, min_lat, max_lon, max_lat] = n;
-    if !(-180.0..=180.0).contains(&min_lon) || !(-180.0..=180.0).contains(&max_lon) {
-        return Err(bad("longitudes must lie in [-180, 180]"));
-    }
-    if !(-90.0..=90.0).contains(&min_lat) || !(-90.0..=90.0).contains(&max_lat) {
-        return Err(bad("latitudes must lie in [-90, 90]"));
-    }
-    if min_lat > max_lat {
-        return Err(bad("minLat is greater than maxLat"));
-    }
-    Ok(BBox {
-        min_lon,
-        min_lat,
-        max_lon,
-        max_lat,
-    })
+    BBox::from_array(edges).map_err(bad)
 }
 
 /// One fix ready to send: the routing keys and the JSON body shared by every subscriber.

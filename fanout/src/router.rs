@@ -5,9 +5,10 @@
 
 use crate::metrics::Metrics;
 use crate::outbox::{ConnShared, Item};
-use crate::protocol::{BBox, EncodedFix};
+use crate::protocol::EncodedFix;
+use gps_domain::auth::Visibility;
+use gps_domain::geo::BBox;
 use gps_domain::live::LiveFix;
-use gps_runtime::access::Visibility;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -290,12 +291,7 @@ mod tests {
             Some(WideSub {
                 conn: by_bbox.clone(),
                 all: false,
-                bboxes: vec![BBox {
-                    min_lon: 0.0,
-                    min_lat: 0.0,
-                    max_lon: 10.0,
-                    max_lat: 10.0,
-                }],
+                bboxes: vec![BBox::new(0.0, 0.0, 10.0, 10.0).unwrap()],
                 visibility: Arc::new(Visibility::AllOfTenant(tenant)),
             }),
         );
@@ -325,6 +321,32 @@ mod tests {
             "only what the viewer may see"
         );
         assert!(devices_of(&other_tenant).is_empty());
+    }
+
+    #[test]
+    fn a_box_crossing_the_antimeridian_routes_both_sides_of_it() {
+        let (router, metrics) = setup();
+        let tenant = Uuid::new_v4();
+        let (east, west, greenwich) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let pacific = conn(1, tenant, &metrics);
+        router.update(
+            &pacific,
+            &[],
+            &[],
+            Some(WideSub {
+                conn: pacific.clone(),
+                all: false,
+                bboxes: vec![BBox::new(179.0, -1.0, -179.0, 1.0).unwrap()],
+                visibility: Arc::new(Visibility::AllOfTenant(tenant)),
+            }),
+        );
+        let fixes = [
+            live(east, 0.0, 179.5),
+            live(west, 0.0, -179.5),
+            live(greenwich, 0.0, 0.0),
+        ];
+        assert_eq!(router.dispatch(tenant, &fixes, Instant::now()), 2);
+        assert_eq!(devices_of(&pacific), vec![east, west]);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! Database reads of the fanout: which requested devices and groups a principal may watch
-//! (tenant-scoped, by role and group membership, through the shared access layer), and the
+//! (tenant-scoped, by role and group membership, through `gps_store::visibility`), and the
 //! snapshot of last known positions (`last_positions` joined to `devices`).
 
-use crate::protocol::{BBox, EncodedFix};
-use gps_domain::auth::DeviceScope;
-use gps_domain::fix::Fix;
-use gps_runtime::access::{Actor, Principal, Visibility};
+use crate::protocol::EncodedFix;
+use gps_domain::auth::{Actor, DeviceScope, Principal, Visibility};
+use gps_domain::geo::BBox;
+use gps_store::geo::{bbox_condition, bbox_param};
+use gps_store::positions::{columns_of, PositionRow};
 use sqlx::PgPool;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
@@ -96,23 +97,13 @@ pub struct SnapshotQuery<'a> {
     pub bbox: Option<BBox>,
 }
 
-type Row = (
-    Uuid,
-    String,
-    i64,
-    i64,
-    f64,
-    f64,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<f64>,
-    Option<i16>,
-    Option<f64>,
-    String,
-    Option<serde_json::Value>,
-);
+/// A last known position with its device's uid.
+#[derive(sqlx::FromRow)]
+struct SnapshotRow {
+    uid: String,
+    #[sqlx(flatten)]
+    position: PositionRow,
+}
 
 /// The last known positions that match, at most `limit` (+ whether more matched).
 pub async fn snapshot(
@@ -126,31 +117,25 @@ pub async fn snapshot(
         Visibility::AllOfTenant(_) => None,
         Visibility::Only(set) => Some(set.iter().copied().collect()),
     };
-    let bbox = query.bbox.map(BBox::to_array);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT lp.device_id, d.uid,
-                (extract(epoch FROM lp.fix_time) * 1000)::int8,
-                (extract(epoch FROM lp.received_at) * 1000)::int8,
-                lp.lat, lp.lon, lp.altitude_m, lp.speed_mps, lp.heading_deg, lp.accuracy_m,
-                lp.battery_pct, lp.satellites, lp.hdop, lp.protocol, lp.attributes
+    let in_bbox = bbox_condition("lp.lat", "lp.lon", "$5");
+    let columns = columns_of("lp");
+    let rows: Vec<SnapshotRow> = sqlx::query_as(&format!(
+        "SELECT {columns}, d.uid
          FROM last_positions lp
          JOIN devices d ON d.id = lp.device_id AND d.tenant_id = lp.tenant_id
          WHERE lp.tenant_id = $1
            AND ($2::uuid[] IS NULL OR lp.device_id = ANY($2))
            AND ($3
                 OR lp.device_id = ANY($4)
-                OR ($5::float8[] IS NOT NULL
-                    AND lp.lat BETWEEN $5[2] AND $5[4]
-                    AND CASE WHEN $5[1] <= $5[3] THEN lp.lon BETWEEN $5[1] AND $5[3]
-                             ELSE lp.lon >= $5[1] OR lp.lon <= $5[3] END))
+                OR ($5::float8[] IS NOT NULL AND {in_bbox}))
          ORDER BY lp.device_id
          LIMIT $6",
-    )
+    ))
     .bind(tenant)
     .bind(only)
     .bind(query.all)
     .bind(query.devices)
-    .bind(bbox.map(|b| b.to_vec()))
+    .bind(query.bbox.as_ref().map(bbox_param))
     .bind(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1))
     .fetch_all(pool)
     .await?;
@@ -159,36 +144,16 @@ pub async fn snapshot(
     let fixes = rows
         .into_iter()
         .take(limit)
-        .map(|row| {
-            let (
-                device,
-                uid,
-                fix_time,
-                rx,
-                lat,
-                lon,
-                alt,
-                spd,
-                hdg,
-                acc,
-                bat,
-                sat,
-                hdop,
-                proto,
-                attrs,
-            ) = row;
-            let mut fix = Fix::new(fix_time, lat, lon);
-            fix.altitude_m = alt;
-            fix.speed_mps = spd;
-            fix.heading_deg = hdg;
-            fix.accuracy_m = acc;
-            fix.battery_pct = bat;
-            fix.satellites = sat.and_then(|s| u16::try_from(s).ok());
-            fix.hdop = hdop;
-            if let Some(serde_json::Value::Object(map)) = attrs {
-                fix.attributes = map.into_iter().collect::<BTreeMap<_, _>>();
-            }
-            Arc::new(EncodedFix::new(device, &uid, &proto, rx, &fix, now))
+        .map(|SnapshotRow { uid, position: p }| {
+            let fix = p.fix();
+            Arc::new(EncodedFix::new(
+                p.device_id,
+                &uid,
+                &p.protocol,
+                p.received_ms(),
+                &fix,
+                now,
+            ))
         })
         .collect();
     Ok((fixes, truncated))

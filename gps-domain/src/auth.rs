@@ -1,5 +1,7 @@
-//! The access vocabulary: roles and their `resource:action` permissions, the JWT claims every
-//! service agrees on, and the formats and hashes of device tokens and API keys.
+//! The access vocabulary: roles and their `resource:action` permissions, the authenticated
+//! [`Principal`] and the devices it may see ([`Visibility`]), the JWT claims every service agrees
+//! on, the one parser of `Authorization: Bearer` headers ([`bearer_token`]), and the formats and
+//! hashes of device tokens and API keys.
 //!
 //! Credentials with high entropy (device tokens, API keys, refresh tokens) are stored as SHA-256
 //! digests: a slow password hash adds nothing against guessing 256 random bits and would cost a
@@ -9,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -228,6 +231,102 @@ impl FromStr for Permission {
     }
 }
 
+/// Whether API-key `scopes` (permission names) grant `permission`: the one scope rule, used for
+/// principals acting through a key and by ingest's gateway check alike.
+pub fn scopes_allow(scopes: &[String], permission: Permission) -> bool {
+    scopes.iter().any(|s| s == permission.as_str())
+}
+
+/// What kind of caller a principal is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Actor {
+    /// A logged-in user.
+    User {
+        /// User id.
+        user_id: Uuid,
+        /// The user's role.
+        role: Role,
+    },
+    /// An API key acting for its tenant with its scopes.
+    ApiKey {
+        /// API key row id.
+        key_id: Uuid,
+        /// Permission names the key carries.
+        scopes: Vec<String>,
+    },
+}
+
+/// An authenticated caller, always bound to one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// The tenant every query is scoped to.
+    pub tenant_id: Uuid,
+    /// Who it is.
+    pub actor: Actor,
+}
+
+impl Principal {
+    /// Whether the principal holds `permission`.
+    pub fn allows(&self, permission: Permission) -> bool {
+        match &self.actor {
+            Actor::User { role, .. } => role.allows(permission),
+            Actor::ApiKey { scopes, .. } => scopes_allow(scopes, permission),
+        }
+    }
+
+    /// Which devices the principal's read permissions reach. API keys act for the whole tenant.
+    pub fn device_scope(&self) -> DeviceScope {
+        match &self.actor {
+            Actor::User { role, .. } => role.device_scope(),
+            Actor::ApiKey { .. } => DeviceScope::Tenant,
+        }
+    }
+
+    /// Audit-log actor kind and id.
+    pub fn audit_actor(&self) -> (&'static str, Uuid) {
+        match &self.actor {
+            Actor::User { user_id, .. } => ("user", *user_id),
+            Actor::ApiKey { key_id, .. } => ("api_key", *key_id),
+        }
+    }
+}
+
+/// The devices a principal may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every device of the tenant.
+    AllOfTenant(Uuid),
+    /// Exactly these devices (all of the principal's tenant).
+    Only(HashSet<Uuid>),
+}
+
+impl Visibility {
+    /// Whether `device` (already known to be of `tenant`) is visible.
+    pub fn contains(&self, tenant: Uuid, device: Uuid) -> bool {
+        match self {
+            Self::AllOfTenant(t) => *t == tenant,
+            Self::Only(devices) => devices.contains(&device),
+        }
+    }
+}
+
+/// The credential of an `Authorization` header value of the `Bearer` scheme (RFC 6750), or `None`
+/// when the header carries no usable bearer credential. The one parser every service uses:
+///
+/// - the scheme is compared case-insensitively (RFC 7235 §2.1): `Bearer`, `bearer`, `BEARER`;
+/// - scheme and credential are separated by one or more spaces, and surrounding whitespace is
+///   trimmed;
+/// - exactly one credential follows: empty, or containing whitespace (`Bearer a b`), is refused.
+pub fn bearer_token(authorization_header_value: &str) -> Option<&str> {
+    let (scheme, rest) = authorization_header_value.trim().split_once(' ')?;
+    let token = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && !token.contains(|c: char| c.is_whitespace() || c.is_control()))
+    .then_some(token)
+}
+
 /// Claims of a user access token (HS256 JWT signed with `JWT_SECRET`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -344,6 +443,78 @@ mod tests {
         assert!(!Role::Viewer.allows(Permission::PositionsExport));
         assert_eq!(Role::Viewer.device_scope(), DeviceScope::Groups);
         assert_eq!(Role::Device.permissions(), &[Permission::FixesWrite]);
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_takes_one_token() {
+        for value in [
+            "Bearer abc.def",
+            "bearer abc.def",
+            "BEARER abc.def",
+            "BeArEr abc.def",
+            "Bearer   abc.def  ",
+            "  Bearer abc.def",
+        ] {
+            assert_eq!(bearer_token(value), Some("abc.def"), "{value:?}");
+        }
+        for value in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer    ",
+            "Bearer a b",
+            "Bearer a\tb",
+            "Bearerabc",
+            "Basic abc",
+            "Bearer\tabc",
+            "Token abc",
+            "Bearer, abc",
+        ] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn api_key_scopes_are_the_permissions() {
+        let p = Principal {
+            tenant_id: Uuid::new_v4(),
+            actor: Actor::ApiKey {
+                key_id: Uuid::new_v4(),
+                scopes: vec!["positions:read".into()],
+            },
+        };
+        assert!(p.allows(Permission::PositionsRead));
+        assert!(!p.allows(Permission::FixesWrite));
+        assert_eq!(p.device_scope(), DeviceScope::Tenant);
+        assert_eq!(p.audit_actor().0, "api_key");
+    }
+
+    #[test]
+    fn user_principals_follow_their_role_and_survive_a_round_trip() {
+        let user_id = Uuid::new_v4();
+        let p = Principal {
+            tenant_id: Uuid::new_v4(),
+            actor: Actor::User {
+                user_id,
+                role: Role::Viewer,
+            },
+        };
+        assert!(p.allows(Permission::LiveRead));
+        assert!(!p.allows(Permission::PositionsExport));
+        assert_eq!(p.device_scope(), DeviceScope::Groups);
+        assert_eq!(p.audit_actor(), ("user", user_id));
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Principal>(&json).unwrap(), p);
+    }
+
+    #[test]
+    fn visibility_is_tenant_or_an_explicit_set() {
+        let (tenant, device, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(Visibility::AllOfTenant(tenant).contains(tenant, device));
+        assert!(!Visibility::AllOfTenant(tenant).contains(other, device));
+        let only = Visibility::Only(HashSet::from([device]));
+        assert!(only.contains(tenant, device));
+        assert!(!only.contains(tenant, other));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! one pattern ([`CHANNEL_PATTERN`]) and a tenant's traffic never reaches another tenant's
 //! routing table. One Redis message carries every accepted fix of one tenant from one database
 //! batch ([`LiveBatch`]), because a PUBLISH per fix would cost more than the write itself.
+//! [`LiveBatch::decode`] reads only [`LIVE_VERSION`], as `FixEnvelope::decode` reads only its own.
 //! Documented in `docs/live.md`.
 
 use crate::fix::{EpochMillis, Fix, Protocol};
@@ -28,6 +29,26 @@ pub fn channel_for(tenant: Uuid) -> String {
 /// The tenant a live channel belongs to, if the name is one.
 pub fn tenant_of_channel(channel: &str) -> Option<Uuid> {
     channel.strip_prefix(CHANNEL_PREFIX)?.parse().ok()
+}
+
+/// Why a published message could not be read as a live batch.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The message says it is a version this build does not read.
+    #[error("unsupported live message version {found} (this build reads {LIVE_VERSION})")]
+    UnsupportedVersion {
+        /// The version found in the message.
+        found: u64,
+    },
+    /// The message is not a live batch at all, or a field has the wrong shape.
+    #[error("malformed live message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Just the version of a message whose body this build cannot read.
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: u64,
 }
 
 /// One accepted fix of one device, as published live.
@@ -71,9 +92,22 @@ impl LiveBatch {
         serde_json::to_vec(self).expect("live batch serializes")
     }
 
-    /// Parse a published message.
-    pub fn decode(payload: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(payload)
+    /// Parse a published message of version [`LIVE_VERSION`]; any other version is refused,
+    /// whether or not its body happens to parse. One parse on the normal path: the version is
+    /// probed separately only when the body does not parse.
+    pub fn decode(payload: &[u8]) -> Result<Self, LiveError> {
+        match serde_json::from_slice::<Self>(payload) {
+            Ok(batch) if batch.v == LIVE_VERSION => Ok(batch),
+            Ok(batch) => Err(LiveError::UnsupportedVersion {
+                found: batch.v.into(),
+            }),
+            Err(e) => match serde_json::from_slice::<VersionProbe>(payload) {
+                Ok(probe) if probe.v != u64::from(LIVE_VERSION) => {
+                    Err(LiveError::UnsupportedVersion { found: probe.v })
+                }
+                _ => Err(LiveError::Malformed(e)),
+            },
+        }
     }
 }
 
@@ -104,5 +138,39 @@ mod tests {
             }],
         );
         assert_eq!(LiveBatch::decode(&batch.encode()).unwrap(), batch);
+    }
+
+    #[test]
+    fn only_this_version_is_read() {
+        let mut batch = LiveBatch::new(Uuid::new_v4(), Vec::new());
+        batch.v = LIVE_VERSION + 1;
+        // Same shape, next version: refused all the same.
+        assert!(matches!(
+            LiveBatch::decode(&batch.encode()),
+            Err(LiveError::UnsupportedVersion { found }) if found == u64::from(LIVE_VERSION) + 1
+        ));
+        // A future shape this build cannot parse is named by its version, not as malformed.
+        let future = br#"{"v":2,"tenant":"not-a-uuid","entries":[]}"#;
+        assert!(matches!(
+            LiveBatch::decode(future),
+            Err(LiveError::UnsupportedVersion { found: 2 })
+        ));
+        // Beyond u32: still a version.
+        assert!(matches!(
+            LiveBatch::decode(br#"{"v":4294967296}"#),
+            Err(LiveError::UnsupportedVersion {
+                found: 4_294_967_296
+            })
+        ));
+        // This version with a broken body, and no version at all, are malformed.
+        let broken = format!(r#"{{"v":{LIVE_VERSION},"tenant":"x","fixes":[]}}"#);
+        assert!(matches!(
+            LiveBatch::decode(broken.as_bytes()),
+            Err(LiveError::Malformed(_))
+        ));
+        assert!(matches!(
+            LiveBatch::decode(b"[]"),
+            Err(LiveError::Malformed(_))
+        ));
     }
 }

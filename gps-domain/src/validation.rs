@@ -7,6 +7,7 @@
 //! the keys are documented in `docs/processor.md`.
 
 use crate::fix::{EpochMillis, Fix};
+use crate::geo::haversine_m;
 use crate::reject::RejectReason;
 use serde::Deserialize;
 
@@ -18,9 +19,6 @@ pub const GPS_ROLLOVER_MS: i64 = 1024 * 7 * 24 * 3600 * 1000;
 pub const MIN_FIX_TIME: EpochMillis = 946_684_800_000;
 /// Latest fix time accepted whatever the receive time says (2200-01-01T00:00:00Z).
 pub const MAX_FIX_TIME: EpochMillis = 7_258_118_400_000;
-
-/// Mean Earth radius (IUGG), metres.
-const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// Per-tenant validation thresholds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -264,15 +262,6 @@ pub fn implied_speed_mps(previous: &PreviousFix, fix: &Fix) -> Option<f64> {
     let dt_ms = (i128::from(fix.fix_time) - i128::from(previous.fix_time)).unsigned_abs();
     let dt_s = (dt_ms as f64 / 1000.0).max(1.0);
     Some(distance / dt_s)
-}
-
-/// Great-circle distance, metres.
-pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dp = p2 - p1;
-    let dl = (lon2 - lon1).to_radians();
-    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * a.sqrt().min(1.0).asin()
 }
 
 #[cfg(test)]

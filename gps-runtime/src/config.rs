@@ -176,6 +176,33 @@ pub enum ConfigError {
     },
 }
 
+/// Every problem of a configuration, reported together at start: the one configuration error
+/// every service stops with.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", list(.0))]
+pub struct InvalidConfig(Vec<ConfigError>);
+
+impl InvalidConfig {
+    /// The problems, one per field.
+    pub fn problems(&self) -> &[ConfigError] {
+        &self.0
+    }
+}
+
+impl From<ConfigError> for InvalidConfig {
+    fn from(e: ConfigError) -> Self {
+        Self(vec![e])
+    }
+}
+
+fn list(problems: &[ConfigError]) -> String {
+    problems
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Collects every configuration problem so that start-up reports them all at once.
 #[derive(Debug, Default)]
 pub struct ConfigProblems(Vec<ConfigError>);
@@ -200,17 +227,12 @@ impl ConfigProblems {
         }
     }
 
-    /// `Ok` when no problem was recorded, else one message listing them all.
-    pub fn finish(self) -> Result<(), String> {
+    /// `Ok` when no problem was recorded, else every problem.
+    pub fn finish(self) -> Result<(), InvalidConfig> {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(self
-                .0
-                .iter()
-                .map(|e| format!("  - {e}"))
-                .collect::<Vec<_>>()
-                .join("\n"))
+            Err(InvalidConfig(self.0))
         }
     }
 }
@@ -333,7 +355,10 @@ mod tests {
         let mut problems = ConfigProblems::default();
         problems.push("A_ADDR", "port taken");
         problems.push("B_ADDR", "not an address");
-        let text = problems.finish().unwrap_err();
+        let err = problems.finish().unwrap_err();
+        assert_eq!(err.problems().len(), 2);
+        let text = err.to_string();
+        assert!(text.starts_with("invalid configuration:\n  - "), "{text}");
         assert!(text.contains("A_ADDR") && text.contains("B_ADDR"), "{text}");
         assert!(ConfigProblems::default().finish().is_ok());
     }

@@ -66,3 +66,42 @@ pub async fn ping(pool: &PgPool) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| format!("postgres: {e}"))
 }
+
+/// `url` with its database name replaced by `name`, query parameters kept: the same server and
+/// credentials, another database. For throwaway databases (tests, benchmark ceilings).
+pub fn url_with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    // The last `/` after the scheme's `://` starts the database name, if there is one.
+    let prefix = match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |j| j + 2) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{prefix}/{name}?{q}"),
+        None => format!("{prefix}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_with_database;
+
+    #[test]
+    fn the_database_name_is_replaced_and_the_query_kept() {
+        assert_eq!(
+            url_with_database("postgres://gps:gps@127.0.0.1:5432/gps", "x"),
+            "postgres://gps:gps@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            url_with_database("postgres://h/gps?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
+        assert_eq!(url_with_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(
+            url_with_database("postgres://h?sslmode=disable", "x"),
+            "postgres://h/x?sslmode=disable"
+        );
+    }
+}

@@ -1,17 +1,23 @@
 //! Runtime plumbing shared by the four services.
 //!
 //! Each service's `main` parses its typed config ([`config`]), sets up [`telemetry`], creates a
-//! [`shutdown::Shutdown`] handle, binds its listeners and calls its library's `run`. The health and
-//! metrics endpoints every service exposes come from [`ops`]; connections to PostgreSQL, Kafka and
+//! [`shutdown::Shutdown`] handle, binds its listeners and calls its library's `run`, which wires
+//! its tasks into a [`service::Service`] runner (named tasks, critical exits, one drain deadline).
+//! The health and metrics endpoints every service exposes come from [`ops`], the JSON error body
+//! of the HTTP APIs from [`http_error`]; connections to PostgreSQL, Kafka and
 //! Redis, with errors that say how to start a missing dependency, come from [`db`], [`kafka`] and
 //! [`redis_client`].
+//!
+//! Only plumbing lives here: credentials, principals, tickets and visibility (application rules
+//! over shared tables) are `gps-store`'s, over the pure types of `gps-domain`.
 
-pub mod access;
 pub mod config;
 pub mod db;
+pub mod http_error;
 pub mod kafka;
 pub mod ops;
 pub mod redis_client;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
@@ -44,6 +50,16 @@ pub enum RuntimeError {
     /// A Redis call failed.
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A critical task of a service stopped (see [`service::Service::critical`]).
+    #[error("{service}: critical task {task} stopped: {reason}")]
+    TaskStopped {
+        /// The service.
+        service: &'static str,
+        /// The task that stopped first.
+        task: &'static str,
+        /// Why: its error, its panic, or "ended unexpectedly".
+        reason: String,
+    },
     /// Binding or serving a listener failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),

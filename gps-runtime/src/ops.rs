@@ -2,6 +2,7 @@
 //! (its dependencies answer) and `/metrics` (Prometheus text format from the service's own
 //! registry). Services merge [`router`] into their own axum router, or serve it alone.
 
+use crate::config::KafkaArgs;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +12,11 @@ use futures::future::BoxFuture;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long one readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The Kafka metadata timeout inside its check.
+const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// A readiness probe of one dependency: `Ok` when it answers.
 pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -48,12 +54,44 @@ impl Readiness {
         self
     }
 
+    /// `postgres`: `SELECT 1` answers on `pool`.
+    pub fn postgres(self, pool: &sqlx::PgPool) -> Self {
+        let pool = pool.clone();
+        self.with("postgres", move || {
+            let pool = pool.clone();
+            async move { crate::db::ping(&pool).await }
+        })
+    }
+
+    /// `redis`: PING answers on `conn`.
+    pub fn redis(self, conn: &redis::aio::ConnectionManager) -> Self {
+        let conn = conn.clone();
+        self.with("redis", move || {
+            let mut conn = conn.clone();
+            async move { crate::redis_client::ping(&mut conn).await }
+        })
+    }
+
+    /// `kafka`: a broker of `args` returns cluster metadata, within the probe's own timeout
+    /// (shorter than the check's, so the broker's error is reported rather than a timeout).
+    pub fn kafka(self, args: &KafkaArgs) -> Self {
+        let args = args.clone();
+        self.with("kafka", move || {
+            let args = args.clone();
+            async move {
+                crate::kafka::probe(&args, KAFKA_PROBE_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+
     /// Run every check (concurrently, 2 s each) and report each result.
     pub async fn report(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
         let results = futures::future::join_all(self.checks.iter().map(|(name, check)| {
             let check = check.clone();
             async move {
-                let outcome = match tokio::time::timeout(Duration::from_secs(2), check()).await {
+                let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err("timed out after 2s".to_owned()),

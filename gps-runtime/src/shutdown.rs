@@ -1,6 +1,7 @@
-//! Graceful shutdown shared by all tasks of a service: one [`CancellationToken`] that every loop
-//! watches and one [`TaskTracker`] that `main` waits on, with a deadline. SIGINT or SIGTERM
-//! cancels the token; a second signal exits at once.
+//! Graceful shutdown of a process: one [`CancellationToken`] that every loop watches and one
+//! [`TaskTracker`] to wait on, with a deadline. SIGINT or SIGTERM cancels the token; a second
+//! signal exits at once. Each service runs its tasks under a [`Shutdown::child`] through the
+//! [`crate::service::Service`] runner, which names them and applies the drain deadline.
 
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,15 @@ impl Shutdown {
     /// A fresh handle, not yet cancelled.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A handle for one part of the process (one service): cancelled when this one is, and
+    /// cancellable on its own, with its own tracker so that its drain waits for its tasks only.
+    pub fn child(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+            tracker: TaskTracker::new(),
+        }
     }
 
     /// The token tasks select on.
@@ -39,16 +49,8 @@ impl Shutdown {
         self.token.cancel();
     }
 
-    /// Spawn a task that shutdown waits for.
-    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.tracker.spawn(future)
-    }
-
-    /// The tracker, for `spawn_blocking` and friends.
+    /// The tracker [`Shutdown::wait`] waits on (services track their tasks through
+    /// [`crate::service::Service`]).
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
     }
@@ -106,7 +108,7 @@ mod tests {
         let shutdown = Shutdown::new();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let token = shutdown.token();
-        shutdown.spawn(async move {
+        shutdown.tracker().spawn(async move {
             token.cancelled().await;
             let _ = done_tx.send(());
         });
@@ -118,7 +120,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wait_gives_up_at_the_deadline() {
         let shutdown = Shutdown::new();
-        shutdown.spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
+        shutdown
+            .tracker()
+            .spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
         shutdown.trigger();
         assert!(!shutdown.wait(Duration::from_secs(1)).await);
     }

@@ -3,10 +3,14 @@
 //! see each other's data. Databases are named `gps_test_*`; `dev/stack test` drops stale ones.
 
 use crate::config::{DatabaseArgs, KafkaArgs, RedisArgs};
+use crate::ops::metric_sample;
 use crate::{db, kafka};
 use gps_domain::auth;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
+use std::future::Future;
+use std::time::Duration;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// A short random lowercase suffix for names.
@@ -57,7 +61,7 @@ impl TestDb {
             .await
             .expect("create test database");
         admin.close().await;
-        let url = replace_database(base.database_url.expose_secret(), &name);
+        let url = db::url_with_database(base.database_url.expose_secret(), &name);
         let args = DatabaseArgs {
             database_url: SecretString::from(url),
             max_connections: 8,
@@ -65,21 +69,6 @@ impl TestDb {
         let pool = db::connect(&args).await.expect("connect to test database");
         db::migrate(&pool).await.expect("migrations apply");
         Self { pool, args, name }
-    }
-}
-
-fn replace_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let prefix = match base.rfind('/') {
-        Some(i) if base[..i].contains("://") && i > base.find("://").unwrap() + 2 => &base[..i],
-        _ => base,
-    };
-    match query {
-        Some(q) => format!("{prefix}/{name}?{q}"),
-        None => format!("{prefix}/{name}"),
     }
 }
 
@@ -146,31 +135,81 @@ pub async fn seed_device(pool: &PgPool, tenant_name: &str) -> SeededDevice {
     }
 }
 
-/// Poll `url` every 50 ms until it answers 200; panics after `within`, or at once when `task`
-/// (the service under test) has already ended.
-pub async fn wait_until_ok<T>(
-    client: &reqwest::Client,
-    url: &str,
-    task: &tokio::task::JoinHandle<T>,
-    within: std::time::Duration,
-) {
-    let deadline = std::time::Instant::now() + within;
+/// How often the waits below poll.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Poll `check` every 50 ms until it returns true; panics naming `what` after `within`. Runs on
+/// tokio's clock, so it also works under `tokio::time::pause`.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Ok(response) = client.get(url).send().await {
-            if response.status() == 200 {
-                return;
-            }
+        if check().await {
+            return;
         }
         assert!(
-            !task.is_finished(),
-            "the service ended before {url} answered"
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
         );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{url} did not answer 200 within {within:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// Poll `url` until it answers 200; panics after `within`, or at once when `task` (the service
+/// under test) has already ended, with what the task returned (its start-up error, say).
+pub async fn wait_until_ok<T: std::fmt::Debug>(
+    client: &reqwest::Client,
+    url: &str,
+    task: &mut JoinHandle<T>,
+    within: Duration,
+) {
+    let mut ended = false;
+    wait_until(within, &format!("{url} to answer 200"), || {
+        ended = task.is_finished();
+        async move {
+            ended
+                || client
+                    .get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    if ended {
+        let outcome = task.await;
+        panic!("the service ended before {url} answered: {outcome:?}");
+    }
+}
+
+/// The value of `selector` in Prometheus text: an exact sample (`name{labels}` exactly as
+/// exposed, see [`metric_sample`]), or a bare metric name, summed over all its label sets.
+/// 0 when absent.
+pub fn metric_value(text: &str, selector: &str) -> f64 {
+    if selector.contains('{') {
+        return metric_sample(text, selector).unwrap_or(0.0);
+    }
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let name = series.split_once('{').map_or(series, |(name, _)| name);
+            (name == selector).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Scrape `{base}/metrics` and read `selector` (see [`metric_value`]); 0 while the endpoint does
+/// not answer (a service still starting), so it can be polled.
+pub async fn scrape_metric(client: &reqwest::Client, base: &str, selector: &str) -> f64 {
+    let text = match client.get(format!("{base}/metrics")).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    metric_value(&text, selector)
 }
 
 /// Check a service's operational endpoints at `base`: `/healthz` 200, `/readyz` 200 with each of
@@ -200,14 +239,15 @@ pub async fn assert_ops_endpoints(client: &reqwest::Client, base: &str, checks: 
 /// the service to stop cleanly within 10 s.
 pub async fn assert_serves_ops_then_stops<E: std::fmt::Debug>(
     addr: std::net::SocketAddr,
-    server: tokio::task::JoinHandle<Result<(), E>>,
+    server: JoinHandle<Result<(), E>>,
     shutdown: crate::shutdown::Shutdown,
     checks: &[&str],
 ) {
     let client = reqwest::Client::new();
     let base = format!("http://{addr}");
-    let within = std::time::Duration::from_secs(10);
-    wait_until_ok(&client, &format!("{base}/healthz"), &server, within).await;
+    let within = Duration::from_secs(10);
+    let mut server = server;
+    wait_until_ok(&client, &format!("{base}/healthz"), &mut server, within).await;
     assert_ops_endpoints(&client, &base, checks).await;
     shutdown.trigger();
     tokio::time::timeout(within, server)
@@ -219,18 +259,61 @@ pub async fn assert_serves_ops_then_stops<E: std::fmt::Debug>(
 
 #[cfg(test)]
 mod tests {
-    use super::replace_database;
+    use super::*;
+
+    const METRICS: &str = "# HELP gps_x_total fixes\n\
+                           # TYPE gps_x_total counter\n\
+                           gps_x_total{reason=\"a\"} 2\n\
+                           gps_x_total{reason=\"b\"} 3\n\
+                           gps_x_total_extra 100\n\
+                           gps_connections 7\n";
 
     #[test]
-    fn database_name_is_replaced() {
-        assert_eq!(
-            replace_database("postgres://gps:gps@127.0.0.1:5432/gps", "x"),
-            "postgres://gps:gps@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            replace_database("postgres://h/gps?sslmode=disable", "x"),
-            "postgres://h/x?sslmode=disable"
-        );
-        assert_eq!(replace_database("postgres://h", "x"), "postgres://h/x");
+    fn a_bare_name_sums_its_label_sets_only() {
+        assert_eq!(metric_value(METRICS, "gps_x_total"), 5.0);
+        assert_eq!(metric_value(METRICS, "gps_connections"), 7.0);
+        assert_eq!(metric_value(METRICS, "gps_missing_total"), 0.0);
+    }
+
+    #[test]
+    fn a_labelled_selector_reads_one_sample() {
+        assert_eq!(metric_value(METRICS, "gps_x_total{reason=\"b\"}"), 3.0);
+        assert_eq!(metric_value(METRICS, "gps_x_total{reason=\"c\"}"), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_until_returns_once_the_check_holds() {
+        let started = tokio::time::Instant::now();
+        let mut polls = 0;
+        wait_until(Duration::from_secs(5), "the third poll", || {
+            polls += 1;
+            let done = polls == 3;
+            async move { done }
+        })
+        .await;
+        assert_eq!(polls, 3);
+        assert_eq!(started.elapsed(), 2 * POLL_INTERVAL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "timed out after 1s waiting for never")]
+    async fn wait_until_panics_at_its_deadline() {
+        wait_until(Duration::from_secs(1), "never", || async { false }).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "answered: Ok(Err(\"bind failed\"))")]
+    async fn wait_until_ok_names_a_service_that_ended() {
+        let mut task = tokio::spawn(async { Err::<(), _>("bind failed") });
+        tokio::task::yield_now().await;
+        let client = reqwest::Client::new();
+        // Port 9 (discard) on loopback: nothing answers HTTP there.
+        wait_until_ok(
+            &client,
+            "http://127.0.0.1:9/healthz",
+            &mut task,
+            Duration::from_secs(5),
+        )
+        .await;
     }
 }

@@ -1,61 +1,39 @@
-//! Device and gateway credentials, looked up in PostgreSQL (stored as SHA-256 digests) and cached
-//! with a short TTL so that the hot path does not hit the database per request. Unknown
-//! credentials are cached too (shorter), so a flood of bad tokens cannot become a flood of
-//! queries. A device disabled or a key revoked in the database is refused at the latest one TTL
-//! later.
+//! Device and gateway credentials, cached with a short TTL so that the hot path does not hit the
+//! database per request. The lookups and the API-key rule are the shared store's
+//! ([`gps_store::credentials`]); this module only caches them. Unknown credentials are cached
+//! too (shorter), so a flood of bad tokens cannot become a flood of queries. A device disabled or
+//! a key revoked in the database is refused at the latest one TTL later.
+//!
+//! A gateway key's use is recorded in `api_keys.last_used_at` at most once a minute, as the
+//! rule asks: the cached record is marked used at once (so the next requests see no update due)
+//! and the update itself runs in the background, logged if it fails, so it never adds a database
+//! round trip to a request.
 
 use crate::config::AuthArgs;
-use gps_domain::auth::{api_key_id, digests_equal, secret_digest, Permission};
+use chrono::{DateTime, Utc};
+use gps_domain::auth::{api_key_id, secret_digest, Permission};
+use gps_store::credentials::{self, DeviceKey, KeyVerdict};
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use uuid::Uuid;
 
-/// A device as ingest needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRecord {
-    /// Device id (Kafka key).
-    pub id: Uuid,
-    /// Owning tenant.
-    pub tenant_id: Uuid,
-    /// The device's own uid.
-    pub uid: String,
-    /// Disabled devices are refused like unknown ones.
-    pub disabled: bool,
-    /// HMAC key for UDP, when the device has one.
-    pub udp_key: Option<[u8; 32]>,
-}
-
-/// An `api_keys` row: id, tenant, digest, scopes, expiry, revoked.
-type ApiKeyRow = (
-    Uuid,
-    Uuid,
-    String,
-    Vec<String>,
-    Option<chrono::DateTime<chrono::Utc>>,
-    bool,
-);
-
-/// A gateway API key as ingest needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKeyRecord {
-    /// API key id.
-    pub id: Uuid,
-    /// Tenant the key acts for.
-    pub tenant_id: Uuid,
-    key_hash: String,
-    /// Whether the scopes include `fixes:write`.
-    pub can_write_fixes: bool,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    revoked: bool,
-}
+pub use gps_store::credentials::{ApiKeyRecord, DeviceRecord};
 
 /// The credential store could not answer (database down): a 503, not a 401.
 #[derive(Debug, thiserror::Error)]
 #[error("credential store unavailable: {0}")]
 pub struct Unavailable(pub String);
+
+impl From<sqlx::Error> for Unavailable {
+    fn from(e: sqlx::Error) -> Self {
+        Self(e.to_string())
+    }
+}
 
 /// Whether a presented API key is usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +46,7 @@ pub enum KeyCheck {
     Invalid,
 }
 
+/// A bounded map whose entries expire. Time is tokio's clock, so tests can pause and advance it.
 struct TtlMap<K, V> {
     entries: Mutex<HashMap<K, (Instant, V)>>,
     capacity: usize,
@@ -101,6 +80,15 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
         }
         entries.insert(key, (now + ttl, value));
     }
+
+    /// Swap the value of a present entry, keeping its expiry: an update must not extend how
+    /// long a cached credential is trusted.
+    fn replace(&self, key: &K, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, slot)) = entries.get_mut(key) {
+            *slot = value;
+        }
+    }
 }
 
 /// The cached credential lookups.
@@ -120,21 +108,6 @@ impl std::fmt::Debug for AuthCache {
     }
 }
 
-type DeviceRow = (Uuid, Uuid, String, bool, Option<Vec<u8>>);
-
-const DEVICE_COLUMNS: &str = "SELECT id, tenant_id, uid, disabled, udp_key FROM devices";
-
-fn device_from_row(row: DeviceRow) -> Arc<DeviceRecord> {
-    let (id, tenant_id, uid, disabled, udp_key) = row;
-    Arc::new(DeviceRecord {
-        id,
-        tenant_id,
-        uid,
-        disabled,
-        udp_key: udp_key.and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok()),
-    })
-}
-
 impl AuthCache {
     /// A cache over `pool`.
     pub fn new(pool: PgPool, args: &AuthArgs) -> Self {
@@ -149,32 +122,29 @@ impl AuthCache {
         }
     }
 
-    fn ttl_for<T>(&self, value: &Option<T>) -> Duration {
-        if value.is_some() {
+    /// The cached answer for `key`, or `fetch`'s, cached for the TTL (the negative TTL when
+    /// nothing was found).
+    async fn cached<K, T, Fut>(
+        &self,
+        map: &TtlMap<K, Option<Arc<T>>>,
+        key: K,
+        fetch: impl FnOnce() -> Fut,
+    ) -> Result<Option<Arc<T>>, Unavailable>
+    where
+        K: Eq + Hash,
+        Fut: Future<Output = Result<Option<T>, sqlx::Error>>,
+    {
+        if let Some(found) = map.get(&key) {
+            return Ok(found);
+        }
+        let found = fetch().await?.map(Arc::new);
+        let ttl = if found.is_some() {
             self.ttl
         } else {
             self.negative_ttl
-        }
-    }
-
-    async fn fetch_device(
-        &self,
-        filter: &str,
-        bind: impl FnOnce(
-            sqlx::query::QueryAs<'_, sqlx::Postgres, DeviceRow, sqlx::postgres::PgArguments>,
-        ) -> sqlx::query::QueryAs<
-            '_,
-            sqlx::Postgres,
-            DeviceRow,
-            sqlx::postgres::PgArguments,
-        >,
-    ) -> Result<Option<Arc<DeviceRecord>>, Unavailable> {
-        let sql = format!("{DEVICE_COLUMNS} WHERE {filter}");
-        let row = bind(sqlx::query_as::<_, DeviceRow>(&sql))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| Unavailable(e.to_string()))?;
-        Ok(row.map(device_from_row))
+        };
+        map.insert(key, found.clone(), ttl);
+        Ok(found)
     }
 
     /// The enabled device whose ingest token is `token`.
@@ -183,94 +153,75 @@ impl AuthCache {
         token: &str,
     ) -> Result<Option<Arc<DeviceRecord>>, Unavailable> {
         let digest = secret_digest(token);
-        let found = match self.by_token.get(&digest) {
-            Some(found) => found,
-            None => {
-                let found = self
-                    .fetch_device("token_hash = $1", |q| q.bind(digest.clone()))
-                    .await?;
-                self.by_token
-                    .insert(digest, found.clone(), self.ttl_for(&found));
-                found
-            }
-        };
+        let found = self
+            .cached(&self.by_token, digest.clone(), || {
+                credentials::device(&self.pool, DeviceKey::TokenDigest(&digest))
+            })
+            .await?;
         Ok(found.filter(|d| !d.disabled))
     }
 
     /// The enabled device with uid `uid`.
     pub async fn device_by_uid(&self, uid: &str) -> Result<Option<Arc<DeviceRecord>>, Unavailable> {
-        let found = match self.by_uid.get(&uid.to_owned()) {
-            Some(found) => found,
-            None => {
-                let found = self
-                    .fetch_device("uid = $1", |q| q.bind(uid.to_owned()))
-                    .await?;
-                self.by_uid
-                    .insert(uid.to_owned(), found.clone(), self.ttl_for(&found));
-                found
-            }
-        };
+        let found = self
+            .cached(&self.by_uid, uid.to_owned(), || {
+                credentials::device(&self.pool, DeviceKey::Uid(uid))
+            })
+            .await?;
         Ok(found.filter(|d| !d.disabled))
     }
 
     /// The enabled device with id `id`.
     pub async fn device_by_id(&self, id: Uuid) -> Result<Option<Arc<DeviceRecord>>, Unavailable> {
-        let found = match self.by_id.get(&id) {
-            Some(found) => found,
-            None => {
-                let found = self.fetch_device("id = $1", |q| q.bind(id)).await?;
-                self.by_id.insert(id, found.clone(), self.ttl_for(&found));
-                found
-            }
-        };
+        let found = self
+            .cached(&self.by_id, id, || {
+                credentials::device(&self.pool, DeviceKey::Id(id))
+            })
+            .await?;
         Ok(found.filter(|d| !d.disabled))
     }
 
-    /// Check a presented API key (`gpsk_<id>_<secret>`).
+    /// Check a presented API key (`gpsk_<id>_<secret>`) by the one API-key rule, requiring
+    /// `fixes:write`.
     pub async fn api_key(&self, presented: &str) -> Result<KeyCheck, Unavailable> {
         let Some(prefix) = api_key_id(presented) else {
             return Ok(KeyCheck::Invalid);
         };
-        let found = match self.keys.get(&prefix.to_owned()) {
-            Some(found) => found,
-            None => {
-                let row: Option<ApiKeyRow> = sqlx::query_as(
-                    "SELECT id, tenant_id, key_hash, scopes, expires_at, revoked_at IS NOT NULL
-                         FROM api_keys WHERE prefix = $1",
-                )
-                .bind(prefix)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| Unavailable(e.to_string()))?;
-                let found = row.map(|(id, tenant_id, key_hash, scopes, expires_at, revoked)| {
-                    Arc::new(ApiKeyRecord {
-                        id,
-                        tenant_id,
-                        key_hash,
-                        can_write_fixes: scopes
-                            .iter()
-                            .any(|s| s == Permission::FixesWrite.as_str()),
-                        expires_at,
-                        revoked,
-                    })
-                });
-                self.keys
-                    .insert(prefix.to_owned(), found.clone(), self.ttl_for(&found));
-                found
-            }
-        };
+        let found = self
+            .cached(&self.keys, prefix.to_owned(), || {
+                credentials::api_key(&self.pool, prefix)
+            })
+            .await?;
         let Some(key) = found else {
             return Ok(KeyCheck::Invalid);
         };
-        let expired = key.expires_at.is_some_and(|t| t <= chrono::Utc::now());
-        if key.revoked || expired || !digests_equal(&secret_digest(presented), &key.key_hash) {
-            return Ok(KeyCheck::Invalid);
-        }
-        Ok(if key.can_write_fixes {
-            KeyCheck::Ok(key)
-        } else {
-            KeyCheck::MissingScope
-        })
+        let now = Utc::now();
+        Ok(
+            match key.verify(presented, Some(Permission::FixesWrite), now) {
+                KeyVerdict::Accepted { touch_last_used } => {
+                    if touch_last_used {
+                        self.record_use(prefix, &key, now);
+                    }
+                    KeyCheck::Ok(key)
+                }
+                KeyVerdict::MissingScope => KeyCheck::MissingScope,
+                KeyVerdict::Invalid => KeyCheck::Invalid,
+            },
+        )
+    }
+
+    /// Record a use of `key` at `now`: in the cache at once, in the database in the background.
+    /// A lost update is logged and retried by the rule with the next request once the cached
+    /// record is refetched.
+    fn record_use(&self, prefix: &str, key: &ApiKeyRecord, now: DateTime<Utc>) {
+        self.keys
+            .replace(&prefix.to_owned(), Some(Arc::new(key.used_at(now))));
+        let (pool, key_id) = (self.pool.clone(), key.id);
+        tokio::spawn(async move {
+            if let Err(e) = credentials::touch_api_key(&pool, key_id, now).await {
+                tracing::warn!(key_id = %key_id, error = %e, "api key last_used_at update failed");
+            }
+        });
     }
 }
 
@@ -278,16 +229,51 @@ impl AuthCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ttl_map_expires_and_stays_bounded() {
-        let map = TtlMap::new(2);
-        map.insert("a", 1, Duration::from_secs(60));
+    #[tokio::test(start_paused = true)]
+    async fn ttl_map_entries_expire_on_the_tokio_clock() {
+        let map = TtlMap::new(8);
+        map.insert("a", 1, Duration::from_secs(10));
         map.insert("b", 2, Duration::ZERO);
         assert_eq!(map.get(&"a"), Some(1));
-        assert_eq!(map.get(&"b"), None, "expired");
-        map.insert("c", 3, Duration::from_secs(60));
-        map.insert("d", 4, Duration::from_secs(60));
+        assert_eq!(map.get(&"b"), None, "a zero TTL is expired at once");
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert_eq!(map.get(&"a"), Some(1));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(map.get(&"a"), None, "expired exactly at its TTL");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_map_stays_bounded_and_evicts_the_expired_first() {
+        let map = TtlMap::new(2);
+        map.insert("old", 1, Duration::from_secs(1));
+        map.insert("live", 2, Duration::from_secs(60));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        map.insert("new", 3, Duration::from_secs(60));
+        assert_eq!(
+            map.get(&"live"),
+            Some(2),
+            "only the expired entry made room"
+        );
+        assert_eq!(map.get(&"new"), Some(3));
+        map.insert("more", 4, Duration::from_secs(60));
         assert!(map.entries.lock().unwrap().len() <= 2);
-        assert_eq!(map.get(&"d"), Some(4));
+        assert_eq!(map.get(&"more"), Some(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replacing_a_value_keeps_its_expiry() {
+        let map = TtlMap::new(8);
+        map.insert("k", 1, Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        map.replace(&"k", 2);
+        assert_eq!(map.get(&"k"), Some(2));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            map.get(&"k"),
+            None,
+            "the replacement did not extend the TTL"
+        );
+        map.replace(&"absent", 3);
+        assert_eq!(map.get(&"absent"), None, "replace never inserts");
     }
 }

@@ -2,7 +2,7 @@
 //! tuning. Every value is a flag and an env var with a default that works on the local stack.
 
 use clap::Parser;
-use gps_runtime::config::{DatabaseArgs, KafkaArgs, LogArgs};
+use gps_runtime::config::{DatabaseArgs, InvalidConfig, KafkaArgs, LogArgs};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -159,7 +159,7 @@ impl Config {
     }
 
     /// Cross-field checks, every problem listed at once.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         let mut problems = gps_runtime::config::ConfigProblems::default();
         if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.producer.compression.as_str())
         {

@@ -1,11 +1,14 @@
 //! Errors: [`IngestError`] stops the service; [`ApiError`] is every refusal a device can get,
-//! with the status mapping in one `match` and the JSON shape
-//! `{"error":{"code","message","field"}}`. 5xx bodies are generic; the detail is logged.
+//! with the status mapping in one `match`, answered in the shared JSON shape
+//! `{"error":{"code","message","field"}}` ([`gps_runtime::http_error`]). 5xx bodies are generic;
+//! the detail is logged there.
 
+use crate::producer::ProduceError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use gps_domain::wire::json::ItemError;
+use gps_runtime::config::InvalidConfig;
+use gps_runtime::http_error::ErrorResponse;
 
 /// Errors that stop the ingest service.
 #[derive(Debug, thiserror::Error)]
@@ -13,9 +16,9 @@ pub enum IngestError {
     /// A dependency or listener failed at start.
     #[error(transparent)]
     Runtime(#[from] gps_runtime::RuntimeError),
-    /// The configuration is inconsistent.
-    #[error("invalid configuration:\n{0}")]
-    Config(String),
+    /// The configuration is inconsistent (every problem listed).
+    #[error(transparent)]
+    Config(#[from] InvalidConfig),
     /// The Kafka producer could not be created.
     #[error("kafka producer: {0}")]
     Producer(#[from] rdkafka::error::KafkaError),
@@ -65,6 +68,9 @@ pub enum ApiError {
         /// Logged, not returned.
         detail: String,
     },
+    /// Kafka did not take the fixes (its fixes are already counted as refused); retry later.
+    #[error(transparent)]
+    NotProduced(#[from] ProduceError),
     /// A bug or an unexpected failure; logged, generic answer.
     #[error("internal error: {0}")]
     Internal(String),
@@ -94,6 +100,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::TooLarge { .. } => "too_large",
             Self::Unavailable { .. } => "unavailable",
+            Self::NotProduced(e) => e.reason(),
             Self::Internal(_) => "internal",
         }
     }
@@ -105,8 +112,18 @@ impl ApiError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::NotProduced(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<crate::auth::Unavailable> for ApiError {
+    /// The credential store did not answer: retry soon.
+    fn from(e: crate::auth::Unavailable) -> Self {
+        Self::Unavailable {
+            retry_after_secs: 1,
+            detail: e.to_string(),
         }
     }
 }
@@ -114,65 +131,73 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let error = |code: &str, message: &str, field: Option<&str>| {
-            let mut e = serde_json::json!({ "code": code, "message": message });
-            if let Some(field) = field {
-                e["field"] = field.into();
-            }
-            e
-        };
-        let body = match &self {
+        let code = self.reason();
+        let response = match self {
             Self::BadRequest {
                 code,
                 message,
                 field,
-            } => serde_json::json!({ "error": error(code, message, field.as_deref()) }),
+            } => ErrorResponse::new(status, code, message).field(field),
             Self::InvalidItems(items) => {
-                let first = items.first();
-                let field = first.map(|e| format!("{}.{}", e.index, e.field));
-                serde_json::json!({
-                    "error": error("invalid_fixes", &self.to_string(), field.as_deref()),
-                    "accepted": 0,
-                    "rejected": items,
-                })
-            }
-            Self::Unauthorized { message, .. } => {
-                serde_json::json!({ "error": error("unauthorized", message, None) })
-            }
-            Self::Forbidden(message) => {
-                serde_json::json!({ "error": error("forbidden", message, None) })
-            }
-            Self::TooLarge { message } => {
-                serde_json::json!({ "error": error("too_large", message, None) })
-            }
-            Self::Unavailable { detail, .. } => {
-                tracing::warn!(error = %detail, "request refused, dependency unavailable");
-                serde_json::json!({ "error": error("unavailable", "temporarily unavailable, retry later", None) })
-            }
-            Self::Internal(detail) => {
-                tracing::error!(error = %detail, "request failed");
-                serde_json::json!({ "error": error("internal", "internal error", None) })
-            }
-        };
-        let mut response = (status, Json(body)).into_response();
-        match &self {
-            Self::Unavailable {
-                retry_after_secs, ..
-            } => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                let field = items.first().map(|e| format!("{}.{}", e.index, e.field));
+                ErrorResponse::new(status, "invalid_fixes", "no valid fix in the request")
+                    .field(field)
+                    .extra("accepted", 0.into())
+                    .extra("rejected", serde_json::json!(items))
             }
             Self::Unauthorized {
-                basic_realm: true, ..
+                message,
+                basic_realm,
             } => {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"owntracks\""),
-                );
+                let response = ErrorResponse::new(status, code, message);
+                if basic_realm {
+                    response.header(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"owntracks\""),
+                    )
+                } else {
+                    response
+                }
             }
-            _ => {}
-        }
-        response
+            Self::Forbidden(message) => ErrorResponse::new(status, code, message),
+            Self::TooLarge { message } => ErrorResponse::new(status, code, message),
+            Self::Unavailable {
+                retry_after_secs,
+                detail,
+            } => unavailable(status, retry_after_secs).cause(detail),
+            Self::NotProduced(e) => unavailable(status, e.retry_after_secs).cause(e),
+            Self::Internal(detail) => {
+                ErrorResponse::new(status, code, "internal error").cause(detail)
+            }
+        };
+        response.into_response()
+    }
+}
+
+/// The generic 503 body: the device only needs to know when to retry.
+fn unavailable(status: StatusCode, retry_after_secs: u32) -> ErrorResponse {
+    ErrorResponse::new(
+        status,
+        "unavailable",
+        "temporarily unavailable, retry later",
+    )
+    .retry_after(retry_after_secs.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::ProduceFailure;
+
+    #[test]
+    fn fixes_kafka_did_not_take_are_a_503_with_the_producers_retry_hint() {
+        let error = ApiError::from(ProduceError {
+            failure: ProduceFailure::QueueFull,
+            retry_after_secs: 7,
+        });
+        assert_eq!(error.reason(), "unavailable");
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
     }
 }

@@ -17,70 +17,39 @@ pub use config::Config;
 pub use error::{ApiError, IngestError};
 
 use gps_runtime::ops::{self, Readiness};
+use gps_runtime::service::{CancellationToken, Service};
 use gps_runtime::shutdown::Shutdown;
+use producer::FixProducer;
+use prometheus::IntGauge;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 
-/// Run ingest on the given listeners until `shutdown` fires, then stop accepting, flush the
-/// producer (bounded by `--flush-timeout-ms`) and return.
+/// Run ingest on the given listeners until `shutdown` fires (or a listener fails), then stop
+/// accepting, let open requests finish (at most `--request-timeout-ms`), flush the producer
+/// (at most `--flush-timeout-ms`) and return.
 pub async fn run(
     config: Config,
     http: TcpListener,
     udp: UdpSocket,
     shutdown: Shutdown,
 ) -> Result<(), IngestError> {
-    config.validate().map_err(IngestError::Config)?;
+    config.validate()?;
     let pool = gps_runtime::db::connect(&config.database).await?;
     gps_runtime::kafka::probe(&config.kafka, Duration::from_secs(10)).await?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry);
-    let producer = producer::FixProducer::new(&config.kafka, &config.producer, metrics.clone())?;
+    let producer = FixProducer::new(&config.kafka, &config.producer, metrics.clone())?;
     let auth = Arc::new(auth::AuthCache::new(pool.clone(), &config.auth));
-    let readiness = {
-        let pool = pool.clone();
-        let kafka = config.kafka.clone();
-        Readiness::new()
-            .with("postgres", move || {
-                let pool = pool.clone();
-                async move { gps_runtime::db::ping(&pool).await }
-            })
-            .with("kafka", move || {
-                let kafka = kafka.clone();
-                async move {
-                    gps_runtime::kafka::probe(&kafka, Duration::from_secs(2))
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-            })
-    };
+    let readiness = Readiness::new().postgres(&pool).kafka(&config.kafka);
+    tracing::info!(http = %http.local_addr()?, udp = %udp.local_addr()?, topic = %config.kafka.fixes_topic, "ingest listening");
 
-    // The queue-depth gauge is sampled; librdkafka has no callback for it.
-    {
-        let producer = producer.clone();
-        let gauge = metrics.producer_queue_depth.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => gauge.set(i64::from(producer.queue_depth())),
-                }
-            }
-        });
-    }
-
-    let udp_addr = udp.local_addr()?;
-    let udp_task = shutdown.spawn(
-        udp::UdpIngest::new(auth.clone(), producer.clone(), metrics.clone())
-            .run(udp, shutdown.clone()),
-    );
-
+    let service = Service::new("ingest", shutdown);
+    let udp_ingest = udp::UdpIngest::new(auth.clone(), producer.clone(), metrics.clone());
     let state = http::AppState {
         auth,
         producer: producer.clone(),
-        metrics,
+        metrics: metrics.clone(),
         max_batch: config.limits.max_batch as usize,
     };
     let router = http::router(
@@ -89,18 +58,45 @@ pub async fn run(
         config.limits.max_body_bytes as usize,
         Duration::from_millis(config.limits.request_timeout_ms),
     );
-    tracing::info!(http = %http.local_addr()?, udp = %udp_addr, topic = %config.kafka.fixes_topic, "ingest listening");
-    let served = ops::serve(http, router, shutdown.clone()).await;
-    // Whatever ended serving, stop the other tasks too.
-    shutdown.trigger();
-    let _ = udp_task.await;
-    let flush_timeout = Duration::from_millis(config.producer.flush_timeout_ms);
-    let flushed = tokio::task::spawn_blocking(move || producer.flush(flush_timeout)).await;
-    match flushed {
+    service
+        .serve("http", http, router)
+        .critical("udp", udp_ingest.run(udp, service.tasks()))
+        .background(
+            "queue-depth",
+            sample_queue_depth(
+                producer.clone(),
+                metrics.producer_queue_depth.clone(),
+                service.token(),
+            ),
+        );
+    // An open request ends within its timeout, which bounds its wait for Kafka too.
+    let stopped = service
+        .run(Duration::from_millis(config.limits.request_timeout_ms))
+        .await;
+    flush(
+        producer,
+        Duration::from_millis(config.producer.flush_timeout_ms),
+    )
+    .await;
+    Ok(stopped?)
+}
+
+/// Sample the producer's queue depth into `gauge`; librdkafka has no callback for it.
+async fn sample_queue_depth(producer: FixProducer, gauge: IntGauge, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => gauge.set(i64::from(producer.queue_depth())),
+        }
+    }
+}
+
+/// Deliver what is still queued, waiting at most `timeout`.
+async fn flush(producer: FixProducer, timeout: Duration) {
+    match tokio::task::spawn_blocking(move || producer.flush(timeout)).await {
         Ok(Ok(())) => tracing::info!("producer flushed"),
         Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete at shutdown"),
         Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
     }
-    served?;
-    Ok(())
 }

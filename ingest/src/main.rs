@@ -8,9 +8,6 @@ use gps_runtime::shutdown::Shutdown;
 async fn main() -> anyhow::Result<()> {
     let config = ingest::Config::parse();
     gps_runtime::telemetry::init(&config.log);
-    if let Err(problems) = config.validate() {
-        anyhow::bail!("invalid configuration:\n{problems}");
-    }
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
     let http = gps_runtime::bind_tcp(config.http_addr, "INGEST_HTTP_ADDR").await?;

@@ -1,21 +1,62 @@
 //! The Kafka producer of `gps.fixes`: idempotent, `acks=all`, one record per device per request
-//! (a [`FixEnvelope`]), keyed by device id. A request is answered only after its delivery future
-//! resolved; a full queue or a broker that does not acknowledge within the delivery timeout is a
-//! 503 with `Retry-After`, never a silent drop.
+//! (a [`FixEnvelope`], built here for every protocol), keyed by device id. A request is answered
+//! only after its delivery future resolved; a full queue or a broker that does not acknowledge
+//! within the delivery timeout is a [`ProduceError`] (HTTP answers 503 with `Retry-After`, UDP
+//! drops and counts), never a silent drop. Fixes are counted accepted or refused here, for every
+//! protocol alike.
 
+use crate::auth::DeviceRecord;
 use crate::config::ProducerArgs;
-use crate::error::ApiError;
 use crate::metrics::Metrics;
-use gps_domain::FixEnvelope;
+use gps_domain::{Fix, FixEnvelope, Protocol};
 use gps_runtime::config::KafkaArgs;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Least time between two producer rebuilds.
 const REBUILD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Fixes that did not reach the log. Every failure is temporary: the device should retry after
+/// `retry_after_secs` (`INGEST_RETRY_AFTER_SECS`).
+#[derive(Debug, thiserror::Error)]
+#[error("{failure}")]
+pub struct ProduceError {
+    /// What went wrong.
+    pub failure: ProduceFailure,
+    /// How long the device should wait before retrying.
+    pub retry_after_secs: u32,
+}
+
+/// What went wrong on the way to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceFailure {
+    /// The producer queue is full (the broker is slow or away).
+    #[error("kafka producer queue full")]
+    QueueFull,
+    /// The record could not be enqueued.
+    #[error("kafka enqueue failed: {0}")]
+    Enqueue(KafkaError),
+    /// The broker refused or never acknowledged the record.
+    #[error("kafka delivery failed: {0}")]
+    Delivery(KafkaError),
+    /// No delivery report within the delivery timeout (a lost callback).
+    #[error("kafka delivery timed out")]
+    TimedOut,
+    /// The producer was dropped with the record in flight.
+    #[error("kafka producer shut down")]
+    ShutDown,
+}
+
+impl ProduceError {
+    /// The metric `reason` label of the refused fixes.
+    pub fn reason(&self) -> &'static str {
+        "unavailable"
+    }
+}
 
 /// The fixes producer (cheap to clone).
 ///
@@ -44,7 +85,7 @@ impl std::fmt::Debug for FixProducer {
 }
 
 /// An enqueued record whose acknowledgement is still pending.
-pub struct Pending {
+struct Pending {
     delivery: DeliveryFuture,
     started: Instant,
 }
@@ -131,15 +172,42 @@ impl FixProducer {
         ) || self.current().client().fatal_error().is_some()
     }
 
-    fn unavailable(&self, detail: impl Into<String>) -> ApiError {
-        ApiError::Unavailable {
+    fn error(&self, failure: ProduceFailure) -> ProduceError {
+        ProduceError {
+            failure,
             retry_after_secs: self.retry_after_secs,
-            detail: detail.into(),
         }
     }
 
-    /// Enqueue an envelope without waiting: fails at once when the producer queue is full.
-    pub fn enqueue(&self, envelope: &FixEnvelope) -> Result<Pending, ApiError> {
+    /// Count `fixes` of `protocol` as accepted, or refused with the error's reason.
+    fn count(&self, protocol: Protocol, fixes: u64, outcome: Result<(), &ProduceError>) {
+        match outcome {
+            Ok(()) => self
+                .metrics
+                .fixes_accepted
+                .with_label_values(&[protocol.as_str()])
+                .inc_by(fixes),
+            Err(e) => self.metrics.refused(protocol, e.reason(), fixes),
+        }
+    }
+
+    /// Build the envelope of one device's fixes, received at `received_at_ms`, and enqueue it
+    /// without waiting: fails at once when the producer queue is full.
+    fn enqueue(
+        &self,
+        device: &DeviceRecord,
+        protocol: Protocol,
+        received_at_ms: i64,
+        fixes: Vec<Fix>,
+    ) -> Result<Pending, ProduceError> {
+        let envelope = FixEnvelope::new(
+            device.tenant_id,
+            device.id,
+            device.uid.clone(),
+            protocol,
+            received_at_ms,
+            fixes,
+        );
         let key = envelope.key();
         let payload = envelope.encode();
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
@@ -149,14 +217,63 @@ impl FixProducer {
                 started: Instant::now(),
             }),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Err(self.unavailable("kafka producer queue full"))
+                Err(self.error(ProduceFailure::QueueFull))
             }
-            Err((e, _)) => Err(self.unavailable(format!("kafka enqueue failed: {e}"))),
+            Err((e, _)) => Err(self.error(ProduceFailure::Enqueue(e))),
         }
     }
 
+    /// Enqueue one device's fixes now and return the wait for their acknowledgement, which
+    /// counts them accepted or refused; for UDP, where nobody waits for an answer and the
+    /// receive loop must not wait on the broker. Enqueueing now keeps the records in the order
+    /// the datagrams arrived.
+    pub fn produce_detached(
+        &self,
+        device: &DeviceRecord,
+        protocol: Protocol,
+        fixes: Vec<Fix>,
+    ) -> Result<impl Future<Output = ()> + Send + 'static, ProduceError> {
+        let count = fixes.len() as u64;
+        let pending = self
+            .enqueue(device, protocol, gps_domain::fix::now_millis(), fixes)
+            .inspect_err(|e| self.count(protocol, count, Err(e)))?;
+        let producer = self.clone();
+        Ok(async move {
+            let outcome = producer.acknowledged(pending).await;
+            if let Err(e) = &outcome {
+                tracing::warn!(protocol = protocol.as_str(), error = %e, "fixes not acknowledged by kafka");
+            }
+            producer.count(protocol, count, outcome.as_ref().map(|_| ()));
+        })
+    }
+
+    /// Produce one envelope per device, all received now, and wait until Kafka acknowledged
+    /// every one; returns the number of fixes acknowledged. When any record fails, every fix of
+    /// the request counts as refused and the request fails: records already acknowledged stay
+    /// in the log, and the device's retry duplicates them, which the processor dedupes by device
+    /// and fix time (at-least-once).
+    pub async fn produce(
+        &self,
+        protocol: Protocol,
+        batches: Vec<(Arc<DeviceRecord>, Vec<Fix>)>,
+    ) -> Result<usize, ProduceError> {
+        let received_at_ms = gps_domain::fix::now_millis();
+        let total: usize = batches.iter().map(|(_, fixes)| fixes.len()).sum();
+        let outcome = async {
+            let pending = batches
+                .into_iter()
+                .map(|(device, fixes)| self.enqueue(&device, protocol, received_at_ms, fixes))
+                .collect::<Result<Vec<_>, _>>()?;
+            let acks = futures::future::join_all(pending.into_iter().map(|p| self.acknowledged(p)));
+            acks.await.into_iter().collect::<Result<(), _>>()
+        }
+        .await;
+        self.count(protocol, total as u64, outcome.as_ref().map(|_| ()));
+        outcome.map(|()| total)
+    }
+
     /// Wait for the broker's acknowledgement of an enqueued record.
-    pub async fn acknowledged(&self, pending: Pending) -> Result<(), ApiError> {
+    async fn acknowledged(&self, pending: Pending) -> Result<(), ProduceError> {
         // librdkafka fails the record itself after `message.timeout.ms`; the outer timeout only
         // guards against a lost callback.
         let outcome = tokio::time::timeout(
@@ -175,22 +292,16 @@ impl FixProducer {
                 if self.needs_rebuild(&e) {
                     self.rebuild(&e);
                 }
-                Err(self.unavailable(format!("kafka delivery failed: {e}")))
+                Err(self.error(ProduceFailure::Delivery(e)))
             }
-            Ok(Err(_canceled)) => Err(self.unavailable("kafka producer shut down")),
+            Ok(Err(_canceled)) => Err(self.error(ProduceFailure::ShutDown)),
             Err(_elapsed) => {
                 self.rebuild(&KafkaError::MessageProduction(
                     RDKafkaErrorCode::MessageTimedOut,
                 ));
-                Err(self.unavailable("kafka delivery timed out"))
+                Err(self.error(ProduceFailure::TimedOut))
             }
         }
-    }
-
-    /// Enqueue and wait for the acknowledgement.
-    pub async fn send(&self, envelope: &FixEnvelope) -> Result<(), ApiError> {
-        let pending = self.enqueue(envelope)?;
-        self.acknowledged(pending).await
     }
 
     /// Records queued or in flight.

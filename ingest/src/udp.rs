@@ -7,15 +7,15 @@
 //!
 //! One task receives: after `readable()` it drains the socket with `try_recv_from` until it would
 //! block, so a flood costs one wake-up per burst, not per datagram. Acknowledgements are awaited
-//! in spawned tasks so the receive loop never waits on the broker. The replay windows live in
+//! in tracked tasks so the receive loop never waits on the broker. The replay windows live in
 //! this task's memory: after a restart they start empty (see `docs/udp.md`).
 
 use crate::auth::AuthCache;
 use crate::metrics::Metrics;
 use crate::producer::FixProducer;
 use gps_domain::wire::udp::{self, ReplayWindow, UdpError};
-use gps_domain::{FixEnvelope, Protocol};
-use gps_runtime::shutdown::Shutdown;
+use gps_domain::Protocol;
+use gps_runtime::service::Tasks;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
@@ -48,24 +48,20 @@ impl UdpIngest {
         tracing::debug!(reason, "udp datagram dropped");
     }
 
-    /// Receive until shutdown.
-    pub async fn run(mut self, socket: UdpSocket, shutdown: Shutdown) {
+    /// Receive until shutdown; an error only if the socket can no longer be polled.
+    pub async fn run(mut self, socket: UdpSocket, tasks: Tasks) -> std::io::Result<()> {
+        let token = tasks.token();
         // Larger than any valid datagram, so an oversized one is seen as such, not truncated
         // into something that might parse.
         let mut buf = vec![0u8; udp::MAX_DATAGRAM * 2];
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                ready = socket.readable() => {
-                    if let Err(e) = ready {
-                        tracing::warn!(error = %e, "udp socket not readable");
-                        continue;
-                    }
-                }
+                _ = token.cancelled() => return Ok(()),
+                ready = socket.readable() => ready?,
             }
             loop {
                 match socket.try_recv_from(&mut buf) {
-                    Ok((n, _peer)) => self.handle(&buf[..n], &shutdown).await,
+                    Ok((n, _peer)) => self.handle(&buf[..n], &tasks).await,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         // e.g. ICMP errors surfacing on Linux; the socket stays usable.
@@ -77,8 +73,8 @@ impl UdpIngest {
         }
     }
 
-    /// Handle one datagram.
-    pub async fn handle(&mut self, datagram: &[u8], shutdown: &Shutdown) {
+    /// Handle one datagram; the wait for Kafka's acknowledgement becomes a task of `tasks`.
+    pub async fn handle(&mut self, datagram: &[u8], tasks: &Tasks) {
         self.metrics.udp_datagrams.inc();
         let header = match udp::parse_header(datagram) {
             Ok(header) => header,
@@ -104,39 +100,16 @@ impl UdpIngest {
         if let Err(e @ UdpError::Replayed) = window.accept(opened.counter) {
             return self.drop_datagram(e.reason());
         }
-        let count = opened.fixes.len() as u64;
         self.metrics
             .fixes_received
             .with_label_values(&[Protocol::Udp.as_str()])
-            .inc_by(count);
-        let envelope = FixEnvelope::new(
-            device.tenant_id,
-            device.id,
-            device.uid.clone(),
-            Protocol::Udp,
-            gps_domain::fix::now_millis(),
-            opened.fixes,
-        );
-        let pending = match self.producer.enqueue(&envelope) {
-            Ok(pending) => pending,
-            Err(e) => {
-                self.metrics.refused(Protocol::Udp, e.reason(), count);
-                return self.drop_datagram("unavailable");
-            }
-        };
-        let producer = self.producer.clone();
-        let metrics = self.metrics.clone();
-        shutdown.spawn(async move {
-            match producer.acknowledged(pending).await {
-                Ok(()) => metrics
-                    .fixes_accepted
-                    .with_label_values(&[Protocol::Udp.as_str()])
-                    .inc_by(count),
-                Err(e) => {
-                    tracing::warn!(error = %e, "udp fixes not acknowledged by kafka");
-                    metrics.refused(Protocol::Udp, e.reason(), count);
-                }
-            }
-        });
+            .inc_by(opened.fixes.len() as u64);
+        match self
+            .producer
+            .produce_detached(&device, Protocol::Udp, opened.fixes)
+        {
+            Ok(acknowledged) => tasks.spawn("udp-ack", acknowledged),
+            Err(e) => self.drop_datagram(e.reason()),
+        }
     }
 }

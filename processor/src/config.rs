@@ -1,6 +1,7 @@
 //! The processor's typed configuration: flags and env vars for the service, its batching and
 //! caches, partition upkeep, and the `replay` subcommand.
 
+use crate::batches::BatchLimits;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gps_runtime::config::{DatabaseArgs, KafkaArgs, LogArgs, RedisArgs};
 use std::net::SocketAddr;
@@ -168,6 +169,15 @@ impl Default for BatchArgs {
 }
 
 impl BatchArgs {
+    /// When a batch closes.
+    pub fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_fixes: self.max_fixes as usize,
+            max_wait: self.max_wait(),
+            idle: self.idle(),
+        }
+    }
+
     /// Max batch wait as a duration.
     pub fn max_wait(&self) -> Duration {
         Duration::from_millis(self.max_wait_ms)

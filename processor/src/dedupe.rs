@@ -3,13 +3,10 @@
 //! the speed check. Both are only ever filled with what the database has committed, so a miss
 //! costs a database round trip and a hit is always right.
 
-use gps_domain::fix::EpochMillis;
 use gps_domain::validation::PreviousFix;
+use gps_store::positions::FixKey;
 use std::collections::{HashMap, HashSet, VecDeque};
 use uuid::Uuid;
-
-/// A (device, fix time) pair: the primary key of `positions`.
-pub type FixKey = (Uuid, EpochMillis);
 
 /// A bounded set of stored fix keys, evicting the oldest insertions first.
 #[derive(Debug)]

@@ -1,18 +1,21 @@
 //! GPS processor: validate, dedupe, store, publish.
 //!
-//! Consumes `gps.fixes` in a consumer group ([`consumer`]), runs each batch through the
-//! [`pipeline`] (validation with reason codes, in-memory and database dedupe, one transaction
-//! per batch via [`writer`]), quarantines rejects to `gps.fixes.rejected`, commits offsets
-//! after the database commit, and publishes newly stored fixes to Redis ([`publisher`]).
-//! [`replay`] rebuilds the projections from the log; [`upkeep`] maintains daily partitions when
-//! TimescaleDB is absent. `run` takes a bound listener so tests can bind port 0 and call it.
+//! Reading order: [`plan`] is the pure core (one batch of records in, the rows to write, the
+//! rejects to quarantine and the duplicates out); [`pipeline`] loads what it needs, writes with
+//! [`writer`] and quarantines in one go; [`batches`] is the one batch loop (fill, run with
+//! retries, publish, commit) over a batch source: the consumer group of the service
+//! ([`consumer`]) or a bounded range of the log ([`replay`]). [`publisher`] sends newly stored
+//! fixes to Redis after the commit; [`upkeep`] maintains daily partitions when TimescaleDB is
+//! absent. `run` takes a bound listener so tests can bind port 0 and call it.
 
+pub mod batches;
 pub mod config;
 pub mod consumer;
 pub mod dedupe;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
+pub mod plan;
 pub mod publisher;
 pub mod replay;
 pub mod upkeep;
@@ -21,116 +24,109 @@ pub mod writer;
 pub use config::{Command, Config, ReplayArgs, WriteMode};
 pub use error::ProcessorError;
 
-use consumer::LoopSettings;
+use batches::{run_batches, RetryPolicy, Sinks};
+use consumer::GroupSource;
 use gps_runtime::db::StorageMode;
 use gps_runtime::ops::{self, Readiness};
+use gps_runtime::service::Service;
 use gps_runtime::shutdown::Shutdown;
 use metrics::Metrics;
-use pipeline::{Pipeline, PipelineSettings, RejectSink};
+use pipeline::{Pipeline, RejectSink};
 use publisher::Publisher;
+use sqlx::PgPool;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use writer::Writer;
 
-/// Errors that stop the service (kept under its historical name for `main`).
-pub type ServiceError = ProcessorError;
+/// How long the tasks get to finish once the service stops (the batch in hand, the offset
+/// commit, the live queue).
+const DRAIN: Duration = Duration::from_secs(20);
 
-/// Run the service until `shutdown` fires: migrate, consume, serve `/healthz`, `/readyz`,
-/// `/metrics`. On shutdown the batch in hand is finished and committed and the consumer leaves
-/// its group before this returns.
+/// Connect to the database of `config`, migrate it (safe when several instances start
+/// together: sqlx takes an advisory lock) and tell which storage path it took.
+pub(crate) async fn open_database(
+    config: &Config,
+) -> Result<(PgPool, StorageMode), ProcessorError> {
+    let pool = gps_runtime::db::connect(&config.database).await?;
+    gps_runtime::db::migrate(&pool).await?;
+    let storage = gps_runtime::db::storage_mode(&pool).await?;
+    Ok((pool, storage))
+}
+
+/// Run the service until `shutdown` fires or a critical task stops: migrate, consume, serve
+/// `/healthz`, `/readyz`, `/metrics`. On shutdown the batch in hand is finished and committed and
+/// the consumer leaves its group before this returns; a batch that fails fatally stops the
+/// service with its error.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), ProcessorError> {
-    let pool = gps_runtime::db::connect(&config.database).await?;
-    // Safe when several instances start together: sqlx takes an advisory lock.
-    gps_runtime::db::migrate(&pool).await?;
-    let storage = gps_runtime::db::storage_mode(&pool).await?;
+    let (pool, storage) = open_database(&config).await?;
     gps_runtime::kafka::probe(&config.kafka, Duration::from_secs(10)).await?;
     gps_runtime::kafka::ensure_standard_topics(&config.kafka).await?;
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry);
-
-    let settings = LoopSettings {
-        group_id: config.group_id.clone(),
-        max_fixes: config.batch.max_fixes as usize,
-        max_wait: config.batch.max_wait(),
-        idle: config.batch.idle(),
-        fetch_wait_ms: config.batch.fetch_wait_ms,
-    };
-    let (consumer, state) = consumer::subscribe(&config.kafka, &settings, metrics.clone())?;
-    let rejects = RejectSink::new(
-        RejectSink::producer(&config.kafka)?,
-        config.kafka.rejected_topic.clone(),
-    );
-    let writer = Writer::new(
+    let mut source = GroupSource::subscribe(
+        &config.kafka,
+        &config.group_id,
+        config.batch.fetch_wait_ms,
+        metrics.clone(),
+    )?;
+    let rejects = RejectSink::new(&config.kafka)?;
+    let mut pipeline = Pipeline::from_config(
+        &config,
         pool.clone(),
-        config.batch.write_mode,
         storage,
-        metrics.clone(),
-    );
-    let pipeline = Pipeline::new(
-        pool.clone(),
-        writer,
         Some(rejects),
-        PipelineSettings {
-            topic: config.kafka.fixes_topic.clone(),
-            dedupe_capacity: config.batch.dedupe_capacity,
-            device_cache_capacity: config.batch.device_cache_capacity,
-            tenant_settings_ttl: Duration::from_secs(config.batch.tenant_settings_ttl_secs),
-        },
         metrics.clone(),
     );
-    let (publisher, publisher_task) = Publisher::spawn(config.redis.clone(), metrics.clone());
+    let (publisher, publish_task) = Publisher::new(config.redis.clone(), metrics.clone());
+    let readiness = Readiness::new().postgres(&pool).kafka(&config.kafka);
+    let addr = listener
+        .local_addr()
+        .map_err(gps_runtime::RuntimeError::from)?;
+    tracing::info!(%addr, group = %config.group_id, topic = %config.kafka.fixes_topic, ?storage, "processor listening");
 
+    let service = Service::new("processor", shutdown);
+    let stop = service.token();
+    service
+        .serve(
+            "http",
+            listener,
+            ops::router("processor", registry, readiness),
+        )
+        .background("publisher", publish_task);
     if storage == StorageMode::Partitioned {
-        shutdown.spawn(upkeep::run(
-            pool.clone(),
+        let drops = pipeline.writer().partition_drops();
+        let upkeep = upkeep::run(
+            pool,
             config.upkeep.clone(),
             metrics.clone(),
-            shutdown.clone(),
-        ));
+            drops,
+            stop.clone(),
+        );
+        service.background("upkeep", upkeep);
     }
-
-    let kafka = config.kafka.clone();
-    let ready_pool = pool.clone();
-    let readiness = Readiness::new()
-        .with("postgres", move || {
-            let pool = ready_pool.clone();
-            async move { gps_runtime::db::ping(&pool).await }
-        })
-        .with("kafka", move || {
-            let kafka = kafka.clone();
-            async move {
-                gps_runtime::kafka::probe(&kafka, Duration::from_millis(1500))
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        });
-    tracing::info!(addr = %listener.local_addr()?, group = %config.group_id, topic = %config.kafka.fixes_topic, ?storage, "processor listening");
-    let router = ops::router("processor", registry, readiness);
-    let server = tokio::spawn(ops::serve(listener, router, shutdown.clone()));
-
-    let result = consumer::run_loop(
-        consumer,
-        state,
-        pipeline,
-        publisher,
-        settings,
-        metrics,
-        shutdown.clone(),
-    )
-    .await;
-    // Whatever ended the loop ends the service.
-    shutdown.trigger();
-    // The loop dropped its publisher handle: the task drains its queue and stops.
-    let _ = tokio::time::timeout(Duration::from_secs(5), publisher_task).await;
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.into()),
-        Err(_) => return Err(ProcessorError::TaskFailed("http server")),
-    }
-    result
+    let limits = config.batch.limits();
+    let consume = async move {
+        // Owns the publisher handle: when the loop ends, the publisher drains and stops.
+        let sinks = Sinks {
+            publisher: Some(&publisher),
+            metrics: &metrics,
+        };
+        run_batches(
+            &mut source,
+            &mut pipeline,
+            sinks,
+            &limits,
+            &RetryPolicy::SERVICE,
+            &stop,
+        )
+        .await
+        .map(drop)
+    };
+    service.critical("consumer", consume);
+    service.run(DRAIN).await?;
+    Ok(())
 }

@@ -133,9 +133,4 @@ impl Metrics {
         }
         metrics
     }
-
-    /// Count one reject.
-    pub fn reject(&self, reason: RejectReason) {
-        self.rejected.with_label_values(&[reason.as_str()]).inc();
-    }
 }

@@ -1,89 +1,27 @@
-//! One batch from records to committed rows, shared by the service and `replay`: decode,
-//! validate against per-tenant thresholds and the device's previous accepted fix, drop
-//! duplicates (memory first, then `ON CONFLICT DO NOTHING`), write, and quarantine rejects.
+//! One batch from records to committed rows, shared by the service and `replay`: load what the
+//! pure core needs (tenant thresholds, devices' previous fixes), [`classify`] the batch, write
+//! its rows and quarantine its rejects concurrently, then [`BatchPlan::settle`] the caches.
 //!
-//! A batch either succeeds as a whole or fails with a transient error and can be run again
-//! with the same records: caches are only updated with what the database committed, and
-//! rejects are produced (and acknowledged) before the caller commits any offset.
+//! A batch either succeeds as a whole or fails and can be run again with the same records:
+//! the caches only learn what the database committed, and rejects are produced (and
+//! acknowledged) before the caller commits any offset.
 
-use crate::dedupe::{DedupeCache, DeviceCache, FixKey};
+use crate::batches::BatchStage;
+use crate::config::Config;
 use crate::error::ProcessorError;
 use crate::metrics::Metrics;
-use crate::writer::{EnvelopeMeta, PositionRow, Writer};
+use crate::plan::{classify, BatchOutcome, BatchPlan, Caches, InRecord};
+use crate::writer::Writer;
 use gps_domain::fix::now_millis;
-use gps_domain::reject::{RejectReason, RejectRecord, SourcePosition};
-use gps_domain::validation::{self, PreviousFix, Thresholds};
-use gps_domain::FixEnvelope;
+use gps_domain::reject::RejectRecord;
+use gps_domain::validation::{PreviousFix, Thresholds};
+use gps_runtime::db::StorageMode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use uuid::Uuid;
-
-/// A record of the fixes topic, decoded (or not) as it was consumed.
-#[derive(Debug)]
-pub struct InRecord {
-    /// Source partition.
-    pub partition: i32,
-    /// Source offset.
-    pub offset: i64,
-    /// The envelope, or why it could not be read (with the raw payload).
-    pub body: Result<FixEnvelope, BadRecord>,
-}
-
-/// A record that is not a readable envelope.
-#[derive(Debug)]
-pub struct BadRecord {
-    /// The reason code.
-    pub reason: RejectReason,
-    /// The decoder's message.
-    pub detail: String,
-    /// The raw payload.
-    pub raw: Vec<u8>,
-}
-
-impl InRecord {
-    /// Decode a consumed payload.
-    pub fn decode(partition: i32, offset: i64, payload: Option<&[u8]>) -> Self {
-        let body = match payload {
-            None => Err(BadRecord {
-                reason: RejectReason::MalformedRecord,
-                detail: "record has no value".into(),
-                raw: Vec::new(),
-            }),
-            Some(bytes) => FixEnvelope::decode(bytes).map_err(|e| BadRecord {
-                reason: RejectReason::for_envelope_error(&e),
-                detail: e.to_string(),
-                raw: bytes.to_vec(),
-            }),
-        };
-        Self {
-            partition,
-            offset,
-            body,
-        }
-    }
-
-    /// Fixes carried (1 for an unreadable record, which still costs a reject).
-    pub fn weight(&self) -> usize {
-        match &self.body {
-            Ok(envelope) => envelope.fixes.len(),
-            Err(_) => 1,
-        }
-    }
-}
-
-/// What one batch did.
-#[derive(Debug, Default)]
-pub struct BatchOutcome {
-    /// Newly stored fixes (not duplicates), for the live publish.
-    pub stored: Vec<PositionRow>,
-    /// Fixes (and unreadable records) quarantined, by reason.
-    pub rejected: HashMap<RejectReason, usize>,
-    /// Duplicates dropped.
-    pub duplicates: usize,
-}
 
 /// Produces reject records to the quarantine topic and waits for the broker's acks.
 #[derive(Clone)]
@@ -92,54 +30,46 @@ pub struct RejectSink {
     topic: String,
 }
 
+impl std::fmt::Debug for RejectSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RejectSink")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
 impl RejectSink {
-    /// A sink writing to `topic`.
-    pub fn new(producer: FutureProducer, topic: String) -> Self {
-        Self { producer, topic }
+    /// A sink to the quarantine topic of `kafka`, with the pipeline's delivery guarantees
+    /// (idempotent, `acks=all`).
+    pub fn new(kafka: &gps_runtime::config::KafkaArgs) -> Result<Self, ProcessorError> {
+        let producer = gps_runtime::kafka::client_config(kafka, "gps-processor-rejects")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: kafka.rejected_topic.clone(),
+        })
     }
 
-    /// A producer with the pipeline's delivery guarantees (idempotent, `acks=all`).
-    pub fn producer(
-        kafka: &gps_runtime::config::KafkaArgs,
-    ) -> Result<FutureProducer, ProcessorError> {
-        Ok(
-            gps_runtime::kafka::client_config(kafka, "gps-processor-rejects")
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                .set("linger.ms", "5")
-                .set("message.timeout.ms", "30000")
-                .create()?,
-        )
-    }
-
-    async fn send_all(&self, records: &[RejectRecord]) -> Result<(), ProcessorError> {
-        let mut encoded: Vec<(String, Vec<u8>)> = Vec::with_capacity(records.len());
-        for record in records {
-            encoded.push((record.key(), record.encode()));
-        }
-        let mut sends = Vec::with_capacity(encoded.len());
-        for (key, payload) in &encoded {
-            sends.push(self.producer.send(
+    /// Produce every record and wait until the broker acknowledged them all.
+    pub async fn send_all(&self, records: &[RejectRecord]) -> Result<(), ProcessorError> {
+        let encoded: Vec<(String, Vec<u8>)> =
+            records.iter().map(|r| (r.key(), r.encode())).collect();
+        let sends = encoded.iter().map(|(key, payload)| {
+            self.producer.send(
                 FutureRecord::to(&self.topic).key(key).payload(payload),
                 Duration::from_secs(30),
-            ));
-        }
+            )
+        });
         for result in futures::future::join_all(sends).await {
             if let Err((error, _)) = result {
                 return Err(error.into());
             }
         }
         Ok(())
-    }
-}
-
-async fn send_rejects(
-    sink: Option<&RejectSink>,
-    rejects: &[RejectRecord],
-) -> Result<(), ProcessorError> {
-    match sink {
-        Some(sink) if !rejects.is_empty() => sink.send_all(rejects).await,
-        _ => Ok(()),
     }
 }
 
@@ -157,14 +87,13 @@ impl TenantCache {
         tenants: &HashSet<Uuid>,
     ) -> Result<HashMap<Uuid, Thresholds>, sqlx::Error> {
         let now = Instant::now();
-        let mut stale: Vec<Uuid> = Vec::new();
-        for t in tenants {
-            let fresh =
-                matches!(self.entries.get(t), Some((_, at)) if now.duration_since(*at) <= self.ttl);
-            if !fresh {
-                stale.push(*t);
-            }
-        }
+        let stale: Vec<Uuid> = tenants
+            .iter()
+            .filter(|t| {
+                !matches!(self.entries.get(t), Some((_, at)) if now.duration_since(*at) <= self.ttl)
+            })
+            .copied()
+            .collect();
         if !stale.is_empty() {
             let rows: Vec<(Uuid, serde_json::Value)> =
                 sqlx::query_as("SELECT id, settings FROM tenants WHERE id = ANY($1)")
@@ -193,26 +122,12 @@ impl TenantCache {
     }
 }
 
-/// Settings of a [`Pipeline`].
-#[derive(Debug, Clone)]
-pub struct PipelineSettings {
-    /// Source topic name (goes into reject records).
-    pub topic: String,
-    /// In-memory dedupe capacity, keys.
-    pub dedupe_capacity: usize,
-    /// Device cache capacity.
-    pub device_cache_capacity: usize,
-    /// Tenant settings cache time to live.
-    pub tenant_settings_ttl: Duration,
-}
-
 /// The batch pipeline and its caches.
 pub struct Pipeline {
     pool: PgPool,
     writer: Writer,
     rejects: Option<RejectSink>,
-    dedupe: DedupeCache,
-    devices: DeviceCache,
+    caches: Caches,
     tenants: TenantCache,
     metrics: Metrics,
     topic: String,
@@ -227,43 +142,69 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// A pipeline writing with `writer`; rejects go to `rejects`, or are only counted when
-    /// `None` (replay: the live run already quarantined them).
-    pub fn new(
+    /// The pipeline `config` describes, on `pool` (the service and `replay` alike). Rejects go
+    /// to `rejects`, or are only counted when `None` (replay: the live run already quarantined
+    /// them).
+    pub fn from_config(
+        config: &Config,
         pool: PgPool,
-        writer: Writer,
+        storage: StorageMode,
         rejects: Option<RejectSink>,
-        settings: PipelineSettings,
         metrics: Metrics,
     ) -> Self {
+        let batch = &config.batch;
         Self {
+            writer: Writer::new(pool.clone(), batch.write_mode, storage, metrics.clone()),
             pool,
-            writer,
             rejects,
-            dedupe: DedupeCache::new(settings.dedupe_capacity),
-            devices: DeviceCache::new(settings.device_cache_capacity),
+            caches: Caches::new(batch.dedupe_capacity, batch.device_cache_capacity),
             tenants: TenantCache {
                 entries: HashMap::new(),
-                ttl: settings.tenant_settings_ttl,
+                ttl: Duration::from_secs(batch.tenant_settings_ttl_secs),
             },
             metrics,
-            topic: settings.topic,
+            topic: config.kafka.fixes_topic.clone(),
         }
     }
 
-    /// Forget per-device state (partitions moved: another instance may have advanced it).
-    pub fn forget_devices(&mut self) {
-        self.devices.clear();
-    }
-
-    /// The writer, for upkeep coordination.
-    pub fn writer_mut(&mut self) -> &mut Writer {
-        &mut self.writer
+    /// The writer, to wire partition upkeep to it.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
     }
 
     /// Run one batch. On `Err` nothing was committed to the caches and the batch may be run
     /// again with the same records.
     pub async fn process(&mut self, records: &[InRecord]) -> Result<BatchOutcome, ProcessorError> {
+        let thresholds = self.load(records).await?;
+        let plan = classify(
+            records,
+            &self.caches,
+            &thresholds,
+            &self.topic,
+            now_millis(),
+        );
+        log_rejects(&plan);
+        self.metrics.batch_fixes.observe(plan.rows.len() as f64);
+        let (written, sent) = tokio::join!(self.writer.write(&plan.rows), async {
+            match &self.rejects {
+                Some(sink) if !plan.rejects.is_empty() => sink.send_all(&plan.rejects).await,
+                _ => Ok(()),
+            }
+        });
+        sent?;
+        let inserted = written?;
+        // Committed: now the caches and counters may learn from it.
+        let outcome = plan.settle(&mut self.caches, &inserted);
+        self.count(records.len(), &outcome);
+        Ok(outcome)
+    }
+
+    /// What [`classify`] needs from the database: the thresholds of the batch's tenants, and
+    /// the previous fix of devices the cache does not know.
+    async fn load(
+        &mut self,
+        records: &[InRecord],
+    ) -> Result<HashMap<Uuid, Thresholds>, ProcessorError> {
         let mut tenants: HashSet<Uuid> = HashSet::new();
         let mut devices: Vec<Uuid> = Vec::new();
         for envelope in records.iter().filter_map(|r| r.body.as_ref().ok()) {
@@ -272,140 +213,13 @@ impl Pipeline {
         }
         let thresholds = self.tenants.load(&self.pool, &tenants).await?;
         self.load_devices(devices).await?;
-
-        let now = now_millis();
-        let mut outcome = BatchOutcome::default();
-        let mut rejects: Vec<RejectRecord> = Vec::new();
-        let mut rows: Vec<PositionRow> = Vec::new();
-        let mut batch_keys: HashSet<FixKey> = HashSet::new();
-        // Newest accepted fix per device within this batch, on top of the device cache.
-        let mut newest: HashMap<Uuid, PreviousFix> = HashMap::new();
-        let mut memory_dups = 0u64;
-        let mut batch_dups = 0u64;
-
-        for record in records {
-            let source = || SourcePosition {
-                topic: self.topic.clone(),
-                partition: record.partition,
-                offset: record.offset,
-            };
-            let envelope = match &record.body {
-                Ok(envelope) => envelope,
-                Err(bad) => {
-                    tracing::warn!(partition = record.partition, offset = record.offset, reason = %bad.reason, detail = %bad.detail, "record quarantined");
-                    *outcome.rejected.entry(bad.reason).or_default() += 1;
-                    rejects.push(RejectRecord::for_record(
-                        &bad.raw,
-                        bad.reason,
-                        bad.detail.clone(),
-                        source(),
-                        now,
-                    ));
-                    continue;
-                }
-            };
-            let meta = Arc::new(EnvelopeMeta {
-                tenant: envelope.tenant,
-                device: envelope.device,
-                uid: envelope.uid.clone(),
-                proto: envelope.proto,
-                rx: envelope.rx,
-            });
-            let limits = thresholds
-                .get(&envelope.tenant)
-                .copied()
-                .unwrap_or_default();
-            for (index, fix) in envelope.fixes.iter().enumerate() {
-                let key = (envelope.device, fix.fix_time);
-                if self.dedupe.contains(&key) {
-                    memory_dups += 1;
-                    continue;
-                }
-                if batch_keys.contains(&key) {
-                    batch_dups += 1;
-                    continue;
-                }
-                let previous = newest
-                    .get(&envelope.device)
-                    .copied()
-                    .or_else(|| self.devices.get(&envelope.device).flatten());
-                if let Err(rejection) =
-                    validation::validate(fix, envelope.rx, previous.as_ref(), &limits)
-                {
-                    tracing::debug!(device = %envelope.device, reason = %rejection.reason, detail = %rejection.detail, "fix rejected");
-                    *outcome.rejected.entry(rejection.reason).or_default() += 1;
-                    rejects.push(RejectRecord::for_fix(
-                        envelope,
-                        index,
-                        fix,
-                        rejection.reason,
-                        rejection.detail,
-                        source(),
-                        now,
-                    ));
-                    continue;
-                }
-                batch_keys.insert(key);
-                let candidate = PreviousFix::of(fix);
-                newest
-                    .entry(envelope.device)
-                    .and_modify(|p| {
-                        if candidate.fix_time > p.fix_time {
-                            *p = candidate;
-                        }
-                    })
-                    .or_insert(candidate);
-                rows.push(PositionRow {
-                    meta: meta.clone(),
-                    fix: fix.clone(),
-                });
-            }
-        }
-
-        self.metrics.batch_fixes.observe(rows.len() as f64);
-        let (written, sent) = tokio::join!(
-            self.writer.write(&rows),
-            send_rejects(self.rejects.as_ref(), &rejects)
-        );
-        sent?;
-        let inserted = written?;
-
-        // Committed: now the caches and counters may learn from it.
-        let database_dups = rows.len() - inserted.len();
-        for row in &rows {
-            self.dedupe.insert(row.key());
-        }
-        for (device, fix) in newest {
-            self.devices.advance(device, fix);
-        }
-        outcome.duplicates = memory_dups as usize + batch_dups as usize + database_dups;
-        outcome.stored = rows
-            .into_iter()
-            .filter(|r| inserted.contains(&r.key()))
-            .collect();
-        let m = &self.metrics;
-        m.records.inc_by(records.len() as u64);
-        m.accepted.inc_by(outcome.stored.len() as u64);
-        m.duplicates
-            .with_label_values(&["memory"])
-            .inc_by(memory_dups);
-        m.duplicates
-            .with_label_values(&["batch"])
-            .inc_by(batch_dups);
-        m.duplicates
-            .with_label_values(&["database"])
-            .inc_by(database_dups as u64);
-        for (reason, count) in &outcome.rejected {
-            m.rejected
-                .with_label_values(&[reason.as_str()])
-                .inc_by(*count as u64);
-        }
-        Ok(outcome)
+        Ok(thresholds)
     }
 
     /// Fill the device cache from `last_positions` for devices it does not know.
     async fn load_devices(&mut self, mut unknown: Vec<Uuid>) -> Result<(), sqlx::Error> {
-        unknown.retain(|d| self.devices.get(d).is_none());
+        let devices = &mut self.caches.devices;
+        unknown.retain(|d| devices.get(d).is_none());
         if unknown.is_empty() {
             return Ok(());
         }
@@ -422,21 +236,73 @@ impl Pipeline {
         let mut found: HashMap<Uuid, PreviousFix> = rows
             .into_iter()
             .map(|(device, t, lat, lon, accuracy_m)| {
-                (
-                    device,
-                    PreviousFix {
-                        fix_time: t.timestamp_millis(),
-                        lat,
-                        lon,
-                        accuracy_m,
-                    },
-                )
+                let fix_time = t.timestamp_millis();
+                let previous = PreviousFix {
+                    fix_time,
+                    lat,
+                    lon,
+                    accuracy_m,
+                };
+                (device, previous)
             })
             .collect();
         for device in unknown {
             let previous = found.remove(&device);
-            self.devices.set(device, previous);
+            self.caches.devices.set(device, previous);
         }
         Ok(())
+    }
+
+    fn count(&self, records: usize, outcome: &BatchOutcome) {
+        let m = &self.metrics;
+        m.records.inc_by(records as u64);
+        m.accepted.inc_by(outcome.stored.len() as u64);
+        let d = outcome.duplicates;
+        for (stage, count) in [
+            ("memory", d.memory),
+            ("batch", d.batch),
+            ("database", d.database),
+        ] {
+            m.duplicates
+                .with_label_values(&[stage])
+                .inc_by(count as u64);
+        }
+        for (reason, count) in &outcome.rejected {
+            m.rejected
+                .with_label_values(&[reason.as_str()])
+                .inc_by(*count as u64);
+        }
+    }
+}
+
+impl BatchStage for Pipeline {
+    async fn process(&mut self, records: &[InRecord]) -> Result<BatchOutcome, ProcessorError> {
+        Pipeline::process(self, records).await
+    }
+
+    fn forget_devices(&mut self) {
+        self.caches.devices.clear();
+    }
+}
+
+/// Unreadable records are worth a warning each; refused fixes are routine (debug).
+fn log_rejects(plan: &BatchPlan) {
+    for reject in &plan.rejects {
+        let source = &reject.source;
+        match reject.device {
+            None => tracing::warn!(
+                partition = source.partition,
+                offset = source.offset,
+                reason = %reject.reason,
+                detail = %reject.detail,
+                "record quarantined"
+            ),
+            Some(device) => tracing::debug!(
+                %device,
+                reason = %reject.reason,
+                detail = %reject.detail,
+                "fix rejected"
+            ),
+        }
     }
 }

@@ -1,20 +1,22 @@
 //! The live publish: after a batch commits, its newly stored fixes go to Redis as one
 //! [`LiveBatch`] per tenant on [`channel_for`]`(tenant)` (`docs/live.md`).
 //!
-//! Publishing runs in its own task behind a bounded queue, so a slow or absent Redis never
+//! Publishing runs in its own task (the service starts [`Publisher::new`]'s future) behind a
+//! bounded queue, so a slow or absent Redis never
 //! holds up storage: when the queue is full or Redis fails, the message is dropped, counted
 //! (`gps_processor_publish_failures_total`) and logged, and the connection manager reconnects.
 //! Live is a best-effort projection; the database (and the log) stay complete.
 
 use crate::metrics::Metrics;
-use crate::writer::PositionRow;
 use gps_domain::live::{channel_for, LiveBatch, LiveFix};
 use gps_runtime::config::RedisArgs;
+use gps_store::positions::StoredFix;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 /// Messages waiting for Redis before new ones are dropped.
@@ -30,15 +32,16 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Start the publisher task for `args`.
-    pub fn spawn(args: RedisArgs, metrics: Metrics) -> (Self, JoinHandle<()>) {
+    /// A handle, and the publisher task for `args` to run: it publishes what the handles
+    /// queue and ends once every handle is dropped and the queue is drained.
+    pub fn new(args: RedisArgs, metrics: Metrics) -> (Self, impl Future<Output = ()> + Send) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(publish_loop(args, rx, metrics.clone()));
+        let task = publish_loop(args, rx, metrics.clone());
         (Self { tx, metrics }, task)
     }
 
     /// Queue the newly stored fixes of one committed batch, one message per tenant.
-    pub fn publish_stored(&self, rows: &[PositionRow]) {
+    pub fn publish_stored(&self, rows: &[StoredFix]) {
         for (tenant, batch) in live_batches(rows) {
             if self
                 .tx
@@ -54,19 +57,16 @@ impl Publisher {
 
 /// Group stored rows per tenant; each tenant's fixes ordered by fix time (stable), so every
 /// device's fixes are in fix-time order.
-pub fn live_batches(rows: &[PositionRow]) -> Vec<(Uuid, LiveBatch)> {
+pub fn live_batches(rows: &[StoredFix]) -> Vec<(Uuid, LiveBatch)> {
     let mut per_tenant: BTreeMap<Uuid, Vec<LiveFix>> = BTreeMap::new();
     for row in rows {
-        per_tenant
-            .entry(row.meta.tenant)
-            .or_default()
-            .push(LiveFix {
-                device: row.meta.device,
-                uid: row.meta.uid.clone(),
-                proto: row.meta.proto,
-                rx: row.meta.rx,
-                fix: row.fix.clone(),
-            });
+        per_tenant.entry(row.tenant).or_default().push(LiveFix {
+            device: row.device,
+            uid: row.uid.to_string(),
+            proto: row.protocol,
+            rx: row.received,
+            fix: row.fix.clone(),
+        });
     }
     per_tenant
         .into_iter()
@@ -136,35 +136,30 @@ async fn publish_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writer::EnvelopeMeta;
     use gps_domain::fix::{Fix, Protocol};
-    use std::sync::Arc;
 
     #[test]
     fn one_batch_per_tenant_in_fix_time_order() {
-        let meta = |tenant| {
-            Arc::new(EnvelopeMeta {
-                tenant,
-                device: Uuid::new_v4(),
-                uid: "u".into(),
-                proto: Protocol::Json,
-                rx: 9,
-            })
-        };
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let (ma, mb) = (meta(a), meta(b));
-        let rows: Vec<PositionRow> = [(ma.clone(), 3), (mb, 1), (ma, 2)]
-            .into_iter()
-            .map(|(meta, t)| PositionRow {
-                meta,
-                fix: Fix::new(t, 1.0, 1.0),
-            })
-            .collect();
+        let row = |tenant, t| StoredFix {
+            tenant,
+            device: Uuid::from_u128(u128::from(tenant == a)),
+            uid: "u".into(),
+            protocol: Protocol::Json,
+            received: 9,
+            fix: Fix::new(t, 1.0, 1.0),
+        };
+        let rows = [row(a, 3), row(b, 1), row(a, 2)];
         let batches = live_batches(&rows);
         assert_eq!(batches.len(), 2);
         let of_a = &batches.iter().find(|(t, _)| *t == a).unwrap().1;
         let times: Vec<i64> = of_a.fixes.iter().map(|f| f.fix.fix_time).collect();
         assert_eq!(times, vec![2, 3]);
         assert_eq!(of_a.tenant, a);
+        let fix = &of_a.fixes[0];
+        assert_eq!(
+            (fix.device, fix.uid.as_str(), fix.proto, fix.rx),
+            (Uuid::from_u128(1), "u", Protocol::Json, 9)
+        );
     }
 }

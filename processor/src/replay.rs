@@ -7,17 +7,24 @@
 //! only what is missing. It joins no group and commits nothing, and it neither re-quarantines
 //! rejects (the live run did) nor publishes live messages (dashboards want the present).
 
+use crate::batches::{run_batches, BatchSource, BatchTotals, RetryPolicy, Sinks};
 use crate::config::{Config, ReplayArgs};
+use crate::consumer::{consumer_config, pause_after};
 use crate::error::ProcessorError;
 use crate::metrics::Metrics;
-use crate::pipeline::{InRecord, Pipeline, PipelineSettings};
-use crate::writer::Writer;
+use crate::pipeline::Pipeline;
+use crate::plan::InRecord;
+use gps_runtime::service::CancellationToken;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long replay waits for a record before the high watermark before it gives up.
+const STALL: Duration = Duration::from_secs(30);
 
 /// What a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +39,24 @@ pub struct ReplaySummary {
     pub duplicates: u64,
     /// Rejected fixes and records, by reason code.
     pub rejected: BTreeMap<String, u64>,
+}
+
+impl ReplaySummary {
+    fn new(partitions: usize, totals: BatchTotals) -> Self {
+        let BatchTotals {
+            records,
+            stored,
+            duplicates,
+            rejected,
+        } = totals;
+        Self {
+            partitions,
+            records,
+            stored,
+            duplicates,
+            rejected,
+        }
+    }
 }
 
 impl std::fmt::Display for ReplaySummary {
@@ -55,49 +80,82 @@ pub async fn replay(
     args: &ReplayArgs,
     show_progress: bool,
 ) -> Result<ReplaySummary, ProcessorError> {
-    let pool = gps_runtime::db::connect(&config.database).await?;
-    gps_runtime::db::migrate(&pool).await?;
-    let storage = gps_runtime::db::storage_mode(&pool).await?;
+    let (pool, storage) = crate::open_database(config).await?;
     let metrics = Metrics::new(&prometheus::Registry::new());
     let topic = config.kafka.fixes_topic.clone();
     let Some(partitions) = gps_runtime::kafka::partition_count(&config.kafka, &topic).await? else {
         tracing::warn!(%topic, "fixes topic does not exist; nothing to replay");
         return Ok(ReplaySummary::default());
     };
+    let consumer: StreamConsumer = consumer_config(
+        &config.kafka,
+        "gps-processor-replay",
+        &format!("gps-processor-replay-{}", uuid::Uuid::new_v4()),
+        config.batch.fetch_wait_ms,
+    )
+    .create()?;
+    let bounds = bounds(&consumer, &topic, partitions, args)?;
+    if bounds.is_empty() {
+        return Ok(ReplaySummary::new(partitions, BatchTotals::default()));
+    }
+    let mut assignment = TopicPartitionList::new();
+    for (p, (start, _)) in &bounds {
+        assignment.add_partition_offset(&topic, *p, Offset::Offset(*start))?;
+    }
+    consumer.assign(&assignment)?;
 
-    let consumer: StreamConsumer =
-        gps_runtime::kafka::client_config(&config.kafka, "gps-processor-replay")
-            .set(
-                "group.id",
-                format!("gps-processor-replay-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
+    let total: u64 = bounds.values().map(|(s, e)| (e - s) as u64).sum();
+    let mut source = ReplaySource {
+        consumer,
+        open: bounds.iter().map(|(p, (_, end))| (*p, *end)).collect(),
+        stall_deadline: None,
+        progress: progress_bar(total, show_progress),
+    };
+    let mut pipeline = Pipeline::from_config(config, pool, storage, None, metrics.clone());
+    let sinks = Sinks {
+        publisher: None,
+        metrics: &metrics,
+    };
+    let totals = run_batches(
+        &mut source,
+        &mut pipeline,
+        sinks,
+        &config.batch.limits(),
+        &RetryPolicy::REPLAY,
+        &CancellationToken::new(),
+    )
+    .await?;
+    Ok(ReplaySummary::new(partitions, totals))
+}
 
-    // Where each partition starts and ends (the high watermark now).
+/// Where each partition with something to replay starts, and where it ends (the high
+/// watermark now).
+fn bounds(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: usize,
+    args: &ReplayArgs,
+) -> Result<HashMap<i32, (i64, i64)>, ProcessorError> {
     let timeout = Duration::from_secs(10);
-    let mut bounds: HashMap<i32, (i64, i64)> = HashMap::new();
     let mut low_high = Vec::new();
     for p in 0..partitions as i32 {
-        low_high.push((p, consumer.fetch_watermarks(&topic, p, timeout)?));
+        low_high.push((p, consumer.fetch_watermarks(topic, p, timeout)?));
     }
     let from_time_offsets = match args.from_time {
         Some(t) => {
             let mut query = TopicPartitionList::new();
             for (p, _) in &low_high {
-                query.add_partition_offset(&topic, *p, Offset::Offset(t.timestamp_millis()))?;
+                query.add_partition_offset(topic, *p, Offset::Offset(t.timestamp_millis()))?;
             }
             Some(consumer.offsets_for_times(query, timeout)?)
         }
         None => None,
     };
+    let mut bounds = HashMap::new();
     for (p, (low, high)) in low_high {
         let start = match &from_time_offsets {
             None => low,
-            Some(found) => match found.find_partition(&topic, p).map(|e| e.offset()) {
+            Some(found) => match found.find_partition(topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o.max(low),
                 _ => high,
             },
@@ -106,39 +164,11 @@ pub async fn replay(
             bounds.insert(p, (start, high));
         }
     }
-    let total: u64 = bounds.values().map(|(s, e)| (e - s) as u64).sum();
-    let mut summary = ReplaySummary {
-        partitions,
-        ..Default::default()
-    };
-    if bounds.is_empty() {
-        return Ok(summary);
-    }
-    let mut assignment = TopicPartitionList::new();
-    for (p, (start, _)) in &bounds {
-        assignment.add_partition_offset(&topic, *p, Offset::Offset(*start))?;
-    }
-    consumer.assign(&assignment)?;
+    Ok(bounds)
+}
 
-    let writer = Writer::new(
-        pool.clone(),
-        config.batch.write_mode,
-        storage,
-        metrics.clone(),
-    );
-    let mut pipeline = Pipeline::new(
-        pool,
-        writer,
-        None,
-        PipelineSettings {
-            topic: topic.clone(),
-            dedupe_capacity: config.batch.dedupe_capacity,
-            device_cache_capacity: config.batch.device_cache_capacity,
-            tenant_settings_ttl: Duration::from_secs(config.batch.tenant_settings_ttl_secs),
-        },
-        metrics,
-    );
-    let progress = if show_progress {
+fn progress_bar(total: u64, show: bool) -> ProgressBar {
+    let progress = if show {
         ProgressBar::new(total)
     } else {
         ProgressBar::hidden()
@@ -149,67 +179,61 @@ pub async fn replay(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    progress
+}
 
-    let mut open: HashMap<i32, i64> = bounds.iter().map(|(p, (_, end))| (*p, *end)).collect();
-    let max_fixes = config.batch.max_fixes as usize;
-    while !open.is_empty() {
-        let mut batch: Vec<InRecord> = Vec::new();
-        let mut fixes = 0usize;
-        while fixes < max_fixes && !open.is_empty() {
-            let message = match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await
-            {
-                Ok(Ok(m)) => m,
+/// `replay`'s batch source: assigned partitions, each read up to the end it had at start.
+struct ReplaySource {
+    consumer: StreamConsumer,
+    /// Partitions not finished yet, with the offset they end before.
+    open: HashMap<i32, i64>,
+    /// When waiting for the next record turns into a stall: set by the first wait since the
+    /// last record or batch, so time spent writing a batch does not count.
+    stall_deadline: Option<Instant>,
+    progress: ProgressBar,
+}
+
+impl BatchSource for ReplaySource {
+    async fn recv(&mut self) -> Result<Option<InRecord>, ProcessorError> {
+        loop {
+            if self.open.is_empty() {
+                return Ok(None);
+            }
+            let deadline = *self
+                .stall_deadline
+                .get_or_insert_with(|| Instant::now() + STALL);
+            let message = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => message,
                 Ok(Err(error)) => {
-                    tracing::warn!(%error, "kafka consume error during replay");
+                    pause_after(error).await?;
                     continue;
                 }
                 Err(_) => {
-                    return Err(ProcessorError::TaskFailed(
-                        "replay (no record for 30s before the high watermark)",
-                    ))
+                    return Err(ProcessorError::ReplayStalled {
+                        secs: STALL.as_secs(),
+                    })
                 }
             };
+            self.stall_deadline = None;
             let (p, offset) = (message.partition(), message.offset());
-            let Some(end) = open.get(&p).copied() else {
+            let Some(end) = self.open.get(&p).copied() else {
                 continue;
             };
-            if offset >= end {
-                open.remove(&p);
-                continue;
-            }
             if offset + 1 >= end {
-                open.remove(&p);
+                self.open.remove(&p);
             }
-            let record = InRecord::decode(p, offset, message.payload());
-            fixes += record.weight();
-            batch.push(record);
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let mut attempt = 0;
-        let outcome = loop {
-            match pipeline.process(&batch).await {
-                Ok(outcome) => break outcome,
-                Err(error) if attempt < 10 => {
-                    attempt += 1;
-                    tracing::warn!(%error, attempt, "replay batch failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                Err(error) => return Err(error),
+            if offset < end {
+                return Ok(Some(InRecord::decode(p, offset, message.payload())));
             }
-        };
-        summary.records += batch.len() as u64;
-        summary.stored += outcome.stored.len() as u64;
-        summary.duplicates += outcome.duplicates as u64;
-        for (reason, count) in outcome.rejected {
-            *summary
-                .rejected
-                .entry(reason.as_str().to_owned())
-                .or_default() += count as u64;
         }
-        progress.inc(batch.len() as u64);
     }
-    progress.finish_and_clear();
-    Ok(summary)
+
+    async fn done(&mut self, batch: &[InRecord]) {
+        self.stall_deadline = None;
+        self.progress.inc(batch.len() as u64);
+    }
+
+    async fn close(&mut self) {
+        self.progress.finish_and_clear();
+    }
 }

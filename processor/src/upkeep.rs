@@ -1,10 +1,14 @@
 //! Partition upkeep for the native partitioning fallback (`gps_storage_mode() = 'partitioned'`):
 //! keep daily partitions ready ahead of today and drop those past retention. TimescaleDB does
 //! both by itself (chunks and its retention policy), so the task does not run there.
+//!
+//! Drops are reported to the writer ([`PartitionDrops`]), which otherwise would go on believing
+//! in the partitions of days it had seen and fail its next batch of such a day once.
 
 use crate::config::UpkeepArgs;
 use crate::metrics::Metrics;
-use gps_runtime::shutdown::Shutdown;
+use crate::writer::PartitionDrops;
+use gps_runtime::service::CancellationToken;
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -48,18 +52,29 @@ pub async fn run_once(
     Ok((created, dropped))
 }
 
-/// Run [`run_once`] now and every `interval_secs` until shutdown. Failures are logged and
-/// retried at the next tick: the writer also creates the partitions it needs.
-pub async fn run(pool: PgPool, args: UpkeepArgs, metrics: Metrics, shutdown: Shutdown) {
+/// Run [`run_once`] now and every `interval_secs` until `stop`, reporting drops to the writer.
+/// Failures are logged and retried at the next tick: the writer also creates the partitions it
+/// needs.
+pub async fn run(
+    pool: PgPool,
+    args: UpkeepArgs,
+    metrics: Metrics,
+    drops: PartitionDrops,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(args.interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(error) = run_once(&pool, &args, &metrics).await {
-            tracing::warn!(%error, "partition upkeep failed; retrying next interval");
+        match run_once(&pool, &args, &metrics).await {
+            Ok((_, dropped)) if dropped > 0 => drops.record(),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "partition upkeep failed; retrying next interval");
+            }
         }
     }
 }

@@ -8,8 +8,9 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use gps_domain::auth::Permission;
-use gps_runtime::access::{self, JwtKeys, Principal};
+use gps_domain::auth::{Permission, Principal};
+use gps_store::principal::{principal_from_bearer, JwtKeys};
+use gps_store::visibility::can_read_device;
 use redis::aio::ConnectionManager;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
@@ -17,20 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// Tunables of the API.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Access token lifetime.
-    pub access_ttl_secs: i64,
-    /// Refresh token lifetime.
-    pub refresh_ttl_secs: i64,
-    /// Live ticket lifetime.
-    pub ticket_ttl_secs: u64,
-    /// Login attempts per minute per IP and per email.
-    pub login_limit_per_minute: u64,
-    /// Authenticated requests per minute per user or API key.
-    pub api_limit_per_minute: u64,
-}
+pub use crate::config::Settings;
 
 /// Shared state of every route.
 #[derive(Clone)]
@@ -74,7 +62,7 @@ impl Caller {
 
     /// 404 unless the caller may read `device` (exists in its tenant, within its role's scope).
     pub async fn require_device(&self, pool: &PgPool, device: Uuid) -> ApiResult<()> {
-        if access::can_read_device(pool, &self.principal, device).await? {
+        if can_read_device(pool, &self.principal, device).await? {
             Ok(())
         } else {
             Err(ApiError::NotFound)
@@ -98,7 +86,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let principal = access::principal_from_bearer(&state.pool, &state.keys, header)
+        let principal = principal_from_bearer(&state.pool, &state.keys, header)
             .await
             .inspect_err(|e| tracing::debug!(reason = %e, "credential refused"))?;
         let (kind, id) = principal.audit_actor();

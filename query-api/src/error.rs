@@ -1,11 +1,29 @@
-//! The one API error type: every failure of every route maps to a status code here, in one
-//! `match`, with the JSON shape `{"error":{"code","message","field?"}}`. 5xx bodies are generic;
-//! the cause is logged, never returned.
+//! Errors: [`ServiceError`] stops the service; [`ApiError`] is every failure of every route,
+//! mapped to a status code here, in one `match`, and answered in the shared JSON shape
+//! `{"error":{"code","message","field?"}}` ([`gps_runtime::http_error`]). 5xx bodies are
+//! generic; the cause is logged there, never returned.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use gps_runtime::access::AuthError;
+use gps_runtime::http_error::ErrorResponse;
+use gps_store::principal::AuthError;
+
+/// Errors that stop the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A dependency or listener failed at start, or a critical task stopped.
+    #[error(transparent)]
+    Runtime(#[from] gps_runtime::RuntimeError),
+    /// Bad configuration (every problem listed).
+    #[error(transparent)]
+    Config(#[from] gps_runtime::config::InvalidConfig),
+    /// A listener failed.
+    #[error("http server failed: {0}")]
+    Serve(#[from] std::io::Error),
+    /// An admin command failed.
+    #[error("{0}")]
+    Admin(String),
+}
 
 /// Everything a route can answer besides success.
 #[derive(Debug, thiserror::Error)]
@@ -94,78 +112,46 @@ impl From<AuthError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message, field) = match &self {
-            Self::BadRequest { field, message } => (
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                message.clone(),
-                field.clone(),
-            ),
-            Self::Unauthorized => (
+        let response = match self {
+            Self::BadRequest { field, message } => {
+                ErrorResponse::new(StatusCode::BAD_REQUEST, "bad_request", message).field(field)
+            }
+            Self::Unauthorized => ErrorResponse::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "missing or invalid credentials".to_owned(),
-                None,
-            ),
-            Self::Forbidden(permission) => (
+                "missing or invalid credentials",
+            )
+            .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")),
+            Self::Forbidden(permission) => ErrorResponse::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 format!("this action needs the permission {permission}"),
-                None,
             ),
-            Self::NotFound => (
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "not found".to_owned(),
-                None,
-            ),
-            Self::Conflict(message) => (StatusCode::CONFLICT, "conflict", message.clone(), None),
-            Self::RateLimited { .. } => (
+            Self::NotFound => ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "not found"),
+            Self::Conflict(message) => {
+                ErrorResponse::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            Self::RateLimited { retry_after } => ErrorResponse::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                "too many requests, retry later".to_owned(),
-                None,
-            ),
-            Self::Unavailable(cause) => {
-                tracing::warn!(cause = %cause, "dependency unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "a dependency is unavailable, retry later".to_owned(),
-                    None,
-                )
-            }
-            Self::Internal(cause) => {
-                tracing::error!(cause = %cause, "internal error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error".to_owned(),
-                    None,
-                )
-            }
+                "too many requests, retry later",
+            )
+            .retry_after(retry_after),
+            Self::Unavailable(cause) => ErrorResponse::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "a dependency is unavailable, retry later",
+            )
+            .retry_after(5)
+            .cause(cause),
+            Self::Internal(cause) => ErrorResponse::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+            .cause(cause),
         };
-        let mut error = serde_json::json!({ "code": code, "message": message });
-        if let Some(field) = field {
-            error["field"] = field.into();
-        }
-        let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
-        let retry_after = match &self {
-            Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Unavailable(_) => Some(5),
-            _ => None,
-        };
-        if let Some(secs) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        response.into_response()
     }
 }
 

@@ -1,20 +1,13 @@
-//! Track maths, pure: haversine distance, Douglas–Peucker simplification in metres, and the
-//! per-device summary (distance, moving time, speeds, trips and stops split by an idle gap).
+//! Track maths, pure: Douglas–Peucker simplification in metres and the per-device summary
+//! (distance, moving time, speeds, trips and stops split by an idle gap). Distances are the
+//! domain's one great-circle distance ([`gps_domain::geo::haversine_m`]).
 
 use geo::{Coord, LineString, SimplifyIdx};
+use gps_domain::geo::EARTH_RADIUS_M;
 use serde::Serialize;
 
-/// Mean Earth radius (IUGG), metres.
-pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
-
-/// Great-circle distance between two WGS84 points, metres.
-pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dp = p2 - p1;
-    let dl = (lon2 - lon1).to_radians();
-    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_M * a.sqrt().asin()
-}
+// Re-exported for the track benches, which measure the distance sum the summary runs.
+use gps_domain::geo::haversine_m;
 
 /// Indices of the points Douglas–Peucker keeps with tolerance `epsilon_m` metres. Points are
 /// projected equirectangularly around their mean latitude, which is accurate to well under 1 %
@@ -181,17 +174,6 @@ fn close_trip(trip: &mut Option<Segment>, trips: &mut Vec<Segment>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn haversine_matches_known_distances() {
-        // One degree of latitude is ~111.2 km on the mean sphere.
-        let d = haversine_m(0.0, 0.0, 1.0, 0.0);
-        assert!((d - 111_195.08).abs() < 1.0, "{d}");
-        // Berlin TV tower to Brandenburg Gate: ~2.1 km (checked against a map).
-        let d = haversine_m(52.520817, 13.409414, 52.516275, 13.377704);
-        assert!((2100.0..2250.0).contains(&d), "{d}");
-        assert_eq!(haversine_m(10.0, 10.0, 10.0, 10.0), 0.0);
-    }
 
     #[test]
     fn simplification_keeps_ends_and_stays_within_tolerance() {

@@ -2,7 +2,8 @@
 //! reports rates, latency and a loss check (table, JSON, SVG); `loadgen demo` is the gentle
 //! endless stream `dev/stack run` starts; `loadgen ceiling-copy` and `loadgen ceiling-produce`
 //! measure the raw ceilings the end-to-end rate is compared with; `loadgen drain` measures the
-//! processor alone against the COPY ceiling.
+//! processor alone against the COPY ceiling; `loadgen ws latency|idle` loads a running fanout
+//! with WebSocket clients.
 
 use anyhow::Context;
 use benches::ceiling;
@@ -12,8 +13,9 @@ use benches::report;
 use benches::run::{self, RunConfig, RunEnv};
 use benches::sim::FaultRates;
 use benches::wire::Mode;
+use benches::ws::{self, IdleConfig, LatencyConfig, WsTarget};
 use clap::{Args, Parser, Subcommand};
-use gps_runtime::config::{DatabaseArgs, KafkaArgs, LogArgs};
+use gps_runtime::config::{DatabaseArgs, KafkaArgs, LogArgs, RedisArgs, DEV_JWT_SECRET};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +50,96 @@ enum Command {
     /// The processor alone: fill a throwaway topic, start the processor on it, time the drain
     /// into `positions`, and compare with the COPY ceiling of the same rows.
     Drain(DrainArgs),
+    /// WebSocket load on a running fanout: delivery latency, or idle connections' memory.
+    #[command(subcommand)]
+    Ws(WsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WsCommand {
+    /// Clients subscribed to devices while fixes are published at a fixed rate: latency.
+    Latency(WsLatencyArgs),
+    /// Many idle subscribed connections: the fanout's resident memory.
+    Idle(WsIdleArgs),
+}
+
+#[derive(Debug, Args)]
+struct WsTargetArgs {
+    /// The fanout's live endpoint.
+    #[arg(long, default_value = "ws://127.0.0.1:8082/v1/live")]
+    url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// The fanout's JWT secret (default: the development secret, `GPS_ALLOW_DEV_SECRETS=true`).
+    #[arg(long, env = "JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true, hide_env_values = true)]
+    jwt_secret: SecretString,
+    /// Tenant name to seed (created or reused).
+    #[arg(long, default_value = "ws-load")]
+    tenant: String,
+    /// Devices to seed.
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    /// Analyst users to seed; clients use their tokens round robin.
+    #[arg(long, default_value_t = 10)]
+    users: usize,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// The fanout's process id, to read its VmRSS and CPU time from /proc.
+    #[arg(long)]
+    fanout_pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct WsLatencyArgs {
+    #[command(flatten)]
+    target: WsTargetArgs,
+    /// WebSocket clients.
+    #[arg(long, default_value_t = 1_000)]
+    clients: usize,
+    /// Subscribers per device (fan-out factor): each client subscribes to
+    /// `devices * fanout / clients` consecutive devices.
+    #[arg(long, default_value_t = 1)]
+    fanout: usize,
+    /// Fixes per second published.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Fixes per PUBLISH (one `LiveBatch`).
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Seconds to wait for late deliveries after the last PUBLISH.
+    #[arg(long, default_value_t = 3)]
+    drain: u64,
+}
+
+#[derive(Debug, Args)]
+struct WsIdleArgs {
+    #[command(flatten)]
+    target: WsTargetArgs,
+    /// Connections, each subscribed to one device.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Seconds to hold them open once all are subscribed (spans server heartbeats).
+    #[arg(long, default_value_t = 30)]
+    hold: u64,
+}
+
+impl From<WsTargetArgs> for WsTarget {
+    fn from(args: WsTargetArgs) -> Self {
+        Self {
+            url: args.url,
+            redis: args.redis,
+            jwt_secret: args.jwt_secret,
+            tenant: args.tenant,
+            devices: args.devices,
+            users: args.users,
+            connect_concurrency: args.connect_concurrency,
+            fanout_pid: args.fanout_pid,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -291,7 +383,36 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Ws(command) => ws_command(command, &cli.database).await,
     }
+}
+
+async fn ws_command(command: WsCommand, database: &DatabaseArgs) -> anyhow::Result<()> {
+    let pool = gps_runtime::db::connect(database)
+        .await
+        .context("connecting to PostgreSQL (is `dev/stack up` done?)")?;
+    let outcome = match command {
+        WsCommand::Latency(args) => {
+            let config = LatencyConfig {
+                clients: args.clients,
+                fanout: args.fanout,
+                rate: args.rate,
+                batch: args.batch,
+                duration: args.duration,
+                drain: args.drain,
+            };
+            ws::latency(&pool, &args.target.into(), &config).await
+        }
+        WsCommand::Idle(args) => {
+            let config = IdleConfig {
+                connections: args.connections,
+                hold: args.hold,
+            };
+            ws::idle(&pool, &args.target.into(), &config).await
+        }
+    };
+    pool.close().await;
+    Ok(outcome?)
 }
 
 fn print_ceiling(c: &ceiling::Ceiling, json: bool) {

@@ -6,7 +6,7 @@ use benches::run::{self, RunConfig, RunEnv};
 use benches::sim::FaultRates;
 use benches::wire::Mode;
 use gps_runtime::shutdown::Shutdown;
-use gps_runtime::testing::{kafka_topics, TestDb};
+use gps_runtime::testing::{kafka_topics, wait_until_ok, TestDb};
 use std::time::Duration;
 
 #[tokio::test]
@@ -22,7 +22,7 @@ async fn short_run_loses_nothing() {
     let mut ingest_config = <ingest::Config as clap::Parser>::parse_from(["ingest"]);
     ingest_config.database = db.args.clone();
     ingest_config.kafka = kafka.clone();
-    let ingest = tokio::spawn(ingest::run(ingest_config, http, udp, shutdown.clone()));
+    let mut ingest = tokio::spawn(ingest::run(ingest_config, http, udp, shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut processor_config = <processor::Config as clap::Parser>::parse_from(["processor"]);
@@ -31,7 +31,13 @@ async fn short_run_loses_nothing() {
     processor_config.group_id = format!("test-loadgen-{}", gps_runtime::testing::unique_suffix());
     let processor = tokio::spawn(processor::run(processor_config, listener, shutdown.clone()));
 
-    wait_ready(&format!("http://{ingest_addr}/readyz")).await;
+    wait_until_ok(
+        &reqwest::Client::new(),
+        &format!("http://{ingest_addr}/readyz"),
+        &mut ingest,
+        Duration::from_secs(30),
+    )
+    .await;
 
     let config = RunConfig {
         mode: Mode::HttpBatch,
@@ -74,18 +80,4 @@ async fn short_run_loses_nothing() {
     shutdown.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(15), ingest).await;
     let _ = tokio::time::timeout(Duration::from_secs(15), processor).await;
-}
-
-async fn wait_ready(url: &str) {
-    let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{url} never became ready");
 }

@@ -2,9 +2,10 @@
 //! and the live:read permission. Refusals happen before the upgrade, with the API's error shape.
 
 use crate::support::*;
-use gps_domain::auth::Role;
-use gps_runtime::access::{self, Actor, Principal};
+use gps_domain::auth::{Actor, Principal, Role};
 use gps_runtime::testing::{seed_device, unique_suffix, TestDb};
+use gps_store::principal::JwtKeys;
+use gps_store::tickets::issue_ticket;
 use serde_json::Value;
 
 #[tokio::test]
@@ -32,7 +33,7 @@ async fn credentials_tickets_origins_and_permissions_are_checked_before_the_upgr
         refused_status(connect_with(addr, Some(&expired), None, None).await),
         401
     );
-    let forged = gps_runtime::access::JwtKeys::new(&secrecy::SecretString::from(
+    let forged = JwtKeys::new(&secrecy::SecretString::from(
         "some-other-secret-some-other-secret-xx",
     ))
     .issue(user_id, tenant, Role::Admin, 600);
@@ -107,7 +108,7 @@ async fn credentials_tickets_origins_and_permissions_are_checked_before_the_upgr
             role: Role::Viewer,
         },
     };
-    let ticket = access::issue_ticket(&mut fanout.redis, &principal, 30)
+    let ticket = issue_ticket(&mut fanout.redis, &principal, 30)
         .await
         .unwrap();
     let mut ws = connect_with(addr, None, Some(&ticket), Some("https://maps.example.com"))

@@ -1,19 +1,26 @@
 //! Subscriptions: snapshot then live fixes in order with per-device sequences; device, group and
-//! bbox filters; unsubscribe stops the flow.
+//! bbox filters (including a box across the antimeridian); unsubscribe stops the flow.
 
 use crate::support::*;
 use gps_domain::auth::Role;
-use gps_runtime::testing::{seed_device, unique_suffix, TestDb};
+use gps_runtime::testing::{seed_device, unique_suffix, SeededDevice, TestDb};
 use serde_json::json;
 use std::time::Duration;
+
+/// Three devices of one fresh tenant.
+async fn three_devices(db: &TestDb, tenant_prefix: &str) -> [SeededDevice; 3] {
+    let tenant_name = format!("{tenant_prefix}-{}", unique_suffix());
+    [
+        seed_device(&db.pool, &tenant_name).await,
+        seed_device(&db.pool, &tenant_name).await,
+        seed_device(&db.pool, &tenant_name).await,
+    ]
+}
 
 #[tokio::test]
 async fn snapshot_then_live_fixes_with_device_group_and_bbox_filters() {
     let db = TestDb::new().await;
-    let tenant_name = format!("flow-{}", unique_suffix());
-    let d1 = seed_device(&db.pool, &tenant_name).await;
-    let d2 = seed_device(&db.pool, &tenant_name).await;
-    let d3 = seed_device(&db.pool, &tenant_name).await;
+    let [d1, d2, d3] = three_devices(&db, "flow").await;
     let tenant = d1.tenant_id;
     set_last_position(
         &db.pool,
@@ -193,6 +200,76 @@ async fn snapshot_then_live_fixes_with_device_group_and_bbox_filters() {
     assert_eq!(
         (pong["type"].as_str(), pong["id"].as_str()),
         (Some("pong"), Some("p"))
+    );
+    fanout.stop().await;
+}
+
+#[tokio::test]
+async fn a_bbox_crossing_the_antimeridian_covers_both_sides_of_it() {
+    let db = TestDb::new().await;
+    let [east, west, greenwich] = three_devices(&db, "antimeridian").await;
+    let tenant = east.tenant_id;
+    for (device, lon) in [(&east, 179.5), (&west, -179.5), (&greenwich, 0.0)] {
+        set_last_position(
+            &db.pool,
+            tenant,
+            device.device_id,
+            1_700_000_001_000,
+            0.5,
+            lon,
+        )
+        .await;
+    }
+    let mut fanout = start(db.clone(), config(&db)).await;
+    let (_, token) = fanout.user(tenant, Role::Analyst).await;
+
+    // 179°E eastwards to 179°W: the snapshot (SQL) holds both sides of 180°, not Greenwich.
+    let mut pacific = fanout.connect(&token).await;
+    let (_, snapshot) = subscribe(
+        &mut pacific,
+        json!({"type": "subscribe", "bbox": [179, -1, -179, 1]}),
+    )
+    .await;
+    let positions = snapshot["positions"].as_array().unwrap();
+    assert_eq!(
+        devices(positions),
+        ids(&[east.device_id, west.device_id]),
+        "{snapshot}"
+    );
+
+    // Live (routing index): the same box, the same answer.
+    fanout
+        .publish(
+            tenant,
+            vec![
+                live(east.device_id, 1_700_000_002_000, 0.5, 179.5),
+                live(greenwich.device_id, 1_700_000_002_000, 0.5, 0.0),
+                live(west.device_id, 1_700_000_002_000, 0.5, -179.5),
+            ],
+        )
+        .await;
+    fanout
+        .publish(
+            tenant,
+            vec![live(east.device_id, 1_700_000_003_000, 0.5, 180.0)],
+        )
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let f = recv(&mut pacific).await;
+        got.push((
+            f["device"].as_str().unwrap().to_owned(),
+            f["fix"]["lon"].as_f64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (east.device_id.to_string(), 179.5),
+            (west.device_id.to_string(), -179.5),
+            (east.device_id.to_string(), 180.0),
+        ],
+        "the fix at 0° is not sent"
     );
     fanout.stop().await;
 }

@@ -107,18 +107,18 @@ async fn a_stalled_client_gets_coalesced_fixes_and_does_not_delay_a_fast_one() {
         fanout.publish(tenant, round(&devices, t)).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (mut latencies, lagged) = tokio::time::timeout(Duration::from_secs(60), reader)
+    let (latencies, lagged) = tokio::time::timeout(Duration::from_secs(60), reader)
         .await
         .expect("the fast client receives every fix")
         .unwrap();
     assert_eq!(lagged, 0);
-    latencies.sort_unstable();
-    let p99 = latencies[latencies.len() * 99 / 100];
-    let max = *latencies.last().unwrap();
-    // Generous: the machine is shared; the point is that the stalled client adds no stall.
+    // A deadline, not a performance figure (`loadgen ws` measures latency): had any fix waited
+    // for the stalled client, which reads nothing until the fast one is done, it would have
+    // waited for ever; 15 s is far beyond scheduling noise on a shared machine.
+    let max = latencies.iter().max().copied().unwrap_or(0);
     assert!(
-        p99 < 1_000 && max < 3_000,
-        "fast client latency p99 {p99} ms, max {max} ms"
+        max < 15_000,
+        "a fix reached the fast client only after {max} ms: it waited for the stalled client"
     );
     assert!(
         fanout.metric("gps_fanout_fixes_coalesced_total").await > 0.0,

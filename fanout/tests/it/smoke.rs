@@ -21,7 +21,7 @@ async fn serves_health_readiness_metrics_and_closes_clients_on_shutdown() {
     for _ in 0..3 {
         clients.push(fanout.connect(&token).await);
     }
-    assert_eq!(fanout.metric("gps_fanout_connections ").await, 3.0);
+    assert_eq!(fanout.metric("gps_fanout_connections").await, 3.0);
     let text = client
         .get(format!("{base}/metrics"))
         .send()

@@ -5,10 +5,10 @@ use futures::{SinkExt, StreamExt};
 use gps_domain::auth::Role;
 use gps_domain::fix::{Fix, Protocol};
 use gps_domain::live::{channel_for, LiveBatch, LiveFix};
-use gps_runtime::access::JwtKeys;
 use gps_runtime::config::RedisArgs;
 use gps_runtime::shutdown::Shutdown;
 use gps_runtime::testing::TestDb;
+use gps_store::principal::JwtKeys;
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -22,13 +22,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 /// The JWT secret every test fanout uses.
-pub const SECRET: &str = "fanout-integration-test-secret-0123456789";
+pub(crate) const SECRET: &str = "fanout-integration-test-secret-0123456789";
 
 /// A client socket.
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A fanout under test.
-pub struct Running {
+pub(crate) struct Running {
     pub addr: SocketAddr,
     pub shutdown: Shutdown,
     pub server: tokio::task::JoinHandle<Result<(), fanout::ServiceError>>,
@@ -38,7 +38,7 @@ pub struct Running {
 }
 
 /// The default test configuration (shared Redis, the given database).
-pub fn config(db: &TestDb) -> fanout::Config {
+pub(crate) fn config(db: &TestDb) -> fanout::Config {
     let mut config =
         <fanout::Config as clap::Parser>::parse_from(["fanout", "--jwt-secret", SECRET]);
     config.database = db.args.clone();
@@ -47,7 +47,7 @@ pub fn config(db: &TestDb) -> fanout::Config {
 }
 
 /// Point `config` at another Redis.
-pub fn with_redis(mut config: fanout::Config, url: &str) -> fanout::Config {
+pub(crate) fn with_redis(mut config: fanout::Config, url: &str) -> fanout::Config {
     config.redis = RedisArgs {
         redis_url: SecretString::from(url.to_owned()),
     };
@@ -55,19 +55,19 @@ pub fn with_redis(mut config: fanout::Config, url: &str) -> fanout::Config {
 }
 
 /// Start a fanout and wait until it is ready (including its Redis subscription).
-pub async fn start(db: TestDb, config: fanout::Config) -> Running {
+pub(crate) async fn start(db: TestDb, config: fanout::Config) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let redis = gps_runtime::redis_client::connect(&config.redis)
         .await
         .unwrap();
     let shutdown = Shutdown::new();
-    let server = tokio::spawn(fanout::run(config, listener, shutdown.clone()));
+    let mut server = tokio::spawn(fanout::run(config, listener, shutdown.clone()));
     let client = reqwest::Client::new();
     gps_runtime::testing::wait_until_ok(
         &client,
         &format!("http://{addr}/readyz"),
-        &server,
+        &mut server,
         Duration::from_secs(20),
     )
     .await;
@@ -83,13 +83,13 @@ pub async fn start(db: TestDb, config: fanout::Config) -> Running {
 
 impl Running {
     /// A user of `role` in `tenant` and an access token for it.
-    pub async fn user(&self, tenant: Uuid, role: Role) -> (Uuid, String) {
+    pub(crate) async fn user(&self, tenant: Uuid, role: Role) -> (Uuid, String) {
         let id = create_user(&self.db.pool, tenant, role).await;
         (id, self.keys.issue(id, tenant, role, 600))
     }
 
     /// Connect with a bearer token and read the welcome message.
-    pub async fn connect(&self, token: &str) -> Ws {
+    pub(crate) async fn connect(&self, token: &str) -> Ws {
         let mut ws = connect_with(self.addr, Some(token), None, None)
             .await
             .expect("upgrade succeeds");
@@ -99,26 +99,18 @@ impl Running {
     }
 
     /// Publish one live batch.
-    pub async fn publish(&mut self, tenant: Uuid, fixes: Vec<LiveFix>) {
+    pub(crate) async fn publish(&mut self, tenant: Uuid, fixes: Vec<LiveFix>) {
         publish(&mut self.redis, tenant, fixes).await;
     }
 
-    /// A metric's value from `/metrics` (sum over label sets matching `selector`).
-    pub async fn metric(&self, selector: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(selector))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    /// A metric from `/metrics`: one sample, or a bare name summed over its label sets.
+    pub(crate) async fn metric(&self, selector: &str) -> f64 {
+        let base = format!("http://{}", self.addr);
+        gps_runtime::testing::scrape_metric(&reqwest::Client::new(), &base, selector).await
     }
 
     /// Trigger shutdown and wait for `run` to return.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.trigger();
         tokio::time::timeout(Duration::from_secs(15), self.server)
             .await
@@ -129,7 +121,7 @@ impl Running {
 }
 
 /// Publish one live batch to `redis`.
-pub async fn publish(
+pub(crate) async fn publish(
     redis: &mut impl redis::aio::ConnectionLike,
     tenant: Uuid,
     fixes: Vec<LiveFix>,
@@ -144,7 +136,7 @@ pub async fn publish(
 }
 
 /// A live fix of `device` at `t` (ms) and position; `rx` carries the publish time (epoch ms).
-pub fn live(device: Uuid, t: i64, lat: f64, lon: f64) -> LiveFix {
+pub(crate) fn live(device: Uuid, t: i64, lat: f64, lon: f64) -> LiveFix {
     LiveFix {
         device,
         uid: format!("uid-{device}"),
@@ -155,7 +147,7 @@ pub fn live(device: Uuid, t: i64, lat: f64, lon: f64) -> LiveFix {
 }
 
 /// Open `/v1/live` with optional bearer, ticket and Origin.
-pub async fn connect_with(
+pub(crate) async fn connect_with(
     addr: SocketAddr,
     bearer: Option<&str>,
     ticket: Option<&str>,
@@ -183,7 +175,7 @@ pub async fn connect_with(
 }
 
 /// The HTTP status of a refused upgrade.
-pub fn refused_status(result: Result<Ws, tokio_tungstenite::tungstenite::Error>) -> u16 {
+pub(crate) fn refused_status(result: Result<Ws, tokio_tungstenite::tungstenite::Error>) -> u16 {
     match result {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
         Err(e) => panic!("unexpected error {e}"),
@@ -192,7 +184,7 @@ pub fn refused_status(result: Result<Ws, tokio_tungstenite::tungstenite::Error>)
 }
 
 /// The next message of any kind (frames other than text and close are skipped).
-pub async fn next_frame(ws: &mut Ws, within: Duration) -> Option<Message> {
+pub(crate) async fn next_frame(ws: &mut Ws, within: Duration) -> Option<Message> {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -207,7 +199,7 @@ pub async fn next_frame(ws: &mut Ws, within: Duration) -> Option<Message> {
 }
 
 /// The next JSON message (10 s at most).
-pub async fn recv(ws: &mut Ws) -> Value {
+pub(crate) async fn recv(ws: &mut Ws) -> Value {
     match next_frame(ws, Duration::from_secs(10)).await {
         Some(Message::Text(text)) => serde_json::from_str(text.as_str()).unwrap(),
         other => panic!("expected a text message, got {other:?}"),
@@ -215,14 +207,14 @@ pub async fn recv(ws: &mut Ws) -> Value {
 }
 
 /// Send a JSON message.
-pub async fn send(ws: &mut Ws, value: Value) {
+pub(crate) async fn send(ws: &mut Ws, value: Value) {
     ws.send(Message::Text(value.to_string().into()))
         .await
         .unwrap();
 }
 
 /// Subscribe and return (messages before the snapshot, the snapshot).
-pub async fn subscribe(ws: &mut Ws, request: Value) -> (Vec<Value>, Value) {
+pub(crate) async fn subscribe(ws: &mut Ws, request: Value) -> (Vec<Value>, Value) {
     send(ws, request).await;
     let mut before = Vec::new();
     loop {
@@ -239,7 +231,7 @@ pub async fn subscribe(ws: &mut Ws, request: Value) -> (Vec<Value>, Value) {
 }
 
 /// Fixes received until the marker device's fix arrives (the marker not included).
-pub async fn fixes_until(ws: &mut Ws, marker: Uuid) -> Vec<Value> {
+pub(crate) async fn fixes_until(ws: &mut Ws, marker: Uuid) -> Vec<Value> {
     let mut fixes = Vec::new();
     loop {
         let message = recv(ws).await;
@@ -254,7 +246,7 @@ pub async fn fixes_until(ws: &mut Ws, marker: Uuid) -> Vec<Value> {
 }
 
 /// The device ids of `fixes`, sorted.
-pub fn devices(fixes: &[Value]) -> Vec<String> {
+pub(crate) fn devices(fixes: &[Value]) -> Vec<String> {
     let mut ids: Vec<String> = fixes
         .iter()
         .map(|f| f["device"].as_str().unwrap().to_owned())
@@ -264,14 +256,14 @@ pub fn devices(fixes: &[Value]) -> Vec<String> {
 }
 
 /// Sorted string forms of ids.
-pub fn ids(ids: &[Uuid]) -> Vec<String> {
+pub(crate) fn ids(ids: &[Uuid]) -> Vec<String> {
     let mut out: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     out.sort();
     out
 }
 
 /// Insert a user.
-pub async fn create_user(pool: &PgPool, tenant: Uuid, role: Role) -> Uuid {
+pub(crate) async fn create_user(pool: &PgPool, tenant: Uuid, role: Role) -> Uuid {
     sqlx::query_scalar(
         "INSERT INTO users (tenant_id, email, password_hash, role)
          VALUES ($1, $2, 'not-a-hash', $3) RETURNING id",
@@ -285,7 +277,12 @@ pub async fn create_user(pool: &PgPool, tenant: Uuid, role: Role) -> Uuid {
 }
 
 /// Insert a group with its devices and members.
-pub async fn create_group(pool: &PgPool, tenant: Uuid, devices: &[Uuid], members: &[Uuid]) -> Uuid {
+pub(crate) async fn create_group(
+    pool: &PgPool,
+    tenant: Uuid,
+    devices: &[Uuid],
+    members: &[Uuid],
+) -> Uuid {
     let group: Uuid =
         sqlx::query_scalar("INSERT INTO groups (tenant_id, name) VALUES ($1, $2) RETURNING id")
             .bind(tenant)
@@ -313,7 +310,7 @@ pub async fn create_group(pool: &PgPool, tenant: Uuid, devices: &[Uuid], members
 }
 
 /// Insert an API key with `scopes`; returns the clear key.
-pub async fn create_api_key(pool: &PgPool, tenant: Uuid, scopes: &[&str]) -> String {
+pub(crate) async fn create_api_key(pool: &PgPool, tenant: Uuid, scopes: &[&str]) -> String {
     let key = gps_domain::auth::new_api_key();
     sqlx::query(
         "INSERT INTO api_keys (tenant_id, name, prefix, key_hash, scopes)
@@ -330,7 +327,7 @@ pub async fn create_api_key(pool: &PgPool, tenant: Uuid, scopes: &[&str]) -> Str
 }
 
 /// Set a device's last known position.
-pub async fn set_last_position(
+pub(crate) async fn set_last_position(
     pool: &PgPool,
     tenant: Uuid,
     device: Uuid,

@@ -2,7 +2,7 @@
 //! device token or a gateway API key with `fixes:write`. 202 with the accepted count once Kafka
 //! acknowledged every accepted fix; bad items are listed by index and field.
 
-use super::{bearer, body, json_response, store_unavailable, AppState, UNAUTHORIZED};
+use super::{bearer, body, json_response, AppState, UNAUTHORIZED};
 use crate::auth::{DeviceRecord, KeyCheck};
 use crate::error::ApiError;
 use axum::extract::rejection::BytesRejection;
@@ -15,7 +15,6 @@ use gps_domain::wire::json::{self, ItemError, JsonError};
 use gps_domain::{Fix, Protocol};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 use uuid::Uuid;
 
 enum Caller {
@@ -29,20 +28,15 @@ pub async fn post_fixes(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let result = handle(&state, &headers, raw).await;
-    state.finish(Protocol::Json, started, result)
+    state
+        .respond(Protocol::Json, handle(&state, &headers, raw))
+        .await
 }
 
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let credential = bearer(headers).ok_or(UNAUTHORIZED)?;
     if credential.starts_with(API_KEY_PREFIX) {
-        return match state
-            .auth
-            .api_key(credential)
-            .await
-            .map_err(|e| store_unavailable(state, e))?
-        {
+        return match state.auth.api_key(credential).await? {
             KeyCheck::Ok(key) => Ok(Caller::Gateway {
                 tenant_id: key.tenant_id,
             }),
@@ -53,8 +47,7 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiErro
     state
         .auth
         .device_by_token(credential)
-        .await
-        .map_err(|e| store_unavailable(state, e))?
+        .await?
         .map(Caller::Device)
         .ok_or(UNAUTHORIZED)
 }
@@ -91,12 +84,7 @@ async fn handle(
             },
             Caller::Gateway { tenant_id } => match &item.device {
                 None => Err("required with an api key: the device uid"),
-                Some(uid) => match state
-                    .auth
-                    .device_by_uid(uid)
-                    .await
-                    .map_err(|e| store_unavailable(state, e))?
-                {
+                Some(uid) => match state.auth.device_by_uid(uid).await? {
                     // Another tenant's device is indistinguishable from an unknown one.
                     Some(d) if d.tenant_id == *tenant_id => Ok(d),
                     _ => Err("unknown device"),
@@ -140,7 +128,7 @@ async fn handle(
         .into_iter()
         .filter_map(|id| groups.remove(&id))
         .collect();
-    let accepted = state.produce(Protocol::Json, batches).await?;
+    let accepted = state.producer.produce(Protocol::Json, batches).await?;
     Ok(json_response(
         StatusCode::ACCEPTED,
         serde_json::json!({ "accepted": accepted, "rejected": errors }),

@@ -1,13 +1,13 @@
 //! The device-facing HTTP API: `POST /v1/fixes` ([`json`]), Traccar Client / OsmAnd at `/`
 //! ([`osmand`]) and OwnTracks at `/owntracks` ([`owntracks`]), merged with the operational
-//! router. Shared here: the state, body and credential extraction, producing a request's
-//! envelopes and waiting for every acknowledgement, and per-request metrics.
+//! router. Shared here: the state, body and credential extraction, and per-request metrics.
+//! Producing a request's envelopes is [`crate::producer::FixProducer::produce`].
 
 pub mod json;
 pub mod osmand;
 pub mod owntracks;
 
-use crate::auth::{AuthCache, DeviceRecord};
+use crate::auth::AuthCache;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::producer::FixProducer;
@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use gps_domain::{Fix, FixEnvelope, Protocol};
+use gps_domain::Protocol;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,18 +57,19 @@ pub fn router(
 }
 
 impl AppState {
-    /// Record the outcome of one request and turn it into a response.
-    pub fn finish(
+    /// Run one request's handler, record its outcome and turn it into a response.
+    pub async fn respond(
         &self,
         protocol: Protocol,
-        started: Instant,
-        result: Result<Response, ApiError>,
+        handler: impl Future<Output = Result<Response, ApiError>>,
     ) -> Response {
-        let response = match result {
+        let started = Instant::now();
+        let response = match handler.await {
             Ok(response) => response,
             Err(error) => {
-                if !matches!(error, ApiError::InvalidItems(_)) {
-                    // Item-level refusals are counted per fix where they are made.
+                if !matches!(error, ApiError::InvalidItems(_) | ApiError::NotProduced(_)) {
+                    // Item-level refusals and fixes Kafka did not take are counted per fix
+                    // where they are made.
                     self.metrics.refused(protocol, error.reason(), 1);
                 }
                 error.into_response()
@@ -82,50 +84,6 @@ impl AppState {
             .with_label_values(&[protocol.as_str()])
             .observe(started.elapsed().as_secs_f64());
         response
-    }
-
-    /// Produce one envelope per device and wait until Kafka acknowledged every one.
-    /// Returns the number of fixes acknowledged. When any record fails the request fails (503):
-    /// records already acknowledged stay in the log, and the device's retry duplicates them,
-    /// which the processor dedupes by device and fix time (at-least-once).
-    pub async fn produce(
-        &self,
-        protocol: Protocol,
-        batches: Vec<(Arc<DeviceRecord>, Vec<Fix>)>,
-    ) -> Result<usize, ApiError> {
-        let rx = gps_domain::fix::now_millis();
-        let mut pending = Vec::with_capacity(batches.len());
-        let mut count = 0;
-        for (device, fixes) in batches {
-            count += fixes.len();
-            let envelope = FixEnvelope::new(
-                device.tenant_id,
-                device.id,
-                device.uid.clone(),
-                protocol,
-                rx,
-                fixes,
-            );
-            match self.producer.enqueue(&envelope) {
-                Ok(p) => pending.push(p),
-                Err(e) => {
-                    self.metrics.refused(protocol, e.reason(), count as u64);
-                    return Err(e);
-                }
-            }
-        }
-        let outcomes =
-            futures::future::join_all(pending.into_iter().map(|p| self.producer.acknowledged(p)))
-                .await;
-        if let Some(error) = outcomes.into_iter().find_map(Result::err) {
-            self.metrics.refused(protocol, error.reason(), count as u64);
-            return Err(error);
-        }
-        self.metrics
-            .fixes_accepted
-            .with_label_values(&[protocol.as_str()])
-            .inc_by(count as u64);
-        Ok(count)
     }
 }
 
@@ -142,14 +100,10 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-/// The bearer token of the `Authorization` header, if any.
+/// The bearer token of the `Authorization` header, if any, by the one bearer parser
+/// ([`gps_domain::auth::bearer_token`]).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    gps_domain::auth::bearer_token(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// User and password of HTTP Basic `Authorization`, if any.
@@ -166,15 +120,6 @@ pub fn basic(headers: &HeaderMap) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
-}
-
-/// The 503 for a credential store that does not answer.
-pub fn store_unavailable(state: &AppState, e: crate::auth::Unavailable) -> ApiError {
-    let _ = state;
-    ApiError::Unavailable {
-        retry_after_secs: 1,
-        detail: e.to_string(),
-    }
 }
 
 /// 401 for a device endpoint.

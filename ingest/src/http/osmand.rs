@@ -3,7 +3,7 @@
 //! uid alone (`id`/`deviceid`/`device_id`), with no secret; an unknown or disabled uid gets 400,
 //! as Traccar answers. Success is `200` with an empty body once Kafka acknowledged.
 
-use super::{body, store_unavailable, AppState};
+use super::{body, AppState};
 use crate::error::ApiError;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use gps_domain::wire::osmand::{self, OsmandError};
 use gps_domain::Protocol;
-use std::time::Instant;
 
 /// The handler.
 pub async fn report(
@@ -20,9 +19,9 @@ pub async fn report(
     uri: Uri,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let result = handle(&state, &uri, raw).await;
-    state.finish(Protocol::Osmand, started, result)
+    state
+        .respond(Protocol::Osmand, handle(&state, &uri, raw))
+        .await
 }
 
 fn bad(e: OsmandError) -> ApiError {
@@ -66,10 +65,10 @@ async fn handle(
     let device = state
         .auth
         .device_by_uid(&report.uid)
-        .await
-        .map_err(|e| store_unavailable(state, e))?
+        .await?
         .ok_or_else(|| ApiError::bad_field("unknown_device", "id", "unknown device"))?;
     state
+        .producer
         .produce(Protocol::Osmand, vec![(device, report.fixes)])
         .await?;
     Ok(StatusCode::OK.into_response())

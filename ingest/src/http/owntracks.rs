@@ -4,7 +4,7 @@
 //! message is answered `200 []` (OwnTracks reads the body as a list of messages for it);
 //! non-location messages are acknowledged and not produced.
 
-use super::{basic, bearer, body, store_unavailable, AppState};
+use super::{basic, bearer, body, AppState};
 use crate::error::ApiError;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use gps_domain::wire::owntracks::{self, OwntracksMessage};
 use gps_domain::Protocol;
-use std::time::Instant;
 
 const UNAUTHORIZED: ApiError = ApiError::Unauthorized {
     message: "basic auth required: user = device uid, password = device token",
@@ -26,9 +25,9 @@ pub async fn report(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let result = handle(&state, &headers, raw).await;
-    state.finish(Protocol::Owntracks, started, result)
+    state
+        .respond(Protocol::Owntracks, handle(&state, &headers, raw))
+        .await
 }
 
 fn empty_list() -> Response {
@@ -53,8 +52,7 @@ async fn handle(
     let device = state
         .auth
         .device_by_token(&token)
-        .await
-        .map_err(|e| store_unavailable(state, e))?
+        .await?
         .ok_or(UNAUTHORIZED)?;
     if user.is_some_and(|u| u != device.uid) {
         return Err(UNAUTHORIZED);
@@ -71,6 +69,7 @@ async fn handle(
         Ok(OwntracksMessage::Location(fix)) => {
             received(1);
             state
+                .producer
                 .produce(Protocol::Owntracks, vec![(device, vec![fix])])
                 .await?;
             Ok(empty_list())

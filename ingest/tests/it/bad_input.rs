@@ -5,6 +5,9 @@
 use crate::support::Ingest;
 use serde_json::{json, Value};
 
+/// Refusals of every protocol and reason.
+const REFUSED: &str = "gps_ingest_fixes_refused_total";
+
 struct Case {
     name: &'static str,
     path: &'static str,
@@ -147,7 +150,7 @@ async fn every_bad_input_gets_its_documented_answer() {
             )
         },
     ];
-    let refused_before = refused_total(&ingest).await;
+    let refused_before = ingest.metric(REFUSED).await;
     let mut failures = Vec::new();
     for c in &cases {
         let mut request = ingest
@@ -184,7 +187,7 @@ async fn every_bad_input_gets_its_documented_answer() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    let refused_after = refused_total(&ingest).await;
+    let refused_after = ingest.metric(REFUSED).await;
     assert!(
         refused_after >= refused_before + cases.len() as f64 - 1.0,
         "every refusal is counted: {refused_before} -> {refused_after}"
@@ -200,20 +203,4 @@ async fn every_bad_input_gets_its_documented_answer() {
         .unwrap();
     assert_eq!(ok.status(), 202);
     ingest.stop().await;
-}
-
-async fn refused_total(ingest: &Ingest) -> f64 {
-    let text = ingest
-        .client
-        .get(ingest.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("gps_ingest_fixes_refused_total{"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }

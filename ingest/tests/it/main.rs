@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod broker_down;
+mod credentials;
 mod protocols;
 mod smoke;
 mod support;

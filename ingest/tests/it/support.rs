@@ -4,7 +4,9 @@
 use gps_domain::FixEnvelope;
 use gps_runtime::config::KafkaArgs;
 use gps_runtime::shutdown::Shutdown;
-use gps_runtime::testing::{kafka_topics, seed_device, SeededDevice, TestDb};
+use gps_runtime::testing::{
+    kafka_topics, scrape_metric, seed_device, wait_until, wait_until_ok, SeededDevice, TestDb,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// A running ingest with its database, topics and one seeded device.
-pub struct Ingest {
+pub(crate) struct Ingest {
     pub db: TestDb,
     pub kafka: KafkaArgs,
     pub device: SeededDevice,
@@ -25,18 +27,21 @@ pub struct Ingest {
 
 impl Ingest {
     /// Start with default settings.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(|_| {}).await
     }
 
     /// Start with settings changed by `tweak` (database and topics are filled in first).
-    pub async fn start_with(tweak: impl FnOnce(&mut ingest::Config)) -> Self {
+    pub(crate) async fn start_with(tweak: impl FnOnce(&mut ingest::Config)) -> Self {
         let kafka = kafka_topics().await;
         Self::start_on(kafka, tweak).await
     }
 
     /// Start against the given Kafka settings.
-    pub async fn start_on(kafka: KafkaArgs, tweak: impl FnOnce(&mut ingest::Config)) -> Self {
+    pub(crate) async fn start_on(
+        kafka: KafkaArgs,
+        tweak: impl FnOnce(&mut ingest::Config),
+    ) -> Self {
         let db = TestDb::new().await;
         let device = seed_device(&db.pool, "acme").await;
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -48,12 +53,12 @@ impl Ingest {
         config.kafka = kafka.clone();
         tweak(&mut config);
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(ingest::run(config, http, udp, shutdown.clone()));
+        let mut task = tokio::spawn(ingest::run(config, http, udp, shutdown.clone()));
         let client = reqwest::Client::new();
-        gps_runtime::testing::wait_until_ok(
+        wait_until_ok(
             &client,
             &format!("{base}/healthz"),
-            &task,
+            &mut task,
             Duration::from_secs(20),
         )
         .await;
@@ -69,41 +74,27 @@ impl Ingest {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    /// Read a metric sample (`name{labels}` exactly as exposed), 0 when absent.
-    pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        gps_runtime::ops::metric_sample(&text, sample).unwrap_or(0.0)
+    /// A metric from `/metrics`: one sample (`name{labels}` exactly as exposed), or a bare name
+    /// summed over its label sets; 0 when absent.
+    pub(crate) async fn metric(&self, selector: &str) -> f64 {
+        scrape_metric(&self.client, &self.base, selector).await
     }
 
-    /// Wait until a metric sample reaches `at_least`.
-    pub async fn wait_metric(&self, sample: &str, at_least: f64) -> f64 {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let v = self.metric(sample).await;
-            if v >= at_least {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{sample} stayed at {v} < {at_least}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// Wait until a metric reaches `at_least`; returns its value then.
+    pub(crate) async fn wait_metric(&self, selector: &str, at_least: f64) -> f64 {
+        let what = format!("{selector} to reach {at_least}");
+        wait_until(Duration::from_secs(15), &what, || async {
+            self.metric(selector).await >= at_least
+        })
+        .await;
+        self.metric(selector).await
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.trigger();
         tokio::time::timeout(Duration::from_secs(20), self.task)
             .await
@@ -115,7 +106,7 @@ impl Ingest {
 
 /// Read every envelope of the fixes topic from the beginning until `count` fixes were seen or
 /// `idle` passed without a new record after the deadline.
-pub async fn read_fixes(kafka: &KafkaArgs, count: usize) -> Vec<FixEnvelope> {
+pub(crate) async fn read_fixes(kafka: &KafkaArgs, count: usize) -> Vec<FixEnvelope> {
     let mut config = gps_runtime::kafka::client_config(kafka, "ingest-test-reader");
     config
         .set("group.id", format!("ingest-test-{}", uuid::Uuid::new_v4()))
@@ -151,7 +142,12 @@ pub async fn read_fixes(kafka: &KafkaArgs, count: usize) -> Vec<FixEnvelope> {
 }
 
 /// Insert an API key for `tenant` with `scopes`; returns the clear key.
-pub async fn api_key(db: &TestDb, tenant: uuid::Uuid, scopes: &[&str], revoked: bool) -> String {
+pub(crate) async fn api_key(
+    db: &TestDb,
+    tenant: uuid::Uuid,
+    scopes: &[&str],
+    revoked: bool,
+) -> String {
     let minted = gps_domain::auth::new_api_key();
     sqlx::query(
         "INSERT INTO api_keys (tenant_id, name, prefix, key_hash, scopes, revoked_at)
@@ -169,14 +165,14 @@ pub async fn api_key(db: &TestDb, tenant: uuid::Uuid, scopes: &[&str], revoked: 
 }
 
 /// A private broker (tansu) on a free port, with its sqlite data in a temp dir.
-pub struct PrivateBroker {
+pub(crate) struct PrivateBroker {
     pub port: u16,
     pub dir: std::path::PathBuf,
     child: Option<std::process::Child>,
 }
 
 /// Where `dev/stack` caches the broker (`TANSU_BIN` overrides).
-pub fn default_tansu() -> String {
+pub(crate) fn default_tansu() -> String {
     let cache = std::env::var("GPS_CACHE_DIR").unwrap_or_else(|_| {
         format!(
             "{}/.cache/gps-telemetry",
@@ -187,13 +183,13 @@ pub fn default_tansu() -> String {
 }
 
 impl PrivateBroker {
-    pub fn tansu_path() -> Option<std::path::PathBuf> {
+    pub(crate) fn tansu_path() -> Option<std::path::PathBuf> {
         let path = std::env::var("TANSU_BIN").unwrap_or_else(|_| default_tansu());
         let path = std::path::PathBuf::from(path);
         path.exists().then_some(path)
     }
 
-    pub async fn start() -> Option<Self> {
+    pub(crate) async fn start() -> Option<Self> {
         Self::tansu_path()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -211,11 +207,11 @@ impl PrivateBroker {
         Some(broker)
     }
 
-    pub fn brokers(&self) -> String {
+    pub(crate) fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub async fn spawn(&mut self) {
+    pub(crate) async fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
         let child = std::process::Command::new(Self::tansu_path().unwrap())
@@ -234,30 +230,33 @@ impl PrivateBroker {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "private tansu did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let port = self.port;
+        wait_until(
+            Duration::from_secs(15),
+            "the private tansu to listen",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
     }
 
     /// The last `lines` lines of the broker's log, for failure messages.
-    pub fn log_tail(&self, lines: usize) -> String {
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
         let log = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Freeze the broker (SIGSTOP): connections stay open and nothing answers.
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         self.signal("-STOP");
     }
 
     /// Thaw a paused broker (SIGCONT).
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.signal("-CONT");
     }
 
@@ -271,7 +270,7 @@ impl PrivateBroker {
         }
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

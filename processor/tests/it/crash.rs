@@ -71,9 +71,11 @@ async fn sigkill_mid_stream_then_restart_stores_every_fix_exactly_once() {
             produce_many(&producer, &topic, chunk).await;
         }
     });
-    wait_until(120, "the first process to store some fixes", || async {
-        count_positions(&db.pool).await >= 2_000
-    })
+    wait_until(
+        std::time::Duration::from_secs(120),
+        "the first process to store some fixes",
+        || async { count_positions(&db.pool).await >= 2_000 },
+    )
     .await;
     first.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
     let _ = first.wait();
@@ -86,9 +88,11 @@ async fn sigkill_mid_stream_then_restart_stores_every_fix_exactly_once() {
 
     let mut second = spawn_processor(&db, &kafka, &group);
     let want = expected.len() as i64;
-    wait_until(180, "every fix stored after the restart", || async {
-        count_positions(&db.pool).await >= want
-    })
+    wait_until(
+        std::time::Duration::from_secs(180),
+        "every fix stored after the restart",
+        || async { count_positions(&db.pool).await >= want },
+    )
     .await;
     let _ = second.kill();
     let _ = second.wait();

@@ -141,9 +141,11 @@ async fn stores_each_distinct_fix_once_quarantines_rejects_publishes_and_replays
 
     let running = Running::start(config(&db, &kafka, &group())).await;
     let want = expected.len() as i64;
-    wait_until(90, "every distinct fix stored", || async {
-        count_positions(&db.pool).await >= want
-    })
+    wait_until(
+        std::time::Duration::from_secs(90),
+        "every distinct fix stored",
+        || async { count_positions(&db.pool).await >= want },
+    )
     .await;
 
     // Exactly the distinct fixes.

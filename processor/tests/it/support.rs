@@ -5,7 +5,8 @@ use gps_domain::reject::RejectRecord;
 use gps_domain::FixEnvelope;
 use gps_runtime::config::KafkaArgs;
 use gps_runtime::shutdown::Shutdown;
-use gps_runtime::testing::{unique_suffix, TestDb};
+pub(crate) use gps_runtime::testing::wait_until;
+use gps_runtime::testing::{scrape_metric, unique_suffix, TestDb};
 use processor::Config;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 /// A processor config on `db` and `kafka` with its own consumer group.
-pub fn config(db: &TestDb, kafka: &KafkaArgs, group: &str) -> Config {
+pub(crate) fn config(db: &TestDb, kafka: &KafkaArgs, group: &str) -> Config {
     let mut config = Config::local();
     config.database = db.args.clone();
     config.kafka = kafka.clone();
@@ -28,12 +29,12 @@ pub fn config(db: &TestDb, kafka: &KafkaArgs, group: &str) -> Config {
 }
 
 /// A unique consumer group id.
-pub fn group() -> String {
+pub(crate) fn group() -> String {
     format!("test-processor-{}", unique_suffix())
 }
 
 /// An idempotent producer on the test broker.
-pub fn producer(kafka: &KafkaArgs) -> FutureProducer {
+pub(crate) fn producer(kafka: &KafkaArgs) -> FutureProducer {
     gps_runtime::kafka::client_config(kafka, "test-producer")
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -43,14 +44,18 @@ pub fn producer(kafka: &KafkaArgs) -> FutureProducer {
 }
 
 /// Produce envelopes in order (each acknowledged before the next is sent).
-pub async fn produce(producer: &FutureProducer, topic: &str, envelopes: &[FixEnvelope]) {
+pub(crate) async fn produce(producer: &FutureProducer, topic: &str, envelopes: &[FixEnvelope]) {
     for envelope in envelopes {
         produce_raw(producer, topic, &envelope.key(), &envelope.encode()).await;
     }
 }
 
 /// Produce many envelopes concurrently (order per key not guaranteed across the batch).
-pub async fn produce_many(producer: &FutureProducer, topic: &str, envelopes: &[FixEnvelope]) {
+pub(crate) async fn produce_many(
+    producer: &FutureProducer,
+    topic: &str,
+    envelopes: &[FixEnvelope],
+) {
     let encoded: Vec<(String, Vec<u8>)> = envelopes.iter().map(|e| (e.key(), e.encode())).collect();
     let mut sends = Vec::new();
     for (key, payload) in &encoded {
@@ -65,7 +70,7 @@ pub async fn produce_many(producer: &FutureProducer, topic: &str, envelopes: &[F
 }
 
 /// Produce one raw record.
-pub async fn produce_raw(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+pub(crate) async fn produce_raw(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
     producer
         .send(
             FutureRecord::to(topic).key(key).payload(payload),
@@ -77,7 +82,7 @@ pub async fn produce_raw(producer: &FutureProducer, topic: &str, key: &str, payl
 }
 
 /// Read `expected` reject records from the rejected topic (or panic after 60 s).
-pub async fn read_rejects(kafka: &KafkaArgs, expected: usize) -> Vec<RejectRecord> {
+pub(crate) async fn read_rejects(kafka: &KafkaArgs, expected: usize) -> Vec<RejectRecord> {
     let consumer: StreamConsumer = gps_runtime::kafka::client_config(kafka, "test-rejects")
         .set("group.id", group())
         .set("enable.auto.commit", "false")
@@ -99,7 +104,7 @@ pub async fn read_rejects(kafka: &KafkaArgs, expected: usize) -> Vec<RejectRecor
 }
 
 /// A processor running in-process.
-pub struct Running {
+pub(crate) struct Running {
     pub shutdown: Shutdown,
     pub task: JoinHandle<Result<(), processor::ProcessorError>>,
     pub addr: SocketAddr,
@@ -107,7 +112,7 @@ pub struct Running {
 
 impl Running {
     /// Start `run` on a free port.
-    pub async fn start(config: Config) -> Self {
+    pub(crate) async fn start(config: Config) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
@@ -119,21 +124,14 @@ impl Running {
         }
     }
 
-    /// The value of a counter (summed over labels) from `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let Ok(response) = reqwest::get(format!("http://{}/metrics", self.addr)).await else {
-            return 0.0;
-        };
-        let text = response.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter(|l| l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    /// A metric from `/metrics`: one sample, or a bare name summed over its label sets.
+    pub(crate) async fn metric(&self, selector: &str) -> f64 {
+        let base = format!("http://{}", self.addr);
+        scrape_metric(&reqwest::Client::new(), &base, selector).await
     }
 
     /// Shut down and wait for `run` to return Ok.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.trigger();
         tokio::time::timeout(Duration::from_secs(30), self.task)
             .await
@@ -143,24 +141,8 @@ impl Running {
     }
 }
 
-/// Poll `check` until it returns true, or panic with `what` after `secs`.
-pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
 /// Rows in `positions`.
-pub async fn count_positions(pool: &PgPool) -> i64 {
+pub(crate) async fn count_positions(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM positions")
         .fetch_one(pool)
         .await
@@ -168,7 +150,7 @@ pub async fn count_positions(pool: &PgPool) -> i64 {
 }
 
 /// Every stored key, sorted.
-pub async fn stored_keys(pool: &PgPool) -> Vec<(Uuid, i64)> {
+pub(crate) async fn stored_keys(pool: &PgPool) -> Vec<(Uuid, i64)> {
     let rows: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> =
         sqlx::query_as("SELECT device_id, fix_time FROM positions ORDER BY device_id, fix_time")
             .fetch_all(pool)

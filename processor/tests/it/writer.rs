@@ -1,27 +1,24 @@
 //! The `copy` write path against the database: a batch of new rows goes straight in by COPY; a
 //! batch holding an already stored row rolls back and is written through staging, storing only
-//! what is new; `last_positions` keeps each device's newest fix either way.
+//! what is new; `last_positions` keeps each device's newest fix either way. And the row codec:
+//! what every write path stores reads back, through the shared read struct, as the same fix.
 
 use crate::support::count_positions;
 use chrono::{DateTime, Utc};
 use gps_domain::fix::{now_millis, Fix, Protocol};
 use gps_runtime::testing::TestDb;
+use gps_store::positions::{columns_of, PositionRow, StoredFix, COLUMNS};
 use processor::metrics::Metrics;
-use processor::writer::{EnvelopeMeta, PositionRow, Writer};
+use processor::writer::Writer;
 use processor::WriteMode;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use uuid::Uuid;
 
-fn rows(
-    meta: &Arc<EnvelopeMeta>,
-    base: i64,
-    seconds: impl Iterator<Item = i64>,
-) -> Vec<PositionRow> {
+fn rows(meta: &StoredFix, base: i64, seconds: impl Iterator<Item = i64>) -> Vec<StoredFix> {
     seconds
-        .map(|i| PositionRow {
-            meta: meta.clone(),
+        .map(|i| StoredFix {
             fix: Fix::new(base + i * 1000, 52.5 + i as f64 * 1e-4, 13.4),
+            ..meta.clone()
         })
         .collect()
 }
@@ -51,14 +48,13 @@ async fn direct_copy_stores_new_batches_and_falls_back_to_staging_on_a_stored_ro
     let metrics = Metrics::new(&prometheus::Registry::new());
     let mut writer = Writer::new(db.pool.clone(), WriteMode::Copy, storage, metrics.clone());
     let tenant = Uuid::new_v4();
-    let meta = |device| {
-        Arc::new(EnvelopeMeta {
-            tenant,
-            device,
-            uid: "w".into(),
-            proto: Protocol::Json,
-            rx: now_millis(),
-        })
+    let meta = |device| StoredFix {
+        tenant,
+        device,
+        uid: "w".into(),
+        protocol: Protocol::Json,
+        received: now_millis(),
+        fix: Fix::new(0, 0.0, 0.0),
     };
     let (a, b) = (meta(Uuid::new_v4()), meta(Uuid::new_v4()));
     let base = now_millis() - 3_600_000;
@@ -67,7 +63,7 @@ async fn direct_copy_stores_new_batches_and_falls_back_to_staging_on_a_stored_ro
     let mut first = rows(&a, base, (0..10).rev());
     first.extend(rows(&b, base, 0..5));
     let inserted = writer.write(&first).await.unwrap();
-    assert_eq!(inserted, first.iter().map(PositionRow::key).collect());
+    assert_eq!(inserted, first.iter().map(StoredFix::key).collect());
     assert_eq!(path_count(&metrics, "copy"), 1);
     assert_eq!(metrics.direct_copy_conflicts.get(), 0);
     let last = last_fix_times(&db.pool).await;
@@ -80,7 +76,7 @@ async fn direct_copy_stores_new_batches_and_falls_back_to_staging_on_a_stored_ro
     let inserted = writer.write(&second).await.unwrap();
     let want: HashSet<_> = second
         .iter()
-        .map(PositionRow::key)
+        .map(StoredFix::key)
         .filter(|k| !first.iter().any(|r| r.key() == *k))
         .collect();
     assert_eq!(inserted, want);
@@ -103,4 +99,84 @@ async fn direct_copy_stores_new_batches_and_falls_back_to_staging_on_a_stored_ro
     assert_eq!(path_count(&metrics, "copy_staged"), 2);
     assert_eq!(path_count(&metrics, "copy"), 1);
     assert_eq!(last_fix_times(&db.pool).await[&b.device], base + 11_000);
+}
+
+/// A fix with every field set, attributes included.
+fn full_fix(fix_time: i64, n: f64) -> Fix {
+    let mut fix = Fix::new(fix_time, 52.5 + n * 1e-4, 13.4 - n * 1e-4);
+    fix.altitude_m = Some(34.5 + n);
+    fix.speed_mps = Some(1.25);
+    fix.heading_deg = Some(270.0);
+    fix.accuracy_m = Some(4.0);
+    fix.battery_pct = Some(88.0);
+    fix.satellites = Some(9);
+    fix.hdop = Some(0.9);
+    fix.attributes.insert("tid".into(), "ab".into());
+    fix.attributes.insert("charge".into(), true.into());
+    fix
+}
+
+#[tokio::test]
+async fn every_write_path_stores_what_the_read_struct_gives_back() {
+    let db = TestDb::new().await;
+    let storage = gps_runtime::db::storage_mode(&db.pool).await.unwrap();
+    let base = now_millis() - 3_600_000;
+    let mut written: Vec<StoredFix> = Vec::new();
+    for (n, mode) in [WriteMode::Copy, WriteMode::Unnest].into_iter().enumerate() {
+        let metrics = Metrics::new(&prometheus::Registry::new());
+        let mut writer = Writer::new(db.pool.clone(), mode, storage, metrics);
+        let device = Uuid::new_v4();
+        // The older fix with nothing optional; the newer (the one `last_positions` keeps) full.
+        let mut plain = full_fix(base + 1_000, n as f64);
+        plain.attributes.clear();
+        plain.satellites = None;
+        plain.altitude_m = None;
+        let batch: Vec<StoredFix> = [plain, full_fix(base + 2_000, n as f64)]
+            .into_iter()
+            .map(|fix| StoredFix {
+                tenant: Uuid::new_v4(),
+                device,
+                uid: "codec".into(),
+                protocol: Protocol::Owntracks,
+                received: base + 5_000,
+                fix,
+            })
+            .collect();
+        let inserted = writer.write(&batch).await.unwrap();
+        assert_eq!(inserted.len(), 2, "{mode:?}");
+        written.extend(batch);
+    }
+    let read: Vec<PositionRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM positions ORDER BY device_id, fix_time"
+    ))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    written.sort_by_key(StoredFix::key);
+    assert_eq!(read.len(), written.len());
+    for (row, stored) in read.iter().zip(&written) {
+        assert_eq!(row.fix(), stored.fix);
+        assert_eq!(row.key(), stored.key());
+        assert_eq!(
+            (row.tenant_id, row.received_ms(), row.protocol.as_str()),
+            (stored.tenant, stored.received, stored.protocol.as_str())
+        );
+    }
+    // `last_positions` holds the same columns: the newest fix of each device, read alike.
+    let latest: Vec<PositionRow> = sqlx::query_as(&format!(
+        "SELECT {} FROM last_positions lp ORDER BY lp.device_id",
+        columns_of("lp")
+    ))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let newest: Vec<Fix> = written
+        .iter()
+        .filter(|s| s.fix.fix_time == base + 2_000)
+        .map(|s| s.fix.clone())
+        .collect();
+    assert_eq!(
+        latest.iter().map(PositionRow::fix).collect::<Vec<_>>(),
+        newest
+    );
 }

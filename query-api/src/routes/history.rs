@@ -5,7 +5,7 @@
 
 use crate::app::{audit_caller, ApiQuery, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::manage::parse_id;
+use crate::routes::parse_id;
 use crate::summary::{simplify_indices, summarize, TrackPoint};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -16,8 +16,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::TryStreamExt;
-use gps_domain::auth::Permission;
-use gps_runtime::access::{self, Visibility};
+use gps_domain::auth::{Permission, Visibility};
+use gps_domain::geo::BBox;
+use gps_store::geo::{bbox_condition, bbox_param};
+use gps_store::positions::{columns_of, PositionRow, COLUMNS};
+use gps_store::visibility::visibility;
 use serde::Deserialize;
 use std::fmt::Write as _;
 use uuid::Uuid;
@@ -157,10 +160,12 @@ fn decode_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
     Ok((micros(a)?, micros(b)?))
 }
 
-#[derive(Debug, sqlx::FromRow, serde::Serialize)]
-struct PositionRow {
-    fix_time: DateTime<Utc>,
-    received_at: DateTime<Utc>,
+/// One fix of a history page as the API renders it: the stored row (read with the shared
+/// [`PositionRow`]) without its tenant, device and attributes.
+#[derive(Debug, serde::Serialize)]
+struct HistoryFix<'a> {
+    fix_time: &'a DateTime<Utc>,
+    received_at: &'a DateTime<Utc>,
     lat: f64,
     lon: f64,
     altitude_m: Option<f64>,
@@ -170,22 +175,31 @@ struct PositionRow {
     battery_pct: Option<f64>,
     satellites: Option<i16>,
     hdop: Option<f64>,
-    protocol: String,
+    protocol: &'a str,
 }
 
-const POSITION_COLUMNS: &str =
-    "fix_time, received_at, lat, lon, altitude_m, speed_mps, heading_deg, \
-     accuracy_m, battery_pct, satellites, hdop, protocol";
+impl<'a> From<&'a PositionRow> for HistoryFix<'a> {
+    fn from(row: &'a PositionRow) -> Self {
+        Self {
+            fix_time: &row.fix_time,
+            received_at: &row.received_at,
+            lat: row.lat,
+            lon: row.lon,
+            altitude_m: row.altitude_m,
+            speed_mps: row.speed_mps,
+            heading_deg: row.heading_deg,
+            accuracy_m: row.accuracy_m,
+            battery_pct: row.battery_pct,
+            satellites: row.satellites,
+            hdop: row.hdop,
+            protocol: &row.protocol,
+        }
+    }
+}
 
-impl PositionRow {
+impl HistoryFix<'_> {
     fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "fix_time": self.fix_time, "received_at": self.received_at,
-            "lat": self.lat, "lon": self.lon, "altitude_m": self.altitude_m,
-            "speed_mps": self.speed_mps, "heading_deg": self.heading_deg,
-            "accuracy_m": self.accuracy_m, "battery_pct": self.battery_pct,
-            "satellites": self.satellites, "hdop": self.hdop, "protocol": self.protocol,
-        })
+        serde_json::to_value(self).unwrap_or_default()
     }
 
     fn geojson_point(&self) -> serde_json::Value {
@@ -378,15 +392,15 @@ pub(crate) async fn device_positions(
     let sql = match bucket {
         // One row per bucket: the first fix in it.
         Some(secs) => format!(
-            "SELECT {POSITION_COLUMNS} FROM (
+            "SELECT {COLUMNS} FROM (
                SELECT DISTINCT ON (date_bin(make_interval(secs => {secs}), fix_time, TIMESTAMPTZ 'epoch'))
-                      {POSITION_COLUMNS}
+                      {COLUMNS}
                FROM (SELECT * FROM positions WHERE {filter} ORDER BY {order} LIMIT {limit}) page
                ORDER BY date_bin(make_interval(secs => {secs}), fix_time, TIMESTAMPTZ 'epoch'), fix_time
              ) b ORDER BY fix_time"
         ),
         None => format!(
-            "SELECT {POSITION_COLUMNS} FROM positions WHERE {filter} ORDER BY {order} LIMIT {limit}"
+            "SELECT {COLUMNS} FROM positions WHERE {filter} ORDER BY {order} LIMIT {limit}"
         ),
     };
 
@@ -446,6 +460,7 @@ fn epilogue(format: Format, next: Option<&str>) -> String {
 }
 
 fn render_row(format: Format, row: &PositionRow, first: bool, out: &mut String) {
+    let row = HistoryFix::from(row);
     match format {
         Format::Json | Format::GeoJson => {
             if !first {
@@ -454,7 +469,7 @@ fn render_row(format: Format, row: &PositionRow, first: bool, out: &mut String) 
             if format == Format::Json {
                 // Straight from the row (same keys as `json()`): no `Value` tree per row, which
                 // is most of the cost of a day of history.
-                match serde_json::to_string(row) {
+                match serde_json::to_string(&row) {
                     Ok(text) => out.push_str(&text),
                     Err(_) => out.push_str(&row.json().to_string()),
                 }
@@ -541,13 +556,21 @@ fn stream_rows(
     Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response()
 }
 
-/// One device's last known position.
-#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+/// One device's last known position, with its uid.
+#[derive(Debug, sqlx::FromRow)]
 pub(crate) struct LatestRow {
-    device_id: Uuid,
     uid: String,
-    fix_time: DateTime<Utc>,
-    received_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    position: PositionRow,
+}
+
+/// A [`LatestRow`] as the API renders it.
+#[derive(serde::Serialize)]
+struct LatestFix<'a> {
+    device_id: &'a Uuid,
+    uid: &'a str,
+    fix_time: &'a DateTime<Utc>,
+    received_at: &'a DateTime<Utc>,
     lat: f64,
     lon: f64,
     speed_mps: Option<f64>,
@@ -556,43 +579,48 @@ pub(crate) struct LatestRow {
     battery_pct: Option<f64>,
 }
 
+impl serde::Serialize for LatestRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let p = &self.position;
+        LatestFix {
+            device_id: &p.device_id,
+            uid: &self.uid,
+            fix_time: &p.fix_time,
+            received_at: &p.received_at,
+            lat: p.lat,
+            lon: p.lon,
+            speed_mps: p.speed_mps,
+            heading_deg: p.heading_deg,
+            accuracy_m: p.accuracy_m,
+            battery_pct: p.battery_pct,
+        }
+        .serialize(serializer)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct LatestQuery {
     group: Option<String>,
     bbox: Option<String>,
 }
 
-/// Parse `minLon,minLat,maxLon,maxLat`.
-pub fn parse_bbox(raw: &str) -> ApiResult<[f64; 4]> {
-    let err = || ApiError::field("bbox", "must be minLon,minLat,maxLon,maxLat in degrees");
-    let parts: Vec<f64> = raw
-        .split(',')
-        .map(|p| p.trim().parse::<f64>().map_err(|_| err()))
-        .collect::<Result<_, _>>()?;
-    let [min_lon, min_lat, max_lon, max_lat]: [f64; 4] = parts.try_into().map_err(|_| err())?;
-    let ok = [min_lon, min_lat, max_lon, max_lat]
-        .iter()
-        .all(|v| v.is_finite())
-        && (-180.0..=180.0).contains(&min_lon)
-        && (-180.0..=180.0).contains(&max_lon)
-        && (-90.0..=90.0).contains(&min_lat)
-        && (-90.0..=90.0).contains(&max_lat)
-        && min_lon <= max_lon
-        && min_lat <= max_lat;
-    if !ok {
-        return Err(err());
-    }
-    Ok([min_lon, min_lat, max_lon, max_lat])
+/// Parse `minLon,minLat,maxLon,maxLat` by the one [`BBox`] rule: `minLon > maxLon` crosses the
+/// antimeridian, as on fanout's live side.
+pub fn parse_bbox(raw: &str) -> ApiResult<BBox> {
+    raw.parse().map_err(|e| {
+        ApiError::field(
+            "bbox",
+            format!("must be minLon,minLat,maxLon,maxLat in degrees: {e}"),
+        )
+    })
 }
 
 /// The device ids the caller may see, as a filter: `None` means every device of the tenant.
 async fn visible_filter(state: &AppState, caller: &Caller) -> ApiResult<Option<Vec<Uuid>>> {
-    Ok(
-        match access::visibility(&state.pool, &caller.principal).await? {
-            Visibility::AllOfTenant(_) => None,
-            Visibility::Only(ids) => Some(ids.into_iter().collect()),
-        },
-    )
+    Ok(match visibility(&state.pool, &caller.principal).await? {
+        Visibility::AllOfTenant(_) => None,
+        Visibility::Only(ids) => Some(ids.into_iter().collect()),
+    })
 }
 
 /// `GET /v1/positions/latest?group&bbox`: the last known position of each visible device.
@@ -621,24 +649,22 @@ pub(crate) async fn latest(
         None => None,
     };
     let visible = visible_filter(&state, &caller).await?;
+    let in_bbox = bbox_condition("lp.lat", "lp.lon", "$4");
+    let columns = columns_of("lp");
     let positions: Vec<LatestRow> =
-        sqlx::query_as(
-            "SELECT lp.device_id, d.uid, lp.fix_time, lp.received_at, lp.lat, lp.lon,
-                    lp.speed_mps, lp.heading_deg, lp.accuracy_m, lp.battery_pct
+        sqlx::query_as(&format!(
+            "SELECT {columns}, d.uid
              FROM last_positions lp JOIN devices d ON d.id = lp.device_id AND d.tenant_id = $1
              WHERE lp.tenant_id = $1
                AND ($2::uuid[] IS NULL OR lp.device_id = ANY($2))
                AND ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM group_devices gd WHERE gd.group_id = $3 AND gd.device_id = lp.device_id))
-               AND ($4::float8 IS NULL OR (lp.lon BETWEEN $4 AND $6 AND lp.lat BETWEEN $5 AND $7))
+               AND ($4::float8[] IS NULL OR {in_bbox})
              ORDER BY d.uid COLLATE \"C\"",
-        )
+        ))
         .bind(caller.tenant())
         .bind(visible)
         .bind(group)
-        .bind(bbox.map(|b| b[0]))
-        .bind(bbox.map(|b| b[1]))
-        .bind(bbox.map(|b| b[2]))
-        .bind(bbox.map(|b| b[3]))
+        .bind(bbox.as_ref().map(bbox_param))
         .fetch_all(&state.pool)
         .await?;
     audit_caller(
@@ -688,20 +714,18 @@ pub(crate) async fn area(
         return Err(ApiError::field("limit", "must be between 1 and 10000"));
     }
     let visible = visible_filter(&state, &caller).await?;
-    let rows: Vec<(Uuid, DateTime<Utc>, f64, f64, Option<f64>)> = sqlx::query_as(
+    let in_bbox = bbox_condition("lat", "lon", "$4");
+    let rows: Vec<(Uuid, DateTime<Utc>, f64, f64, Option<f64>)> = sqlx::query_as(&format!(
         "SELECT device_id, fix_time, lat, lon, speed_mps FROM positions
          WHERE tenant_id = $1 AND fix_time >= $2 AND fix_time <= $3
-           AND lon BETWEEN $4 AND $6 AND lat BETWEEN $5 AND $7
-           AND ($8::uuid[] IS NULL OR device_id = ANY($8))
-         ORDER BY fix_time, device_id LIMIT $9",
-    )
+           AND {in_bbox}
+           AND ($5::uuid[] IS NULL OR device_id = ANY($5))
+         ORDER BY fix_time, device_id LIMIT $6",
+    ))
     .bind(caller.tenant())
     .bind(from)
     .bind(to)
-    .bind(bbox[0])
-    .bind(bbox[1])
-    .bind(bbox[2])
-    .bind(bbox[3])
+    .bind(bbox_param(&bbox))
     .bind(visible)
     .bind(limit)
     .fetch_all(&state.pool)
@@ -807,10 +831,60 @@ mod tests {
         assert!(parse_bucket("0s").is_err());
         assert!(parse_bucket("h").is_err());
         assert!(parse_bucket("").is_err());
-        assert_eq!(parse_bbox("13,52,14,53").unwrap(), [13.0, 52.0, 14.0, 53.0]);
-        assert!(parse_bbox("14,52,13,53").is_err());
+        assert_eq!(
+            parse_bbox("13,52,14,53").unwrap().to_array(),
+            [13.0, 52.0, 14.0, 53.0]
+        );
+        assert!(
+            parse_bbox("179,52,-179,53").unwrap().crosses_antimeridian(),
+            "minLon > maxLon crosses the antimeridian"
+        );
+        assert!(parse_bbox("1,53,2,52").is_err(), "minLat > maxLat");
         assert!(parse_bbox("NaN,1,2,3").is_err());
         assert!(parse_bbox("1,2,3").is_err());
+    }
+
+    fn stored_row() -> PositionRow {
+        let at = |ms| Utc.timestamp_millis_opt(ms).unwrap();
+        PositionRow {
+            tenant_id: Uuid::from_u128(1),
+            device_id: Uuid::from_u128(2),
+            fix_time: at(1_700_000_000_123),
+            received_at: at(1_700_000_000_500),
+            lat: 52.5,
+            lon: 13.4,
+            altitude_m: Some(34.0),
+            speed_mps: Some(1.5),
+            heading_deg: None,
+            accuracy_m: Some(4.0),
+            battery_pct: None,
+            satellites: Some(9),
+            hdop: Some(0.9),
+            protocol: "osmand".into(),
+            attributes: Some(serde_json::json!({ "charge": true })),
+        }
+    }
+
+    #[test]
+    fn history_and_latest_rows_render_their_documented_fields_in_order() {
+        let row = stored_row();
+        assert_eq!(
+            serde_json::to_string(&HistoryFix::from(&row)).unwrap(),
+            "{\"fix_time\":\"2023-11-14T22:13:20.123Z\",\"received_at\":\"2023-11-14T22:13:20.500Z\",\
+             \"lat\":52.5,\"lon\":13.4,\"altitude_m\":34.0,\"speed_mps\":1.5,\"heading_deg\":null,\
+             \"accuracy_m\":4.0,\"battery_pct\":null,\"satellites\":9,\"hdop\":0.9,\"protocol\":\"osmand\"}"
+        );
+        let latest = LatestRow {
+            uid: "358240051111110".into(),
+            position: row,
+        };
+        assert_eq!(
+            serde_json::to_string(&latest).unwrap(),
+            "{\"device_id\":\"00000000-0000-0000-0000-000000000002\",\"uid\":\"358240051111110\",\
+             \"fix_time\":\"2023-11-14T22:13:20.123Z\",\"received_at\":\"2023-11-14T22:13:20.500Z\",\
+             \"lat\":52.5,\"lon\":13.4,\"speed_mps\":1.5,\"heading_deg\":null,\"accuracy_m\":4.0,\
+             \"battery_pct\":null}"
+        );
     }
 
     #[test]

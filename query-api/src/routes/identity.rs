@@ -1,54 +1,19 @@
-//! Login, refresh-token rotation, logout, and live-view tickets; password hashing (argon2id).
+//! Login, refresh-token rotation, logout, and live-view tickets (passwords are
+//! [`crate::passwords`]'s).
 //!
 //! Refresh tokens rotate on every use. Each login starts a token family; presenting a token that
 //! was already rotated (a stolen copy, or a replay) revokes the whole family and is refused.
 
 use crate::app::{audit, audit_caller, rate_limit, ApiJson, AppState, AuditEntry, Caller};
 use crate::error::{ApiError, ApiResult};
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use crate::passwords::{hash_password, verify_password};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use gps_domain::auth::{self, Permission, Role};
-use gps_runtime::access;
+use gps_store::tickets::issue_ticket;
 use serde::Deserialize;
 use uuid::Uuid;
-
-/// Hash a password with argon2id and a random salt (PHC string).
-pub fn hash_password(password: &str) -> Result<String, ApiError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| ApiError::Internal(format!("argon2: {e}")))
-}
-
-/// Check a password against a PHC string.
-pub fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
-
-/// Minimum password length for new passwords.
-pub const MIN_PASSWORD_LEN: usize = 10;
-
-/// Reject weak passwords with a field error.
-pub fn check_password_strength(password: &str) -> ApiResult<()> {
-    if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(ApiError::field(
-            "password",
-            format!("must be at least {MIN_PASSWORD_LEN} characters"),
-        ));
-    }
-    Ok(())
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,7 +218,7 @@ pub(crate) async fn live_ticket(
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.require(Permission::LiveRead)?;
     let mut redis = state.redis.clone();
-    let ticket = access::issue_ticket(
+    let ticket = issue_ticket(
         &mut redis,
         &caller.principal,
         state.settings.ticket_ttl_secs,

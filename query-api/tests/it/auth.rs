@@ -302,11 +302,11 @@ async fn live_tickets_are_single_use() {
     let mut redis = gps_runtime::redis_client::connect(&gps_runtime::testing::redis_args())
         .await
         .unwrap();
-    let principal = gps_runtime::access::redeem_ticket(&mut redis, ticket)
+    let principal = gps_store::tickets::redeem_ticket(&mut redis, ticket)
         .await
         .unwrap();
     assert_eq!(principal.tenant_id, tenant);
-    assert!(gps_runtime::access::redeem_ticket(&mut redis, ticket)
+    assert!(gps_store::tickets::redeem_ticket(&mut redis, ticket)
         .await
         .is_err());
 }

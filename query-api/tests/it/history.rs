@@ -1,6 +1,6 @@
 //! History against known fixtures: pagination returns every row once, every export format
 //! parses with a real parser, simplification keeps the ends within tolerance, buckets downsample,
-//! and the summary matches the hand-computed track.
+//! the summary matches the hand-computed track, and area/latest boxes wrap across the antimeridian.
 
 use crate::support::Api;
 use gps_domain::auth::Role;
@@ -229,4 +229,70 @@ async fn summary_matches_the_hand_computed_track() {
         .any(|e| e["action"] == "positions.summary"
             && e["object_id"] == device.to_string()
             && e["actor_id"] == analyst.id.to_string()));
+}
+
+#[tokio::test]
+async fn area_and_latest_accept_a_bbox_across_the_antimeridian() {
+    let api = Api::start().await;
+    let tenant = api.tenant("antimeridian").await;
+    let analyst = api.user(tenant, Role::Analyst).await;
+    let mut at = Vec::new();
+    for lon in [179.5, -179.5, 0.0] {
+        let device = api.device(tenant).await;
+        api.track(tenant, device, START_MS, 1).await;
+        sqlx::query("UPDATE positions SET lat = 0.5, lon = $2 WHERE device_id = $1")
+            .bind(device)
+            .bind(lon)
+            .execute(&api.db.pool)
+            .await
+            .unwrap();
+        at.push(device.to_string());
+    }
+    let (east, west) = (&at[0], &at[1]);
+    sqlx::query("INSERT INTO last_positions SELECT DISTINCT ON (device_id) *, now() FROM positions ORDER BY device_id, fix_time DESC")
+        .execute(&api.db.pool)
+        .await
+        .unwrap();
+    let devices = |body: &serde_json::Value| {
+        let mut ids: Vec<String> = body["positions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .iter()
+            .map(|p| p["device_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut both = vec![east.clone(), west.clone()];
+    both.sort();
+
+    // 179°E eastwards to 179°W: both sides of 180°, not Greenwich; the same on both endpoints.
+    for (bbox, expected) in [
+        ("179,-1,-179,1", both.clone()),
+        ("179,-1,180,1", vec![east.clone()]),
+        ("-180,-1,-179,1", vec![west.clone()]),
+    ] {
+        for path in [
+            format!("/v1/positions?bbox={bbox}&from=0"),
+            format!("/v1/positions/latest?bbox={bbox}"),
+        ] {
+            let (status, body) = api.call("get", &path, &analyst.token, None).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            assert_eq!(devices(&body), expected, "{path}");
+        }
+    }
+    // Latitudes never wrap: minLat > maxLat is still refused, naming the field.
+    let (status, body) = api
+        .call(
+            "get",
+            "/v1/positions?bbox=179,1,-179,-1&from=0",
+            &analyst.token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("bbox")),
+        "{body}"
+    );
 }

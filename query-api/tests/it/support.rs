@@ -2,15 +2,15 @@
 
 use gps_domain::auth::Role;
 use gps_runtime::shutdown::Shutdown;
-use gps_runtime::testing::{redis_args, TestDb};
+use gps_runtime::testing::{redis_args, wait_until_ok, TestDb};
 use secrecy::SecretString;
 use serde_json::Value;
 use std::time::Duration;
 use uuid::Uuid;
 
-pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+pub(crate) const SECRET: &str = "integration-test-secret-0123456789abcdef";
 
-pub struct Api {
+pub(crate) struct Api {
     pub base: String,
     pub db: TestDb,
     pub client: reqwest::Client,
@@ -23,7 +23,7 @@ impl Drop for Api {
     }
 }
 
-pub struct User {
+pub(crate) struct User {
     pub id: Uuid,
     pub email: String,
     pub password: String,
@@ -32,11 +32,11 @@ pub struct User {
 
 impl Api {
     /// With rate limits out of the way (tests share 127.0.0.1 and one Redis).
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(&["--login-rate-limit", "100000", "--api-rate-limit", "100000"]).await
     }
 
-    pub async fn start_with(extra: &[&str]) -> Self {
+    pub(crate) async fn start_with(extra: &[&str]) -> Self {
         let db = TestDb::new().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -47,15 +47,17 @@ impl Api {
         config.redis = redis_args();
         config.jwt.jwt_secret = Some(SecretString::from(SECRET));
         let shutdown = Shutdown::new();
-        tokio::spawn(query_api::run(config, listener, shutdown.clone()));
+        let mut server = tokio::spawn(query_api::run(config, listener, shutdown.clone()));
         let client = reqwest::Client::new();
         let base = format!("http://{addr}");
-        for _ in 0..200 {
-            if client.get(format!("{base}/healthz")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        // A failed start panics here with the service's error, not later in an unrelated call.
+        wait_until_ok(
+            &client,
+            &format!("{base}/healthz"),
+            &mut server,
+            Duration::from_secs(20),
+        )
+        .await;
         Self {
             base,
             db,
@@ -64,20 +66,19 @@ impl Api {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn tenant(&self, name: &str) -> Uuid {
-        sqlx::query_scalar("INSERT INTO tenants (name) VALUES ($1) RETURNING id")
-            .bind(format!("{name}-{}", Uuid::new_v4()))
-            .fetch_one(&self.db.pool)
+    pub(crate) async fn tenant(&self, name: &str) -> Uuid {
+        let name = format!("{name}-{}", Uuid::new_v4());
+        query_api::routes::tenants::insert_tenant(&self.db.pool, &name)
             .await
             .unwrap()
     }
 
     /// A user of `role` in `tenant`, not logged in.
-    pub async fn bare_user(&self, tenant: Uuid, role: Role) -> Uuid {
+    pub(crate) async fn bare_user(&self, tenant: Uuid, role: Role) -> Uuid {
         sqlx::query_scalar(
             "INSERT INTO users (tenant_id, email, password_hash, role) VALUES ($1, $2, 'x', $3) RETURNING id",
         )
@@ -90,10 +91,10 @@ impl Api {
     }
 
     /// A user of `role` in `tenant`, logged in.
-    pub async fn user(&self, tenant: Uuid, role: Role) -> User {
+    pub(crate) async fn user(&self, tenant: Uuid, role: Role) -> User {
         let email = format!("{}-{}@example.test", role.as_str(), Uuid::new_v4().simple());
         let password = "correct horse battery staple".to_owned();
-        let id = query_api::routes::manage::insert_user(
+        let id = query_api::routes::users::insert_user(
             &self.db.pool,
             tenant,
             &email,
@@ -115,7 +116,7 @@ impl Api {
         }
     }
 
-    pub async fn login(&self, email: &str, password: &str) -> Value {
+    pub(crate) async fn login(&self, email: &str, password: &str) -> Value {
         let response = self
             .client
             .post(self.url("/v1/auth/login"))
@@ -126,7 +127,7 @@ impl Api {
         response.json().await.unwrap()
     }
 
-    pub async fn device(&self, tenant: Uuid) -> Uuid {
+    pub(crate) async fn device(&self, tenant: Uuid) -> Uuid {
         sqlx::query_scalar("INSERT INTO devices (tenant_id, uid) VALUES ($1, $2) RETURNING id")
             .bind(tenant)
             .bind(format!("dev-{}", Uuid::new_v4()))
@@ -135,7 +136,7 @@ impl Api {
             .unwrap()
     }
 
-    pub async fn group_with(&self, tenant: Uuid, devices: &[Uuid], users: &[Uuid]) -> Uuid {
+    pub(crate) async fn group_with(&self, tenant: Uuid, devices: &[Uuid], users: &[Uuid]) -> Uuid {
         let group: Uuid =
             sqlx::query_scalar("INSERT INTO groups (tenant_id, name) VALUES ($1, $2) RETURNING id")
                 .bind(tenant)
@@ -163,7 +164,7 @@ impl Api {
     }
 
     /// Insert `n` fixes of `device`, one per second from `start_ms`, moving north 10 m each.
-    pub async fn track(&self, tenant: Uuid, device: Uuid, start_ms: i64, n: i64) {
+    pub(crate) async fn track(&self, tenant: Uuid, device: Uuid, start_ms: i64, n: i64) {
         sqlx::query(
             "SELECT gps_ensure_position_partitions((to_timestamp($1 / 1000.0) AT TIME ZONE 'UTC')::date,
                                                    (to_timestamp(($1 + $2 * 1000) / 1000.0) AT TIME ZONE 'UTC')::date)",
@@ -188,7 +189,7 @@ impl Api {
         .unwrap();
     }
 
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         path: &str,

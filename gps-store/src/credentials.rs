@@ -1,0 +1,299 @@
+//! Device and API-key credentials: the one device lookup (by ingest-token digest, uid or id: one
+//! column list, one row type) and the one API-key rule, shared by ingest (behind its TTL cache)
+//! and by principal resolution in the query API and fanout.
+//!
+//! The API-key rule is [`ApiKeyRecord::verify`], a pure function of the fetched row and `now`:
+//! the presented key's digest matches (constant-time), the key is neither revoked nor expired,
+//! it carries the required scope, and its `last_used_at` is due for an update at most once per
+//! [`LAST_USED_RESOLUTION`]. Callers write that update with [`touch_api_key`], whose SQL repeats
+//! the once-a-minute guard, so concurrent callers and several instances still write at most
+//! once a minute per key.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use gps_domain::auth::{digests_equal, scopes_allow, secret_digest, Permission};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A device as the services need it to accept its fixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Device id (Kafka key).
+    pub id: Uuid,
+    /// Owning tenant.
+    pub tenant_id: Uuid,
+    /// The device's own uid.
+    pub uid: String,
+    /// Disabled devices are refused like unknown ones.
+    pub disabled: bool,
+    /// HMAC key for UDP, when the device has one.
+    pub udp_key: Option<[u8; 32]>,
+}
+
+/// The `devices` row behind a [`DeviceRecord`].
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    uid: String,
+    disabled: bool,
+    udp_key: Option<Vec<u8>>,
+}
+
+impl From<DeviceRow> for DeviceRecord {
+    fn from(row: DeviceRow) -> Self {
+        Self {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            uid: row.uid,
+            disabled: row.disabled,
+            // The column is CHECKed to 32 bytes; anything else means no usable key.
+            udp_key: row
+                .udp_key
+                .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok()),
+        }
+    }
+}
+
+/// The one column list of a device lookup, completed by a `WHERE` condition on `$1`. A static
+/// string per lookup keeps each one a single prepared statement.
+macro_rules! select_device_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT id, tenant_id, uid, disabled, udp_key FROM devices WHERE ",
+            $condition
+        )
+    };
+}
+
+/// How a device is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKey<'a> {
+    /// By the SHA-256 hex digest of its ingest token ([`secret_digest`]); never the token itself.
+    TokenDigest(&'a str),
+    /// By its uid (unique across tenants).
+    Uid(&'a str),
+    /// By its id.
+    Id(Uuid),
+}
+
+/// The device `key` names, disabled or not: callers decide what a disabled device means.
+pub async fn device(
+    pool: &PgPool,
+    key: DeviceKey<'_>,
+) -> Result<Option<DeviceRecord>, sqlx::Error> {
+    let query = match key {
+        DeviceKey::TokenDigest(digest) => {
+            sqlx::query_as::<_, DeviceRow>(select_device_where!("token_hash = $1")).bind(digest)
+        }
+        DeviceKey::Uid(uid) => {
+            sqlx::query_as::<_, DeviceRow>(select_device_where!("uid = $1")).bind(uid)
+        }
+        DeviceKey::Id(id) => {
+            sqlx::query_as::<_, DeviceRow>(select_device_where!("id = $1")).bind(id)
+        }
+    };
+    Ok(query.fetch_optional(pool).await?.map(DeviceRecord::from))
+}
+
+/// How often at most `api_keys.last_used_at` is written per key: keeps the hot path read-only.
+pub const LAST_USED_RESOLUTION: TimeDelta = TimeDelta::seconds(60);
+
+/// An `api_keys` row as the API-key rule needs it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ApiKeyRecord {
+    /// API key id.
+    pub id: Uuid,
+    /// Tenant the key acts for.
+    pub tenant_id: Uuid,
+    /// SHA-256 hex digest of the whole key.
+    key_hash: String,
+    /// Permission names the key carries.
+    pub scopes: Vec<String>,
+    /// When the key stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whether the key was revoked.
+    pub revoked: bool,
+    /// When the key was last recorded in use (at [`LAST_USED_RESOLUTION`]).
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// The verdict of the API-key rule on a presented key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// Usable, with the required scope. `touch_last_used`: record the use now
+    /// ([`touch_api_key`]); false while the last recorded use is younger than
+    /// [`LAST_USED_RESOLUTION`].
+    Accepted {
+        /// Whether `last_used_at` is due for an update.
+        touch_last_used: bool,
+    },
+    /// Genuine and usable, but without the required scope (a 403, not a 401).
+    MissingScope,
+    /// Wrong secret, revoked or expired (a 401, like an unknown key).
+    Invalid,
+}
+
+impl ApiKeyRecord {
+    /// The one API-key rule (pure): `presented` hashes to this key's digest (compared in
+    /// constant time), the key is not revoked, `now` is before its expiry, and it carries
+    /// `required` (when given; principals carry their scopes to each route's own check instead).
+    pub fn verify(
+        &self,
+        presented: &str,
+        required: Option<Permission>,
+        now: DateTime<Utc>,
+    ) -> KeyVerdict {
+        let genuine = digests_equal(&secret_digest(presented), &self.key_hash);
+        let expired = self.expires_at.is_some_and(|t| t <= now);
+        if !genuine || self.revoked || expired {
+            return KeyVerdict::Invalid;
+        }
+        if required.is_some_and(|p| !scopes_allow(&self.scopes, p)) {
+            return KeyVerdict::MissingScope;
+        }
+        KeyVerdict::Accepted {
+            touch_last_used: self
+                .last_used_at
+                .is_none_or(|t| now - t >= LAST_USED_RESOLUTION),
+        }
+    }
+
+    /// This record with its use at `now` recorded: what a cache keeps after [`touch_api_key`],
+    /// so that the rule does not ask for another update within [`LAST_USED_RESOLUTION`].
+    pub fn used_at(&self, now: DateTime<Utc>) -> Self {
+        Self {
+            last_used_at: Some(now),
+            ..self.clone()
+        }
+    }
+}
+
+/// The API key with lookup id `prefix` (the `<id>` of `gpsk_<id>_<secret>`, see
+/// [`gps_domain::auth::api_key_id`]), whatever its state: [`ApiKeyRecord::verify`] judges it.
+pub async fn api_key(pool: &PgPool, prefix: &str) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, tenant_id, key_hash, scopes, expires_at, revoked_at IS NOT NULL AS revoked,
+                last_used_at
+         FROM api_keys WHERE prefix = $1",
+    )
+    .bind(prefix)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Record that key `id` was used at `now`, unless a use within [`LAST_USED_RESOLUTION`] is
+/// already recorded (the same guard as [`ApiKeyRecord::verify`], in SQL, so racing callers write
+/// once). Returns whether the row was written.
+pub async fn touch_api_key(
+    pool: &PgPool,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET last_used_at = $2
+         WHERE id = $1 AND (last_used_at IS NULL OR last_used_at <= $2 - make_interval(secs => $3))",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(LAST_USED_RESOLUTION.num_seconds() as f64)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gps_domain::auth::new_api_key;
+
+    fn record(key: &str, scopes: &[&str]) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: Uuid::new_v4(),
+            tenant_id: Uuid::new_v4(),
+            key_hash: secret_digest(key),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            expires_at: None,
+            revoked: false,
+            last_used_at: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000, 0).unwrap()
+    }
+
+    const ACCEPTED: KeyVerdict = KeyVerdict::Accepted {
+        touch_last_used: true,
+    };
+
+    #[test]
+    fn a_genuine_usable_key_is_accepted() {
+        let key = new_api_key().key;
+        let rec = record(&key, &["fixes:write"]);
+        assert_eq!(
+            rec.verify(&key, Some(Permission::FixesWrite), now()),
+            ACCEPTED
+        );
+        assert_eq!(rec.verify(&key, None, now()), ACCEPTED);
+    }
+
+    #[test]
+    fn a_wrong_secret_revocation_or_expiry_is_invalid() {
+        let key = new_api_key().key;
+        let rec = record(&key, &["fixes:write"]);
+        assert_eq!(
+            rec.verify(&new_api_key().key, None, now()),
+            KeyVerdict::Invalid
+        );
+        assert_eq!(
+            rec.verify(&format!("{key}x"), None, now()),
+            KeyVerdict::Invalid
+        );
+        let revoked = ApiKeyRecord {
+            revoked: true,
+            ..rec.clone()
+        };
+        assert_eq!(revoked.verify(&key, None, now()), KeyVerdict::Invalid);
+        // Expiry is exclusive: at the instant itself the key no longer works.
+        let expiring = ApiKeyRecord {
+            expires_at: Some(now()),
+            ..rec.clone()
+        };
+        assert_eq!(expiring.verify(&key, None, now()), KeyVerdict::Invalid);
+        let just_before = now() - TimeDelta::milliseconds(1);
+        assert_eq!(expiring.verify(&key, None, just_before), ACCEPTED);
+        // Invalid wins over a missing scope: a stranger learns nothing about the key's scopes.
+        assert_eq!(
+            revoked.verify(&key, Some(Permission::UsersWrite), now()),
+            KeyVerdict::Invalid
+        );
+    }
+
+    #[test]
+    fn scopes_are_checked_only_when_required() {
+        let key = new_api_key().key;
+        let rec = record(&key, &["positions:read"]);
+        assert_eq!(
+            rec.verify(&key, Some(Permission::FixesWrite), now()),
+            KeyVerdict::MissingScope
+        );
+        assert_eq!(
+            rec.verify(&key, Some(Permission::PositionsRead), now()),
+            ACCEPTED
+        );
+    }
+
+    #[test]
+    fn last_used_is_due_at_most_once_a_minute() {
+        let key = new_api_key().key;
+        let rec = record(&key, &[]).used_at(now());
+        let at = |secs: i64| rec.verify(&key, None, now() + TimeDelta::seconds(secs));
+        let touch = |touch_last_used| KeyVerdict::Accepted { touch_last_used };
+        assert_eq!(at(0), touch(false));
+        assert_eq!(at(59), touch(false));
+        assert_eq!(at(60), touch(true));
+        assert_eq!(at(3600), touch(true));
+        // A clock behind the recorded use (another instance wrote it) does not write again.
+        assert_eq!(at(-5), touch(false));
+    }
+}

@@ -1,0 +1,3 @@
+//! gps-store integration tests, against the stack's PostgreSQL (`dev/stack up`).
+
+mod credentials;

@@ -1,0 +1,543 @@
+//! The processor's pure core: what to do with one batch of records, decided without I/O.
+//!
+//! [`classify`] takes the decoded records, the in-memory caches (what is known to be stored,
+//! each device's newest accepted fix), each tenant's validation thresholds and the time, and
+//! returns a [`BatchPlan`]: the rows to write, the reject records to quarantine, the
+//! duplicates dropped on the way, and each device's newest accepted fix. Every fix of the batch
+//! lands in exactly one of those three. Loading the thresholds and the devices' previous fixes
+//! happens before (`pipeline`), writing and quarantining after; only once the database has
+//! committed does [`BatchPlan::settle`] teach the caches, so a failed batch can be classified
+//! again from the same state.
+
+use crate::dedupe::{DedupeCache, DeviceCache};
+use gps_domain::fix::EpochMillis;
+use gps_domain::reject::{RejectReason, RejectRecord, SourcePosition};
+use gps_domain::validation::{self, PreviousFix, Thresholds};
+use gps_domain::FixEnvelope;
+use gps_store::positions::{FixKey, StoredFix};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// A record of the fixes topic, decoded (or not) as it was consumed.
+#[derive(Debug)]
+pub struct InRecord {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// The envelope, or why it could not be read (with the raw payload).
+    pub body: Result<FixEnvelope, BadRecord>,
+}
+
+/// A record that is not a readable envelope.
+#[derive(Debug)]
+pub struct BadRecord {
+    /// The reason code.
+    pub reason: RejectReason,
+    /// The decoder's message.
+    pub detail: String,
+    /// The raw payload.
+    pub raw: Vec<u8>,
+}
+
+impl InRecord {
+    /// Decode a consumed payload.
+    pub fn decode(partition: i32, offset: i64, payload: Option<&[u8]>) -> Self {
+        let body = match payload {
+            None => Err(BadRecord {
+                reason: RejectReason::MalformedRecord,
+                detail: "record has no value".into(),
+                raw: Vec::new(),
+            }),
+            Some(bytes) => FixEnvelope::decode(bytes).map_err(|e| BadRecord {
+                reason: RejectReason::for_envelope_error(&e),
+                detail: e.to_string(),
+                raw: bytes.to_vec(),
+            }),
+        };
+        Self {
+            partition,
+            offset,
+            body,
+        }
+    }
+
+    /// Fixes carried (1 for an unreadable record, which still costs a reject).
+    pub fn weight(&self) -> usize {
+        match &self.body {
+            Ok(envelope) => envelope.fixes.len(),
+            Err(_) => 1,
+        }
+    }
+}
+
+/// The in-memory state a batch is judged against; only [`BatchPlan::settle`] changes it.
+#[derive(Debug)]
+pub struct Caches {
+    /// Keys known to be stored.
+    pub dedupe: DedupeCache,
+    /// Each device's newest accepted fix, as far as loaded.
+    pub devices: DeviceCache,
+}
+
+impl Caches {
+    /// Empty caches of these capacities.
+    pub fn new(dedupe_capacity: usize, device_capacity: usize) -> Self {
+        Self {
+            dedupe: DedupeCache::new(dedupe_capacity),
+            devices: DeviceCache::new(device_capacity),
+        }
+    }
+}
+
+/// Duplicates dropped, by where they were recognised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Duplicates {
+    /// Known to be stored (the dedupe cache).
+    pub memory: usize,
+    /// Repeated inside the batch.
+    pub batch: usize,
+    /// Stored already, found by the database (`ON CONFLICT DO NOTHING`).
+    pub database: usize,
+}
+
+impl Duplicates {
+    /// All of them.
+    pub fn total(&self) -> usize {
+        self.memory + self.batch + self.database
+    }
+}
+
+/// What to do with one batch.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    /// Fixes to write, distinct keys, in arrival order.
+    pub rows: Vec<StoredFix>,
+    /// One reject record per refused fix and per unreadable record, in arrival order.
+    pub rejects: Vec<RejectRecord>,
+    /// Duplicates dropped before the database (`database` is still 0).
+    pub duplicates: Duplicates,
+    /// Each device's newest accepted fix of this batch (by fix time).
+    pub newest: HashMap<Uuid, PreviousFix>,
+}
+
+/// What one batch did, once committed.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Newly stored fixes (not duplicates), for the live publish.
+    pub stored: Vec<StoredFix>,
+    /// Fixes (and unreadable records) quarantined, by reason.
+    pub rejected: HashMap<RejectReason, usize>,
+    /// Duplicates dropped.
+    pub duplicates: Duplicates,
+}
+
+/// Judge every fix of `records`: validate it against its tenant's thresholds (the default for a
+/// tenant missing from `thresholds`) and the device's previous accepted fix (this batch's
+/// newest, else the cache's), and drop what is known to be stored or repeated in the batch.
+/// `topic` and `now` go into the reject records.
+pub fn classify(
+    records: &[InRecord],
+    caches: &Caches,
+    thresholds: &HashMap<Uuid, Thresholds>,
+    topic: &str,
+    now: EpochMillis,
+) -> BatchPlan {
+    let mut plan = BatchPlan::default();
+    let mut batch_keys: HashSet<FixKey> = HashSet::new();
+    for record in records {
+        let source = || SourcePosition {
+            topic: topic.to_owned(),
+            partition: record.partition,
+            offset: record.offset,
+        };
+        let envelope = match &record.body {
+            Ok(envelope) => envelope,
+            Err(bad) => {
+                plan.rejects.push(RejectRecord::for_record(
+                    &bad.raw,
+                    bad.reason,
+                    bad.detail.clone(),
+                    source(),
+                    now,
+                ));
+                continue;
+            }
+        };
+        let uid: Arc<str> = Arc::from(envelope.uid.as_str());
+        let limits = thresholds
+            .get(&envelope.tenant)
+            .copied()
+            .unwrap_or_default();
+        for (index, fix) in envelope.fixes.iter().enumerate() {
+            let key = (envelope.device, fix.fix_time);
+            if caches.dedupe.contains(&key) {
+                plan.duplicates.memory += 1;
+                continue;
+            }
+            if batch_keys.contains(&key) {
+                plan.duplicates.batch += 1;
+                continue;
+            }
+            let previous = plan
+                .newest
+                .get(&envelope.device)
+                .copied()
+                .or_else(|| caches.devices.get(&envelope.device).flatten());
+            if let Err(rejection) =
+                validation::validate(fix, envelope.rx, previous.as_ref(), &limits)
+            {
+                plan.rejects.push(RejectRecord::for_fix(
+                    envelope,
+                    index,
+                    fix,
+                    rejection.reason,
+                    rejection.detail,
+                    source(),
+                    now,
+                ));
+                continue;
+            }
+            batch_keys.insert(key);
+            let candidate = PreviousFix::of(fix);
+            plan.newest
+                .entry(envelope.device)
+                .and_modify(|p| {
+                    if candidate.fix_time > p.fix_time {
+                        *p = candidate;
+                    }
+                })
+                .or_insert(candidate);
+            plan.rows.push(StoredFix {
+                tenant: envelope.tenant,
+                device: envelope.device,
+                uid: uid.clone(),
+                protocol: envelope.proto,
+                received: envelope.rx,
+                fix: fix.clone(),
+            });
+        }
+    }
+    plan
+}
+
+impl BatchPlan {
+    /// Rejects by reason code.
+    pub fn rejected(&self) -> HashMap<RejectReason, usize> {
+        let mut counts = HashMap::new();
+        for reject in &self.rejects {
+            *counts.entry(reject.reason).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The database committed [`BatchPlan::rows`], of which the keys in `inserted` were new:
+    /// remember every row as stored, move each device's newest fix forward, and say what the
+    /// batch did.
+    pub fn settle(self, caches: &mut Caches, inserted: &HashSet<FixKey>) -> BatchOutcome {
+        let rejected = self.rejected();
+        for row in &self.rows {
+            caches.dedupe.insert(row.key());
+        }
+        for (device, fix) in self.newest {
+            caches.devices.advance(device, fix);
+        }
+        let written = self.rows.len();
+        let stored: Vec<StoredFix> = self
+            .rows
+            .into_iter()
+            .filter(|r| inserted.contains(&r.key()))
+            .collect();
+        BatchOutcome {
+            duplicates: Duplicates {
+                database: written - stored.len(),
+                ..self.duplicates
+            },
+            stored,
+            rejected,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gps_domain::fix::{Fix, Protocol};
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    const RX: EpochMillis = 1_790_000_000_000;
+    const TOPIC: &str = "gps.fixes";
+
+    fn record(offset: i64, device: Uuid, fixes: Vec<Fix>) -> InRecord {
+        InRecord {
+            partition: 0,
+            offset,
+            body: Ok(FixEnvelope::new(
+                Uuid::from_u128(1),
+                device,
+                "d",
+                Protocol::Json,
+                RX,
+                fixes,
+            )),
+        }
+    }
+
+    /// A fix `i` seconds into a slow walk (well under any speed limit).
+    fn walk(i: i64) -> Fix {
+        Fix::new(RX - 600_000 + i * 1000, 52.5 + i as f64 * 1e-5, 13.4)
+    }
+
+    fn caches() -> Caches {
+        Caches::new(10_000, 10_000)
+    }
+
+    fn plan(records: &[InRecord], caches: &Caches) -> BatchPlan {
+        classify(records, caches, &HashMap::new(), TOPIC, RX)
+    }
+
+    /// What the database would answer: every row new, except those in `stored`.
+    fn commit(plan: BatchPlan, caches: &mut Caches, stored: &mut HashSet<FixKey>) -> BatchOutcome {
+        let inserted: HashSet<FixKey> = plan
+            .rows
+            .iter()
+            .map(StoredFix::key)
+            .filter(|k| stored.insert(*k))
+            .collect();
+        plan.settle(caches, &inserted)
+    }
+
+    #[test]
+    fn rows_carry_the_envelope_and_rejects_their_source() {
+        let device = Uuid::from_u128(9);
+        let records = vec![
+            record(4, device, vec![walk(1), Fix::new(RX, 0.0, 0.0), walk(1)]),
+            InRecord::decode(0, 5, Some(b"\x00garbage")),
+            InRecord::decode(0, 6, None),
+        ];
+        let plan = plan(&records, &caches());
+        assert_eq!(plan.rows.len(), 1);
+        let row = &plan.rows[0];
+        assert_eq!(
+            (
+                row.tenant,
+                row.device,
+                &*row.uid,
+                row.protocol,
+                row.received
+            ),
+            (Uuid::from_u128(1), device, "d", Protocol::Json, RX)
+        );
+        assert_eq!(plan.duplicates.batch, 1);
+        let reasons: Vec<RejectReason> = plan.rejects.iter().map(|r| r.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                RejectReason::NullIsland,
+                RejectReason::MalformedRecord,
+                RejectReason::MalformedRecord
+            ]
+        );
+        let offsets: Vec<i64> = plan.rejects.iter().map(|r| r.source.offset).collect();
+        assert_eq!(offsets, [4, 5, 6]);
+        assert_eq!(plan.rejects[0].index, Some(1));
+        assert!(plan.rejects.iter().all(|r| r.source.topic == TOPIC));
+        assert_eq!(plan.rejected()[&RejectReason::MalformedRecord], 2);
+    }
+
+    #[test]
+    fn tenant_thresholds_apply_and_a_missing_tenant_gets_the_default() {
+        let device = Uuid::from_u128(9);
+        let mut poor = walk(1);
+        poor.accuracy_m = Some(500.0);
+        let records = vec![record(0, device, vec![poor])];
+        let strict = Thresholds {
+            max_accuracy_m: 100.0,
+            ..Thresholds::default()
+        };
+        let by_tenant = HashMap::from([(Uuid::from_u128(1), strict)]);
+        let refused = classify(&records, &caches(), &by_tenant, TOPIC, RX);
+        assert_eq!(refused.rejects[0].reason, RejectReason::PoorAccuracy);
+        assert!(plan(&records, &caches()).rejects.is_empty());
+    }
+
+    #[test]
+    fn the_speed_check_uses_the_batch_newest_then_the_cache() {
+        let device = Uuid::from_u128(9);
+        let far = Fix::new(RX - 590_000, 10.0, 13.4);
+        // Within one batch: the first fix is the previous of the far one.
+        let plan1 = plan(&[record(0, device, vec![walk(0), far.clone()])], &caches());
+        assert_eq!(plan1.rejects[0].reason, RejectReason::ImpossibleSpeed);
+        // Across batches: the cache holds the committed newest.
+        let mut c = caches();
+        let mut stored = HashSet::new();
+        commit(
+            plan(&[record(0, device, vec![walk(0)])], &c),
+            &mut c,
+            &mut stored,
+        );
+        let plan2 = plan(&[record(1, device, vec![far])], &c);
+        assert_eq!(plan2.rejects[0].reason, RejectReason::ImpossibleSpeed);
+    }
+
+    #[test]
+    fn settle_counts_what_the_database_already_had() {
+        let device = Uuid::from_u128(9);
+        let mut c = caches();
+        let mut stored: HashSet<FixKey> = HashSet::from([(device, walk(1).fix_time)]);
+        let outcome = commit(
+            plan(&[record(0, device, vec![walk(1), walk(2)])], &c),
+            &mut c,
+            &mut stored,
+        );
+        assert_eq!(outcome.stored.len(), 1);
+        assert_eq!(outcome.stored[0].fix, walk(2));
+        assert_eq!(outcome.duplicates.database, 1);
+        assert!(c.dedupe.contains(&(device, walk(1).fix_time)));
+    }
+
+    /// A fix of one of four devices: mostly plausible (near one spot, recent), sometimes
+    /// refused for a reason that does not depend on history, sometimes a repeat.
+    fn any_fix() -> impl Strategy<Value = (u128, Fix)> {
+        let time = 0i64..40;
+        let kind = prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)];
+        (0u128..4, time, kind).prop_map(|(device, t, kind)| {
+            let mut fix = walk(t);
+            match kind {
+                1 => fix.lat = 95.0,
+                2 => fix.fix_time = RX + 3_600_000,
+                3 => fix.accuracy_m = Some(5_000.0),
+                _ => {}
+            }
+            (device + 1, fix)
+        })
+    }
+
+    fn any_batch() -> impl Strategy<Value = Vec<InRecord>> {
+        prop::collection::vec(
+            prop_oneof![
+                9 => prop::collection::vec(any_fix(), 1..6).prop_map(Some),
+                1 => Just(None),
+            ],
+            0..12,
+        )
+        .prop_map(|records| {
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(offset, fixes)| match fixes {
+                    // One envelope per record, of the first fix's device.
+                    Some(fixes) => {
+                        let device = Uuid::from_u128(fixes[0].0);
+                        let fixes = fixes.into_iter().map(|(_, f)| f).collect();
+                        record(offset as i64, device, fixes)
+                    }
+                    None => InRecord::decode(0, offset as i64, Some(b"not json")),
+                })
+                .collect()
+        })
+    }
+
+    /// The same records again (a redelivery after a crash before the offset commit).
+    fn redeliver(records: &[InRecord]) -> Vec<InRecord> {
+        records
+            .iter()
+            .map(|r| match &r.body {
+                Ok(envelope) => InRecord {
+                    partition: r.partition,
+                    offset: r.offset,
+                    body: Ok(envelope.clone()),
+                },
+                Err(bad) => InRecord::decode(r.partition, r.offset, Some(&bad.raw)),
+            })
+            .collect()
+    }
+
+    fn fixes_in(records: &[InRecord]) -> usize {
+        records.iter().map(InRecord::weight).sum()
+    }
+
+    proptest! {
+        #[test]
+        fn every_fix_lands_in_exactly_one_place(batch in any_batch(), warm in any_batch()) {
+            // Some history first, so the memory dedupe and the speed check take part.
+            let mut c = caches();
+            let mut stored = HashSet::new();
+            commit(plan(&warm, &c), &mut c, &mut stored);
+
+            let plan = plan(&batch, &c);
+            let fix_rejects = plan.rejects.iter().filter(|r| r.fix.is_some()).count();
+            let record_rejects = plan.rejects.len() - fix_rejects;
+            prop_assert_eq!(
+                plan.rows.len() + fix_rejects + plan.duplicates.memory + plan.duplicates.batch,
+                fixes_in(&batch) - record_rejects
+            );
+            // No fix both stored and refused: identify each by (offset, index in envelope).
+            let mut placed: BTreeSet<(i64, usize)> = BTreeSet::new();
+            for r in plan.rejects.iter().filter(|r| r.fix.is_some()) {
+                prop_assert!(placed.insert((r.source.offset, r.index.unwrap() as usize)));
+            }
+            for row in &plan.rows {
+                let (offset, index) = batch
+                    .iter()
+                    .find_map(|r| {
+                        let e = r.body.as_ref().ok()?;
+                        let i = e.fixes.iter().position(|f| e.device == row.device && *f == row.fix)?;
+                        Some((r.offset, i))
+                    })
+                    .unwrap();
+                prop_assert!(!placed.contains(&(offset, index)), "stored and refused");
+            }
+            // Rows have distinct keys, none of them known to be stored.
+            let keys: HashSet<FixKey> = plan.rows.iter().map(StoredFix::key).collect();
+            prop_assert_eq!(keys.len(), plan.rows.len());
+            prop_assert!(keys.iter().all(|k| !c.dedupe.contains(k)));
+        }
+
+        #[test]
+        fn a_redelivered_batch_yields_only_duplicates(batch in any_batch()) {
+            let mut c = caches();
+            let mut stored = HashSet::new();
+            let first = plan(&batch, &c);
+            let refused = |p: &BatchPlan| -> BTreeSet<(i64, Option<u32>, RejectReason)> {
+                p.rejects.iter().map(|r| (r.source.offset, r.index, r.reason)).collect()
+            };
+            let first_refused = refused(&first);
+            commit(first, &mut c, &mut stored);
+
+            let again = plan(&redeliver(&batch), &c);
+            prop_assert!(again.rows.is_empty(), "stored twice");
+            prop_assert_eq!(again.duplicates.batch, 0);
+            // Each fix is now a known duplicate or refused as before (a refused fix whose key a
+            // later fix of the batch stored is now a duplicate).
+            prop_assert!(refused(&again).is_subset(&first_refused));
+            prop_assert_eq!(again.duplicates.memory + again.rejects.len(), fixes_in(&batch));
+        }
+
+        #[test]
+        fn the_newest_fix_per_device_only_moves_forward(batches in prop::collection::vec(any_batch(), 1..6)) {
+            let mut c = caches();
+            let mut stored = HashSet::new();
+            let mut last: HashMap<Uuid, EpochMillis> = HashMap::new();
+            for batch in &batches {
+                let plan = plan(batch, &c);
+                for (device, fix) in &plan.newest {
+                    let max = plan.rows.iter().filter(|r| r.device == *device).map(|r| r.fix.fix_time).max();
+                    prop_assert_eq!(Some(fix.fix_time), max, "newest is the batch maximum");
+                }
+                commit(plan, &mut c, &mut stored);
+                for device in (1..=4).map(Uuid::from_u128) {
+                    match c.devices.get(&device).flatten() {
+                        Some(p) => {
+                            let before = last.insert(device, p.fix_time);
+                            prop_assert!(before.is_none_or(|t| p.fix_time >= t), "rewound");
+                        }
+                        None => prop_assert!(!last.contains_key(&device), "forgotten"),
+                    }
+                }
+            }
+        }
+    }
+}
