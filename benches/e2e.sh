@@ -60,7 +60,8 @@ export DATABASE_URL=$E2E_URL
 export KAFKA_FIXES_TOPIC=e2e.fixes.$SUFFIX
 export KAFKA_REJECTED_TOPIC=e2e.rejected.$SUFFIX
 export PROCESSOR_GROUP_ID=e2e-processor-$SUFFIX
-export GPS_ALLOW_DEV_SECRETS=${GPS_ALLOW_DEV_SECRETS:-true}
+# A random signing secret per run, shared by the services and the load generator's subscribers.
+export JWT_SECRET=${JWT_SECRET:-$(head -c 48 /dev/urandom | base64 | tr -d '\n=')}
 export RUST_LOG=${RUST_LOG:-warn}
 "$TARGET/gps-setup" all >"$OUT/logs/setup.log" 2>&1 || { cat "$OUT/logs/setup.log" >&2; die "setup failed"; }
 

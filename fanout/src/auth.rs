@@ -1,29 +1,51 @@
 //! Who may open `/v1/live`: the browser `Origin` check, then the credential (an `Authorization:
-//! Bearer` JWT or API key, or a single-use `?ticket=` from the query API), then `live:read`.
-//! Credential checks are the shared store's ([`gps_store::principal`], [`gps_store::tickets`]);
-//! this module only decides which to use and maps the outcome to an [`ApiError`].
+//! Bearer` JWT or API key, or a single-use `?ticket=` from the query API, whose signed value is
+//! checked and whose principal is re-read from the store, since it was captured at issuance),
+//! then `live:read`. Credential checks are the shared store's ([`gps_store::principal`],
+//! [`gps_store::tickets`]); this module only decides which to use and maps the outcome to an
+//! [`ApiError`]. Once open, a session is re-checked periodically ([`crate::recheck`]).
 
 use crate::config::OriginPolicy;
 use crate::error::ApiError;
 use axum::http::{header, HeaderMap};
 use gps_domain::auth::{Permission, Principal};
-use gps_store::principal::{principal_from_bearer, AuthError, JwtKeys};
-use gps_store::tickets::redeem_ticket;
+use gps_store::principal::{current, principal_from_bearer, AuthError, JwtKeys};
+use gps_store::tickets::{redeem_ticket, TicketKey};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 /// Longest ticket accepted (tickets are `gpst_` + 43 characters).
 const MAX_TICKET_LEN: usize = 128;
 
+/// How a session authenticated (for the audit log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// An `Authorization: Bearer` JWT or API key.
+    Bearer,
+    /// A single-use ticket.
+    Ticket,
+}
+
+impl Via {
+    /// Audit label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bearer => "bearer",
+            Self::Ticket => "ticket",
+        }
+    }
+}
+
 /// Check the origin and the credential of an upgrade request.
 pub async fn authenticate(
     pool: &PgPool,
     redis: &ConnectionManager,
     keys: &JwtKeys,
+    ticket_key: &TicketKey,
     origins: &OriginPolicy,
     headers: &HeaderMap,
     ticket: Option<&str>,
-) -> Result<Principal, ApiError> {
+) -> Result<(Principal, Via), ApiError> {
     // Browsers always send Origin on a WebSocket handshake; other clients need not.
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().map_err(|_| ApiError::OriginNotAllowed)?;
@@ -38,6 +60,11 @@ pub async fn authenticate(
                 .map_err(|_| ApiError::Unauthorized("malformed authorization header"))
         })
         .transpose()?;
+    let via = if authorization.is_none() && ticket.is_some() {
+        Via::Ticket
+    } else {
+        Via::Bearer
+    };
     let principal = match (authorization, ticket) {
         (Some(value), _) => principal_from_bearer(pool, keys, Some(value)).await,
         (None, Some(ticket)) => {
@@ -45,7 +72,11 @@ pub async fn authenticate(
                 return Err(ApiError::Unauthorized("invalid or used ticket"));
             }
             let mut redis = redis.clone();
-            redeem_ticket(&mut redis, ticket).await
+            match redeem_ticket(&mut redis, ticket_key, ticket).await {
+                // Issued up to the ticket TTL ago: the account may have changed since.
+                Ok(issued_for) => current(pool, &issued_for).await,
+                Err(e) => Err(e),
+            }
         }
         (None, None) => Err(AuthError::Missing),
     }
@@ -60,5 +91,5 @@ pub async fn authenticate(
     if !principal.allows(Permission::LiveRead) {
         return Err(ApiError::MissingPermission);
     }
-    Ok(principal)
+    Ok((principal, via))
 }

@@ -1,7 +1,7 @@
-//! Fanout configuration: listener, dependencies, the JWT secret, the browser origin allow-list and
-//! the per-connection limits (queue bounds, heartbeat, message size, subscription size). Every
-//! value is a flag and an env var; [`Config::settings`] checks them all at start and lists every
-//! problem at once.
+//! Fanout configuration: listener, dependencies, the JWT secret, the browser origin allow-list,
+//! the per-connection limits (queue bounds, heartbeat, message size, subscription size, subscribe
+//! rate), the connect rate limits and the session re-check interval. Every value is a flag and an
+//! env var; [`Config::settings`] checks them all at start and lists every problem at once.
 
 use clap::Parser;
 use gps_runtime::config::{
@@ -105,6 +105,42 @@ pub struct Config {
         default_value_t = 5_000
     )]
     pub redis_backoff_max_ms: u64,
+    /// Seconds between two re-checks of every live session's credential and visibility: a
+    /// disabled, deleted or revoked credential is closed, a visibility change applied, within it.
+    #[arg(
+        long = "recheck-secs",
+        env = "FANOUT_RECHECK_SECS",
+        default_value_t = 5
+    )]
+    pub recheck_secs: u64,
+    /// WebSocket connects per client IP per minute, over every fanout instance (0: no limit).
+    #[arg(
+        long = "connect-limit-per-ip",
+        env = "FANOUT_CONNECT_LIMIT_PER_IP",
+        default_value_t = 240
+    )]
+    pub connect_limit_per_ip: u64,
+    /// WebSocket connects per user or API key per minute, over every instance (0: no limit).
+    #[arg(
+        long = "connect-limit-per-principal",
+        env = "FANOUT_CONNECT_LIMIT_PER_PRINCIPAL",
+        default_value_t = 120
+    )]
+    pub connect_limit_per_principal: u64,
+    /// `subscribe` messages one connection may send in a burst (token bucket size).
+    #[arg(
+        long = "subscribe-burst",
+        env = "FANOUT_SUBSCRIBE_BURST",
+        default_value_t = 20
+    )]
+    pub subscribe_burst: u32,
+    /// `subscribe` messages one connection may send per minute, sustained (bucket refill).
+    #[arg(
+        long = "subscribes-per-minute",
+        env = "FANOUT_SUBSCRIBES_PER_MINUTE",
+        default_value_t = 60
+    )]
+    pub subscribes_per_minute: u32,
 }
 
 /// Which browser origins may connect.
@@ -154,6 +190,19 @@ pub struct Limits {
     pub max_bboxes: usize,
     /// Most positions per snapshot.
     pub snapshot_limit: usize,
+    /// `subscribe` burst per connection.
+    pub subscribe_burst: u32,
+    /// `subscribe` messages per minute per connection, sustained.
+    pub subscribes_per_minute: u32,
+}
+
+/// Connect rate limits, per minute, shared by every instance through Redis (0: no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectLimits {
+    /// Connects per client IP.
+    pub per_ip: u64,
+    /// Connects per user or API key.
+    pub per_principal: u64,
 }
 
 /// Everything `run` needs beyond the connections: checked values.
@@ -167,6 +216,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Longest Redis reconnection backoff.
     pub redis_backoff_max: Duration,
+    /// Interval of the session re-check.
+    pub recheck_interval: Duration,
+    /// Connect rate limits.
+    pub connect_limits: ConnectLimits,
 }
 
 impl Config {
@@ -223,6 +276,15 @@ impl Config {
         if self.redis_backoff_max_ms < 10 {
             problems.push("FANOUT_REDIS_BACKOFF_MAX_MS", "must be at least 10");
         }
+        if !(1..=3600).contains(&self.recheck_secs) {
+            problems.push("FANOUT_RECHECK_SECS", "must be between 1 and 3600");
+        }
+        if self.subscribe_burst == 0 {
+            problems.push("FANOUT_SUBSCRIBE_BURST", "must be at least 1");
+        }
+        if self.subscribes_per_minute == 0 {
+            problems.push("FANOUT_SUBSCRIBES_PER_MINUTE", "must be at least 1");
+        }
         problems.finish()?;
         Ok(Settings {
             jwt_secret: jwt_secret.expect("checked above"),
@@ -241,8 +303,15 @@ impl Config {
                 max_devices: self.max_devices_per_connection,
                 max_bboxes: self.max_bboxes_per_connection,
                 snapshot_limit: self.snapshot_limit,
+                subscribe_burst: self.subscribe_burst,
+                subscribes_per_minute: self.subscribes_per_minute,
             },
             redis_backoff_max: Duration::from_millis(self.redis_backoff_max_ms),
+            recheck_interval: Duration::from_secs(self.recheck_secs),
+            connect_limits: ConnectLimits {
+                per_ip: self.connect_limit_per_ip,
+                per_principal: self.connect_limit_per_principal,
+            },
         })
     }
 }
@@ -295,6 +364,10 @@ mod tests {
             "100",
             "--heartbeat-interval-ms",
             "200",
+            "--recheck-secs",
+            "0",
+            "--subscribe-burst",
+            "0",
         ])
         .settings()
         .unwrap_err()
@@ -302,5 +375,7 @@ mod tests {
         assert!(err.contains("FANOUT_ALLOWED_ORIGINS"), "{err}");
         assert!(err.contains("FANOUT_QUEUE_HARD_LIMIT"), "{err}");
         assert!(err.contains("FANOUT_IDLE_TIMEOUT_MS"), "{err}");
+        assert!(err.contains("FANOUT_RECHECK_SECS"), "{err}");
+        assert!(err.contains("FANOUT_SUBSCRIBE_BURST"), "{err}");
     }
 }

@@ -1,21 +1,27 @@
-//! One WebSocket client: the `/v1/live` handler (refusals before the upgrade), then the session:
-//! a reader that handles client messages, subscriptions and the heartbeat, and a writer that
-//! drains the connection's [`outbox`](crate::outbox) to the socket. Both run in the client's one
-//! task; either ending cancels the other, and the writer always tries to say why in a Close frame.
+//! One WebSocket client: the `/v1/live` handler (refusals before the upgrade: connect rate limits,
+//! origin, credential), then the session: a reader that handles client messages (subscribes
+//! rate-limited by a token bucket), subscriptions, access changes found by the re-check
+//! ([`recheck`](crate::recheck)) and the heartbeat, and a writer that drains the connection's
+//! [`outbox`](crate::outbox) to the socket. Both run in the client's one task; either ending
+//! cancels the other, and the writer always tries to say why in a Close frame. The session's
+//! start and subscriptions go to the audit log ([`audit`](crate::audit)).
 
-use crate::auth;
+use crate::audit::{Auditor, SessionAudit};
+use crate::auth::{self, Via};
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::limits::{self, SubscribeBucket};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, ConnShared, Item, Outgoing, QueueLimits};
 use crate::protocol::{self, ClientMessage, Selectors, SubscriptionState};
+use crate::recheck::{Access, AccessUpdates, Sessions};
 use crate::router::{Router, WideSub};
 use crate::store::{self, SnapshotQuery};
 use crate::subscriber::Upstream;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{ExtensionRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
@@ -24,12 +30,14 @@ use gps_domain::auth::{DeviceScope, Principal, Visibility};
 use gps_domain::geo::BBox;
 use gps_runtime::service::Tasks;
 use gps_store::principal::JwtKeys;
+use gps_store::tickets::TicketKey;
 use gps_store::visibility;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +48,8 @@ use uuid::Uuid;
 const WRITE_BATCH: usize = 64;
 /// Bad client messages tolerated per connection before it is closed.
 const MAX_CLIENT_ERRORS: u32 = 100;
+/// `subscribe` messages refused in a row by the rate limit before the connection is closed.
+const MAX_RATE_LIMITED: u32 = 10;
 /// How long the final Close frame may take to write.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Socket read buffer per connection: client messages are small, and 10,000 idle connections
@@ -57,6 +67,8 @@ pub struct AppState {
     pub redis: ConnectionManager,
     /// JWT verification keys.
     pub keys: JwtKeys,
+    /// Live ticket signature key (derived from the JWT secret).
+    pub ticket_key: TicketKey,
     /// Checked configuration.
     pub settings: Arc<Settings>,
     /// The routing index.
@@ -71,6 +83,10 @@ pub struct AppState {
     pub tasks: Tasks,
     /// Connection id source.
     pub next_id: Arc<AtomicU64>,
+    /// Open sessions, re-checked by the sweeper.
+    pub sessions: Arc<Sessions>,
+    /// The audit writer's queue.
+    pub auditor: Auditor,
 }
 
 /// Query parameters of `/v1/live`.
@@ -83,11 +99,13 @@ pub struct LiveParams {
 /// `GET /v1/live`: check origin and credential, then upgrade.
 pub async fn live(
     State(state): State<AppState>,
+    peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
     headers: HeaderMap,
     params: Result<Query<LiveParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match accept(state.clone(), headers, params, upgrade).await {
+    let peer = peer.ok().map(|ConnectInfo(addr)| addr.ip());
+    match accept(state.clone(), peer, headers, params, upgrade).await {
         Ok(response) => response,
         Err(e) => {
             state
@@ -103,6 +121,7 @@ pub async fn live(
 
 async fn accept(
     state: AppState,
+    peer: Option<IpAddr>,
     headers: HeaderMap,
     params: Result<Query<LiveParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -113,13 +132,35 @@ async fn accept(
     })?;
     // Checked before the credential so that a plain GET does not burn a single-use ticket.
     let upgrade = upgrade.map_err(|e| ApiError::UpgradeRequired(e.body_text()))?;
-    let principal = auth::authenticate(
+    let connect_limits = state.settings.connect_limits;
+    // Before the credential: a flood from one address costs a Redis increment per attempt, not
+    // a database lookup (and burns no ticket).
+    let address = peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    limits::check_connect(
+        &state.redis,
+        "fanout_ip",
+        "ip",
+        &address,
+        connect_limits.per_ip,
+    )
+    .await?;
+    let (principal, via) = auth::authenticate(
         &state.pool,
         &state.redis,
         &state.keys,
+        &state.ticket_key,
         &state.settings.origins,
         &headers,
         params.ticket.as_deref(),
+    )
+    .await?;
+    let (kind, id) = principal.audit_actor();
+    limits::check_connect(
+        &state.redis,
+        "fanout_principal",
+        "principal",
+        &format!("{kind}:{id}"),
+        connect_limits.per_principal,
     )
     .await?;
     let max = state.settings.limits.max_message_bytes;
@@ -130,7 +171,9 @@ async fn accept(
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| tasks.track("connection", serve(socket, state, principal))))
+        .on_upgrade(move |socket| {
+            tasks.track("connection", serve(socket, state, principal, via, peer))
+        }))
 }
 
 /// What one connection is subscribed to.
@@ -184,9 +227,23 @@ struct Session {
     conn: Arc<ConnShared>,
     subs: Subscriptions,
     errors: u32,
+    sessions: Arc<Sessions>,
+    /// Access changes found by the re-check sweeper.
+    access: AccessUpdates,
+    /// Subscribe rate limit.
+    bucket: SubscribeBucket,
+    /// Subscribes refused by the rate limit in a row.
+    rate_limited: u32,
+    audit: SessionAudit,
 }
 
-async fn serve(socket: WebSocket, state: AppState, principal: Principal) {
+async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    principal: Principal,
+    via: Via,
+    ip: Option<IpAddr>,
+) {
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     let limits = &state.settings.limits;
     let conn = Arc::new(ConnShared::new(
@@ -213,10 +270,19 @@ async fn serve(socket: WebSocket, state: AppState, principal: Principal) {
         limits,
     )));
     state.router.add_connection(conn.clone());
+    let access = state.sessions.register(conn.clone(), principal.clone());
     state.metrics.connections.inc();
     state.metrics.connections_opened.inc();
     let (actor, actor_id) = principal.audit_actor();
     tracing::debug!(connection = id, tenant = %principal.tenant_id, actor, actor_id = %actor_id, "live connection opened");
+    let audit = SessionAudit::start(
+        state.auditor.clone(),
+        &principal,
+        ip,
+        id,
+        via.as_str(),
+        scope,
+    );
 
     let (sink, stream) = socket.split();
     let mut session = Session {
@@ -228,6 +294,11 @@ async fn serve(socket: WebSocket, state: AppState, principal: Principal) {
         conn: conn.clone(),
         subs: Subscriptions::default(),
         errors: 0,
+        sessions: state.sessions.clone(),
+        access,
+        bucket: SubscribeBucket::new(limits.subscribe_burst, limits.subscribes_per_minute),
+        rate_limited: 0,
+        audit,
     };
     let reader = async {
         let reason = session.read_loop(stream).await;
@@ -237,6 +308,8 @@ async fn serve(socket: WebSocket, state: AppState, principal: Principal) {
     tokio::join!(reader, writer);
 
     let reason = conn.close_reason().unwrap_or(CloseReason::Shutdown);
+    state.sessions.remove(id);
+    session.audit.closed(reason);
     let routed: Vec<Uuid> = session.subs.routed.iter().copied().collect();
     state.router.remove_connection(&conn, &routed);
     state.metrics.connections.dec();
@@ -245,7 +318,15 @@ async fn serve(socket: WebSocket, state: AppState, principal: Principal) {
         .closes
         .with_label_values(&[reason.label()])
         .inc();
-    if reason == CloseReason::TooSlow {
+    if matches!(
+        reason,
+        CloseReason::TooSlow
+            | CloseReason::AccountDisabled
+            | CloseReason::KeyRevoked
+            | CloseReason::CredentialInvalid
+            | CloseReason::PermissionRevoked
+            | CloseReason::RateLimited
+    ) {
         tracing::info!(
             connection = id,
             reason = reason.label(),
@@ -267,6 +348,7 @@ impl Session {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         let mut last_seen = Instant::now();
+        let mut watching = true;
         loop {
             let message = tokio::select! {
                 _ = self.conn.cancel.cancelled() => {
@@ -277,6 +359,16 @@ impl Session {
                         return CloseReason::Idle;
                     }
                     self.conn.push_item(Item::Ping);
+                    self.audit.tick(tokio::time::Instant::now());
+                    continue;
+                }
+                changed = self.access.changed(), if watching => {
+                    // The sender lives as long as the session is registered; gone means never.
+                    watching = changed.is_ok();
+                    let access = self.access.borrow_and_update().clone();
+                    if let Some(access) = access {
+                        self.on_access(&access).await;
+                    }
                     continue;
                 }
                 message = stream.next() => message,
@@ -301,6 +393,9 @@ impl Session {
             if self.errors > MAX_CLIENT_ERRORS {
                 return CloseReason::TooManyErrors;
             }
+            if self.rate_limited > MAX_RATE_LIMITED {
+                return CloseReason::RateLimited;
+            }
         }
     }
 
@@ -321,7 +416,22 @@ impl Session {
         match protocol::parse_client(text) {
             Err(e) => self.refuse(e),
             Ok(ClientMessage::Ping { id }) => self.send(protocol::pong_message(id.as_ref())),
-            Ok(ClientMessage::Subscribe { id, selectors }) => self.subscribe(id, selectors).await,
+            Ok(ClientMessage::Subscribe { id, selectors }) => {
+                match self.bucket.take(tokio::time::Instant::now()) {
+                    Ok(()) => {
+                        self.rate_limited = 0;
+                        self.subscribe(id, selectors).await;
+                    }
+                    Err(wait) => {
+                        self.rate_limited += 1;
+                        self.metrics
+                            .client_errors
+                            .with_label_values(&["rate_limited"])
+                            .inc();
+                        self.send(protocol::rate_limited_message(id.as_ref(), wait));
+                    }
+                }
+            }
             Ok(ClientMessage::Unsubscribe { id, selectors }) => self.unsubscribe(id, selectors),
         }
     }
@@ -392,6 +502,9 @@ impl Session {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        let granted_groups: Vec<Uuid> = groups.keys().copied().collect();
+        self.audit
+            .subscribed(&devices, &granted_groups, selectors.bbox, selectors.all);
         self.subs.devices.extend(devices.iter().copied());
         self.subs.groups.extend(groups);
         if let Some(bbox) = selectors.bbox {
@@ -402,6 +515,8 @@ impl Session {
         self.subs.all |= selectors.all;
         let visibility = Arc::new(visibility);
         self.subs.visibility = Some(visibility.clone());
+        self.sessions
+            .set_visibility(self.conn.id, visibility.clone());
         let add: Vec<Uuid> = wanted.difference(&self.subs.routed).copied().collect();
         self.subs.routed = wanted;
 
@@ -462,6 +577,69 @@ impl Session {
             }
         }
         self.conn.release(front);
+    }
+
+    /// The re-check found the principal or its visibility changed: keep only what it may still
+    /// see (explicit devices, groups it may still watch, wide subscriptions filtered by the new
+    /// visibility), re-route, drop queued fixes of devices no longer routed, and tell the client.
+    async fn on_access(&mut self, access: &Access) {
+        self.principal = access.principal.clone();
+        let Some(visibility) = access.visibility.clone() else {
+            // Never subscribed: nothing is routed to re-check.
+            return;
+        };
+        let tenant = self.principal.tenant_id;
+        let devices_before: HashSet<Uuid> = self.subs.devices.clone();
+        let groups_before: HashSet<Uuid> = self.subs.groups.keys().copied().collect();
+        self.subs
+            .devices
+            .retain(|d| visibility.contains(tenant, *d));
+        let names: Vec<Uuid> = groups_before.iter().copied().collect();
+        match store::visible_groups(&self.pool, &self.principal, &visibility, &names).await {
+            Ok((groups, _)) => self.subs.groups = groups,
+            Err(e) => {
+                // Without the group query, still drop every device no longer visible.
+                tracing::error!(error = %e, "group re-check failed, filtering by visibility only");
+                for members in self.subs.groups.values_mut() {
+                    members.retain(|d| visibility.contains(tenant, *d));
+                }
+            }
+        }
+        self.subs.visibility = Some(visibility.clone());
+        let wanted = self.subs.wanted();
+        let add: Vec<Uuid> = wanted.difference(&self.subs.routed).copied().collect();
+        let remove: Vec<Uuid> = self.subs.routed.difference(&wanted).copied().collect();
+        self.subs.routed = wanted;
+        let wide = self.subs.wide(&self.conn);
+        let wide_active = wide.is_some();
+        self.router.update(&self.conn, &add, &remove, wide);
+        let routed = &self.subs.routed;
+        self.conn.purge_fixes(|d| {
+            routed.contains(&d) || (wide_active && visibility.contains(tenant, d))
+        });
+        let mut removed_devices: Vec<Uuid> = devices_before
+            .difference(&self.subs.devices)
+            .copied()
+            .collect();
+        removed_devices.sort();
+        let mut removed_groups: Vec<Uuid> = groups_before
+            .iter()
+            .filter(|g| !self.subs.groups.contains_key(g))
+            .copied()
+            .collect();
+        removed_groups.sort();
+        tracing::debug!(
+            connection = self.conn.id,
+            removed_devices = removed_devices.len(),
+            removed_groups = removed_groups.len(),
+            unrouted = remove.len(),
+            "live session access changed"
+        );
+        self.send(protocol::access_changed_message(
+            &removed_devices,
+            &removed_groups,
+            &self.subs.state(),
+        ));
     }
 
     fn unsubscribe(&mut self, id: Option<Value>, selectors: Selectors) {

@@ -47,6 +47,14 @@ pub enum ApiError {
     /// The credential store (database or Redis) did not answer.
     #[error("credential store unavailable: {0}")]
     Unavailable(String),
+    /// Too many connects from this client IP or by this principal in the current window.
+    #[error("too many connects per {per}, retry in {retry_after} s")]
+    RateLimited {
+        /// `ip` or `principal`.
+        per: &'static str,
+        /// Seconds until the window ends.
+        retry_after: u64,
+    },
 }
 
 impl ApiError {
@@ -59,6 +67,7 @@ impl ApiError {
             Self::BadRequest { .. } => "bad_request",
             Self::UpgradeRequired(_) => "not_websocket",
             Self::Unavailable(_) => "unavailable",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 }
@@ -103,6 +112,12 @@ impl IntoResponse for ApiError {
             )
             .retry_after(5)
             .cause(detail),
+            Self::RateLimited { per, retry_after } => ErrorResponse::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many live connects per {per}; retry in {retry_after} s"),
+            )
+            .retry_after(retry_after),
         };
         response.into_response()
     }

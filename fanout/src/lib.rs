@@ -4,17 +4,23 @@
 //! (`gps.live.<tenant>`); this service holds one pattern subscription ([`subscriber`]), routes
 //! each fix through an in-memory index ([`router`]) to the per-connection queues ([`outbox`]) of
 //! the dashboards that subscribed to it and may see it ([`auth`], [`store`]), and writes them out
-//! ([`connection`]). The message protocol is [`protocol`], documented in `docs/fanout.md`.
+//! ([`connection`]). Open sessions are re-checked against the current credential and visibility
+//! ([`recheck`]); connects and subscribes are rate-limited ([`limits`]); sessions and their
+//! subscriptions are audited ([`audit`]). The message protocol is [`protocol`], documented in
+//! `docs/fanout.md`.
 //!
 //! `run` takes a bound listener so that tests can bind port 0 and call it directly.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod recheck;
 pub mod router;
 pub mod store;
 pub mod subscriber;
@@ -27,6 +33,7 @@ use gps_runtime::ops::{self, Readiness};
 use gps_runtime::service::Service;
 use gps_runtime::shutdown::Shutdown;
 use gps_store::principal::JwtKeys;
+use gps_store::tickets::TicketKey;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,10 +76,13 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, "fanout listening");
 
     let service = Service::new("fanout", shutdown);
+    let sessions = Arc::new(recheck::Sessions::default());
+    let (auditor, audit_queue) = audit::Auditor::new();
     let state = connection::AppState {
-        pool,
+        pool: pool.clone(),
         redis,
         keys: JwtKeys::new(&settings.jwt_secret),
+        ticket_key: TicketKey::derive(&settings.jwt_secret),
         settings: settings.clone(),
         router: router.clone(),
         metrics: metrics.clone(),
@@ -81,24 +91,40 @@ pub async fn run(
         cancel: service.token(),
         tasks: service.tasks(),
         next_id: Arc::new(AtomicU64::new(1)),
+        sessions: sessions.clone(),
+        auditor,
     };
     let app = axum::Router::new()
         .route("/v1/live", get(connection::live))
         .with_state(state)
         .merge(ops::router("fanout", registry, readiness));
-    service.serve("http", listener, app).critical(
-        // It reconnects by itself and ends only when cancelled: any other end is a bug that
-        // would leave every client silently without fixes.
-        "live-subscription",
-        subscriber::run(
-            redis_client,
-            router,
-            upstream,
-            metrics,
-            settings.redis_backoff_max,
-            service.token(),
-        ),
-    );
+    service
+        .serve("http", listener, app)
+        // Revocation and audit are part of serving live data: without them, stop serving.
+        .critical(
+            "live-recheck",
+            recheck::run(
+                pool.clone(),
+                sessions,
+                metrics.clone(),
+                settings.recheck_interval,
+                service.token(),
+            ),
+        )
+        .critical("live-audit", audit::run(pool, audit_queue, service.token()))
+        .critical(
+            // It reconnects by itself and ends only when cancelled: any other end is a bug that
+            // would leave every client silently without fixes.
+            "live-subscription",
+            subscriber::run(
+                redis_client,
+                router,
+                upstream,
+                metrics,
+                settings.redis_backoff_max,
+                service.token(),
+            ),
+        );
     service.run(DRAIN_DEADLINE).await?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Fanout metrics, in the service's own registry: connections, subscriptions, messages sent,
-//! fixes coalesced and dropped, closes by reason, Redis reconnects and delivery latency. Labels
-//! are bounded enums (message type, close reason), never a device or tenant id.
+//! fixes coalesced and dropped, closes by reason, Redis reconnects, delivery latency, session
+//! re-checks and lost audit rows. Labels are bounded enums (message type, close reason, re-check
+//! outcome), never a device or tenant id.
 
 use gps_runtime::ops::register;
 use prometheus::{
@@ -38,10 +39,17 @@ pub struct Metrics {
     pub client_errors: IntCounterVec,
     /// Seconds from receipt on the Redis subscription to the WebSocket write of a fix.
     pub delivery_seconds: Histogram,
+    /// Principal re-checks by outcome (`unchanged`, `changed`, `revoked`, `unavailable`).
+    pub rechecks: IntCounterVec,
+    /// Seconds one re-check sweep over every session took.
+    pub recheck_sweep_seconds: Histogram,
 }
 
+/// Re-check outcomes, the bounded label set of `gps_fanout_rechecks_total`.
+pub const RECHECK_OUTCOMES: [&str; 4] = ["unchanged", "changed", "revoked", "unavailable"];
+
 /// Close reasons, the bounded label set of `gps_fanout_closes_total`.
-pub const CLOSE_REASONS: [&str; 8] = [
+pub const CLOSE_REASONS: [&str; 13] = [
     "client",
     "too_slow",
     "idle",
@@ -50,6 +58,11 @@ pub const CLOSE_REASONS: [&str; 8] = [
     "protocol_error",
     "too_many_errors",
     "write_failed",
+    "account_disabled",
+    "key_revoked",
+    "credential_invalid",
+    "permission_revoked",
+    "rate_limited",
 ];
 
 impl Metrics {
@@ -142,7 +155,28 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            rechecks: counter_vec(
+                "gps_fanout_rechecks_total",
+                "Re-checks of a live session principal (one per distinct principal per sweep), by outcome",
+                "outcome",
+            ),
+            recheck_sweep_seconds: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gps_fanout_recheck_sweep_seconds",
+                        "Seconds one re-check sweep over every live session took",
+                    )
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                )
+                .expect("valid metric"),
+            ),
         };
+        registry
+            .register(Box::new(gps_store::audit::FailureMetric::new(
+                "gps_fanout_audit_failures_total",
+            )))
+            .expect("metric names are unique per registry");
         // Pre-create the bounded label values so that dashboards see zeros, not absences.
         for reason in CLOSE_REASONS {
             metrics.closes.with_label_values(&[reason]);
@@ -153,7 +187,10 @@ impl Metrics {
         for kind in ["fix", "snapshot", "control"] {
             metrics.messages_sent.with_label_values(&[kind]);
         }
-        for reason in ["undecodable", "tenant_mismatch", "closing"] {
+        for outcome in RECHECK_OUTCOMES {
+            metrics.rechecks.with_label_values(&[outcome]);
+        }
+        for reason in ["undecodable", "tenant_mismatch", "closing", "revoked"] {
             metrics.dropped.with_label_values(&[reason]);
         }
         metrics

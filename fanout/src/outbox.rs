@@ -40,6 +40,16 @@ pub enum CloseReason {
     TooManyErrors,
     /// Writing to the socket failed.
     WriteFailed,
+    /// The re-check found the user disabled or deleted.
+    AccountDisabled,
+    /// The re-check found the API key revoked or expired, or its creator disabled or deleted.
+    KeyRevoked,
+    /// The re-check refused the credential for another reason.
+    CredentialInvalid,
+    /// The re-check found the principal without `live:read` (role or key scopes changed).
+    PermissionRevoked,
+    /// The client kept sending `subscribe` messages over its rate limit.
+    RateLimited,
 }
 
 impl CloseReason {
@@ -54,6 +64,11 @@ impl CloseReason {
             Self::ProtocolError => "protocol_error",
             Self::TooManyErrors => "too_many_errors",
             Self::WriteFailed => "write_failed",
+            Self::AccountDisabled => "account_disabled",
+            Self::KeyRevoked => "key_revoked",
+            Self::CredentialInvalid => "credential_invalid",
+            Self::PermissionRevoked => "permission_revoked",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -68,6 +83,10 @@ impl CloseReason {
             Self::WriteFailed => 1011,
             Self::TooSlow => 4008,
             Self::Idle => 4009,
+            // 4401 and 4403 mirror HTTP 401 and 403: the credential, or its permission, is gone.
+            Self::AccountDisabled | Self::KeyRevoked | Self::CredentialInvalid => 4401,
+            Self::PermissionRevoked => 4403,
+            Self::RateLimited => 4429,
         }
     }
 
@@ -82,6 +101,11 @@ impl CloseReason {
             Self::WriteFailed => "write failed",
             Self::TooSlow => "too slow",
             Self::Idle => "idle timeout",
+            Self::AccountDisabled => "account disabled or deleted",
+            Self::KeyRevoked => "api key revoked or expired",
+            Self::CredentialInvalid => "credential no longer valid",
+            Self::PermissionRevoked => "live:read permission revoked",
+            Self::RateLimited => "too many subscribe requests",
         }
     }
 }
@@ -282,6 +306,21 @@ impl ConnShared {
         }
         drop(ob);
         self.notify.notify_one();
+    }
+
+    /// Drop queued live fixes of devices for which `keep` is false (the client may no longer
+    /// see them); returns how many were dropped.
+    pub fn purge_fixes(&self, keep: impl Fn(Uuid) -> bool) -> usize {
+        let mut ob = self.lock();
+        let before = ob.items.len();
+        ob.items
+            .retain(|item| !matches!(item, Item::Fix { fix, .. } if !keep(fix.device)));
+        let purged = before - ob.items.len();
+        self.metrics
+            .dropped
+            .with_label_values(&["revoked"])
+            .inc_by(purged as u64);
+        purged
     }
 
     /// Decide to close the connection (the first reason wins) and drop what is queued.

@@ -440,6 +440,8 @@ pub fn welcome_message(
             "max_devices": limits.max_devices,
             "max_bboxes": limits.max_bboxes,
             "snapshot_limit": limits.snapshot_limit,
+            "subscribe_burst": limits.subscribe_burst,
+            "subscribes_per_minute": limits.subscribes_per_minute,
         },
     })
     .to_string()
@@ -463,6 +465,35 @@ pub struct SubscriptionState {
 /// `{"type":"subscribed"|"unsubscribed","id":..,"subscriptions":{..}}`.
 pub fn ack_message(kind: &str, id: Option<&Value>, state: &SubscriptionState) -> String {
     json!({ "type": kind, "id": id, "subscriptions": state }).to_string()
+}
+
+/// `{"type":"error","code":"rate_limited",..,"retry_after_ms":N}`: a `subscribe` over the
+/// connection's rate limit, not executed.
+pub fn rate_limited_message(id: Option<&Value>, retry_after: std::time::Duration) -> String {
+    let ms = retry_after.as_millis().max(1) as u64;
+    json!({
+        "type": "error",
+        "id": id,
+        "code": "rate_limited",
+        "message": format!("too many subscribe requests; retry in {ms} ms"),
+        "retry_after_ms": ms,
+    })
+    .to_string()
+}
+
+/// `{"type":"access_changed","removed":{"devices":[..],"groups":[..]},"subscriptions":{..}}`:
+/// the principal's role or groups changed; what it may no longer see was unsubscribed.
+pub fn access_changed_message(
+    devices: &[Uuid],
+    groups: &[Uuid],
+    state: &SubscriptionState,
+) -> String {
+    json!({
+        "type": "access_changed",
+        "removed": { "devices": devices, "groups": groups },
+        "subscriptions": state,
+    })
+    .to_string()
 }
 
 /// `{"type":"pong","id":..}`.

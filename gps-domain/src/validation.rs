@@ -5,6 +5,15 @@
 //! not reject old-but-valid data, and `processor replay` reaches the same verdicts months later.
 //! Thresholds come from `tenants.settings -> 'validation'` ([`Thresholds::from_settings`]);
 //! the keys are documented in `docs/processor.md`.
+//!
+//! The speed check ([`Track::judge`]) is built so that one planted outlier cannot become the
+//! reference that condemns the device's real track:
+//! - a fix counts as taken no later than ingest received it ([`PreviousFix::taken`]), so a fix
+//!   dated minutes into the future cannot buy itself travel time;
+//! - an accepted fix becomes the reference (the anchor) only once a later fix agrees with it;
+//!   until then a fix that agrees with the older anchor is accepted too;
+//! - [`RELOCATION_FIXES`] consecutive refused fixes that agree with each other re-anchor the
+//!   track (a genuine relocation, or a bad anchor healed).
 
 use crate::fix::{EpochMillis, Fix};
 use crate::geo::haversine_m;
@@ -100,7 +109,8 @@ impl Thresholds {
     }
 }
 
-/// The device's previous accepted fix, what the speed check compares against.
+/// A fix as the speed check remembers it (a device's previous accepted fix, or a refused one
+/// that may start a relocation).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PreviousFix {
     /// Its fix time, UTC ms.
@@ -111,17 +121,33 @@ pub struct PreviousFix {
     pub lon: f64,
     /// Its reported accuracy, metres.
     pub accuracy_m: Option<f64>,
+    /// When ingest received it (the envelope's `rx`), UTC ms.
+    pub received_at: EpochMillis,
 }
 
 impl PreviousFix {
-    /// The parts of `fix` the speed check needs.
+    /// The parts of `fix` the speed check needs, taking its fix time at its word (no receipt
+    /// time known: `received_at` is the fix time).
     pub fn of(fix: &Fix) -> Self {
+        Self::received(fix, fix.fix_time)
+    }
+
+    /// The parts of `fix`, received by ingest at `rx`.
+    pub fn received(fix: &Fix, rx: EpochMillis) -> Self {
         Self {
             fix_time: fix.fix_time,
             lat: fix.lat,
             lon: fix.lon,
             accuracy_m: fix.accuracy_m,
+            received_at: rx,
         }
+    }
+
+    /// The time the speed check uses: the fix time, but never later than the receipt. No fix
+    /// is taken after it reached the platform, so a fix dated into the future (tolerated up to
+    /// `max_future_secs` for clock skew) cannot claim the minutes it takes to travel far.
+    pub fn taken(&self) -> EpochMillis {
+        self.fix_time.min(self.received_at)
     }
 }
 
@@ -229,39 +255,157 @@ pub fn validate(
         }
     }
     if let Some(previous) = previous {
-        if let Some(speed) = implied_speed_mps(previous, fix) {
-            if speed > thresholds.max_speed_mps {
-                return reject(
-                    RejectReason::ImpossibleSpeed,
-                    format!(
-                        "implied speed {speed:.1}m/s from fix at {}, limit {:.1}m/s",
-                        previous.fix_time, thresholds.max_speed_mps
-                    ),
-                );
-            }
-        }
+        speed_check(previous, &PreviousFix::received(fix, rx), thresholds)?;
     }
     Ok(())
 }
 
-/// The speed needed to travel between `previous` and `fix`, m/s, or `None` when the previous
-/// fix is unusable. Both fixes' accuracies (capped at 100 m each) are forgiven from the
-/// distance, and the time gap counts as at least one second, so GPS jitter between fixes a few
-/// milliseconds apart is not taken for a teleport.
-pub fn implied_speed_mps(previous: &PreviousFix, fix: &Fix) -> Option<f64> {
-    if !(previous.lat.is_finite() && previous.lon.is_finite()) {
+/// `fix` against `reference`: refused when the implied speed exceeds the limit.
+fn speed_check(
+    reference: &PreviousFix,
+    fix: &PreviousFix,
+    thresholds: &Thresholds,
+) -> Result<(), Rejection> {
+    match implied_speed_mps(reference, fix) {
+        Some(speed) if speed > thresholds.max_speed_mps => reject(
+            RejectReason::ImpossibleSpeed,
+            format!(
+                "implied speed {speed:.1}m/s from fix at {}, limit {:.1}m/s",
+                reference.fix_time, thresholds.max_speed_mps
+            ),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The speed needed to travel between `a` and `b`, m/s, or `None` when a position is unusable.
+/// The time gap is between their [`PreviousFix::taken`] times and counts as at least one
+/// second, and both fixes' accuracies (capped at 100 m each) are forgiven from the distance, so
+/// GPS jitter between fixes a few milliseconds apart is not taken for a teleport.
+pub fn implied_speed_mps(a: &PreviousFix, b: &PreviousFix) -> Option<f64> {
+    if !(a.lat.is_finite() && a.lon.is_finite() && b.lat.is_finite() && b.lon.is_finite()) {
         return None;
     }
-    let distance = haversine_m(previous.lat, previous.lon, fix.lat, fix.lon);
+    let distance = haversine_m(a.lat, a.lon, b.lat, b.lon);
     let slack = |acc: Option<f64>| {
         acc.filter(|a| a.is_finite())
             .unwrap_or(0.0)
             .clamp(0.0, 100.0)
     };
-    let distance = (distance - slack(previous.accuracy_m) - slack(fix.accuracy_m)).max(0.0);
-    let dt_ms = (i128::from(fix.fix_time) - i128::from(previous.fix_time)).unsigned_abs();
+    let distance = (distance - slack(a.accuracy_m) - slack(b.accuracy_m)).max(0.0);
+    let dt_ms = (i128::from(b.taken()) - i128::from(a.taken())).unsigned_abs();
     let dt_s = (dt_ms as f64 / 1000.0).max(1.0);
     Some(distance / dt_s)
+}
+
+/// How many consecutive refused fixes that agree with each other re-anchor a device's track:
+/// the first `RELOCATION_FIXES - 1` are refused (`impossible_speed`), the last is accepted and
+/// becomes the anchor.
+pub const RELOCATION_FIXES: u32 = 3;
+
+/// What the speed check knows of one device (see the module docs for the rule).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Track {
+    /// The reference: the newest (by [`PreviousFix::taken`]) accepted fix that a later fix
+    /// agreed with, or the newest stored one.
+    pub anchor: Option<PreviousFix>,
+    /// The newest accepted fix later than the anchor that no later fix has agreed with yet.
+    pub pending: Option<PreviousFix>,
+    /// The latest of consecutive refused fixes later than the anchor that agree with each
+    /// other, and how many there were.
+    pub relocation: Option<(PreviousFix, u32)>,
+}
+
+impl Track {
+    /// The track of a device whose newest stored fix is `last`: stored means it was accepted,
+    /// so it is trusted as the anchor.
+    pub fn from_stored(last: Option<PreviousFix>) -> Self {
+        Self {
+            anchor: last,
+            ..Self::default()
+        }
+    }
+
+    /// The newest accepted fix known, confirmed or not.
+    pub fn newest(&self) -> Option<PreviousFix> {
+        match (self.anchor, self.pending) {
+            (Some(a), Some(p)) if p.taken() > a.taken() => Some(p),
+            (Some(a), _) => Some(a),
+            (None, p) => p,
+        }
+    }
+
+    /// Judge `fix` received at `rx`: every per-fix rule of [`validate`], then the speed rule
+    /// against this track, which learns from the verdict. Accepted when the fix agrees with the
+    /// pending fix or the anchor, or when nothing confirmed is known; refused otherwise, unless
+    /// it completes a relocation of [`RELOCATION_FIXES`] agreeing fixes.
+    pub fn judge(
+        &mut self,
+        fix: &Fix,
+        rx: EpochMillis,
+        thresholds: &Thresholds,
+    ) -> Result<(), Rejection> {
+        validate(fix, rx, None, thresholds)?;
+        let point = PreviousFix::received(fix, rx);
+        let agrees = |reference: &PreviousFix| speed_check(reference, &point, thresholds).is_ok();
+        if let Some(pending) = self.pending {
+            if agrees(&pending) {
+                // A later fix agreeing with the pending one confirms it: the pair is trusted.
+                if point.taken() > pending.taken() {
+                    self.anchor = Some(point);
+                    self.pending = None;
+                }
+                self.relocation = None;
+                return Ok(());
+            }
+        }
+        let refused = match self.anchor {
+            // Nothing confirmed yet, so nothing to contradict: the newest fix waits for a
+            // later one to agree with it.
+            None => {
+                self.accept_pending(point);
+                return Ok(());
+            }
+            Some(anchor) => match speed_check(&anchor, &point, thresholds) {
+                Ok(()) => {
+                    if point.taken() > anchor.taken() {
+                        self.accept_pending(point);
+                    } else {
+                        self.relocation = None;
+                    }
+                    return Ok(());
+                }
+                // An old outlier starts no relocation.
+                Err(refused) if point.taken() <= anchor.taken() => return Err(refused),
+                Err(refused) => refused,
+            },
+        };
+        let count = match self.relocation {
+            Some((last, n)) if point.taken() > last.taken() && agrees(&last) => n + 1,
+            _ => 1,
+        };
+        if count >= RELOCATION_FIXES {
+            *self = Self::from_stored(Some(point));
+            return Ok(());
+        }
+        self.relocation = Some((point, count));
+        Err(Rejection {
+            detail: format!(
+                "{} (relocation {count}/{RELOCATION_FIXES} unconfirmed)",
+                refused.detail
+            ),
+            ..refused
+        })
+    }
+
+    /// `point` was accepted without confirming the pending fix: it becomes the pending fix if
+    /// it is the newest, and any relocation in progress ends.
+    fn accept_pending(&mut self, point: PreviousFix) {
+        if self.pending.is_none_or(|p| point.taken() >= p.taken()) {
+            self.pending = Some(point);
+        }
+        self.relocation = None;
+    }
 }
 
 #[cfg(test)]
@@ -332,6 +476,7 @@ mod tests {
             lat: 52.52,
             lon: 13.40,
             accuracy_m: Some(10.0),
+            received_at: RX - 9_000,
         };
         let t = Thresholds::default();
         // ~111 km in 10 s.
@@ -345,6 +490,226 @@ mod tests {
         // A late fix from an hour earlier, 50 km away: 14 m/s, fine.
         let late = Fix::new(RX - 3_610_000, 52.97, 13.40);
         assert_eq!(validate(&late, RX, Some(&previous), &t), Ok(()));
+    }
+
+    /// About 1° of latitude, metres.
+    const DEGREE_M: f64 = 111_195.0;
+
+    /// A real drive: fix `i` taken at `t`, `lat`, received `latency` ms later.
+    #[derive(Debug, Clone, Copy)]
+    struct Step {
+        t: EpochMillis,
+        lat: f64,
+        latency: i64,
+    }
+
+    fn fix_at(t: EpochMillis, lat: f64, lon: f64) -> Fix {
+        let mut fix = Fix::new(t, lat, lon);
+        fix.accuracy_m = Some(8.0);
+        fix
+    }
+
+    /// `count` fixes `gap_ms` apart, driving north at `speed` m/s, received 500 ms later.
+    fn drive(start: EpochMillis, count: usize, gap_ms: i64, speed: f64) -> Vec<Step> {
+        (0..count)
+            .map(|i| Step {
+                t: start + i as i64 * gap_ms,
+                lat: 48.0 + speed * (i as i64 * gap_ms) as f64 / 1000.0 / DEGREE_M,
+                latency: 500,
+            })
+            .collect()
+    }
+
+    fn judge(track: &mut Track, step: &Step) -> Result<(), Rejection> {
+        track.judge(
+            &fix_at(step.t, step.lat, 11.0),
+            step.t + step.latency,
+            &Thresholds::default(),
+        )
+    }
+
+    #[test]
+    fn a_future_dated_fix_buys_no_travel_time() {
+        let t = Thresholds::default();
+        let previous = PreviousFix::received(&fix_at(RX - 1_000, 48.0, 11.0), RX - 500);
+        // 185 km away, dated 9 minutes after its receipt: 342 m/s if its date were believed.
+        let planted = fix_at(RX + 540_000, 48.0 + 185_000.0 / DEGREE_M, 11.0);
+        let believed = PreviousFix::of(&planted);
+        assert!(implied_speed_mps(&previous, &believed).unwrap() < t.max_speed_mps);
+        let err = validate(&planted, RX, Some(&previous), &t).unwrap_err();
+        assert_eq!(err.reason, RejectReason::ImpossibleSpeed);
+        // The same distance in the past it claims is fine: received late, dated honestly.
+        let late = fix_at(RX - 540_000, 48.0 + 185_000.0 / DEGREE_M, 11.0);
+        assert_eq!(validate(&late, RX, Some(&previous), &t), Ok(()));
+    }
+
+    #[test]
+    fn a_planted_fix_cannot_condemn_the_real_track() {
+        let real = drive(RX - 120_000, 60, 1_000, 20.0);
+        let mut track = Track::default();
+        for (i, step) in real.iter().enumerate() {
+            if i == 20 {
+                // The attack: received now, dated 9 minutes ahead, 185 km away.
+                let rx = step.t - 200;
+                let planted = fix_at(rx + 540_000, step.lat + 185_000.0 / DEGREE_M, 11.0);
+                let err = track
+                    .judge(&planted, rx, &Thresholds::default())
+                    .unwrap_err();
+                assert_eq!(err.reason, RejectReason::ImpossibleSpeed);
+                assert!(err.detail.contains("relocation 1/3"), "{}", err.detail);
+            }
+            assert_eq!(judge(&mut track, step), Ok(()), "real fix {i}");
+        }
+        assert_eq!(track.newest().unwrap().fix_time, real[59].t);
+    }
+
+    #[test]
+    fn a_relocation_is_accepted_from_its_third_agreeing_fix() {
+        let mut track = Track::default();
+        for step in drive(RX - 120_000, 10, 1_000, 20.0) {
+            assert_eq!(judge(&mut track, &step), Ok(()));
+        }
+        // 500 km north, one second later, then moving on there.
+        let mut there = drive(RX - 110_000, 5, 1_000, 20.0);
+        for step in &mut there {
+            step.lat += 500_000.0 / DEGREE_M;
+        }
+        for (n, step) in there.iter().enumerate() {
+            let verdict = judge(&mut track, step);
+            if n + 1 < RELOCATION_FIXES as usize {
+                let err = verdict.unwrap_err();
+                assert_eq!(err.reason, RejectReason::ImpossibleSpeed);
+                assert!(err.detail.contains(&format!("relocation {}/3", n + 1)));
+            } else {
+                assert_eq!(verdict, Ok(()), "fix {n} of the relocation");
+            }
+        }
+        assert_eq!(track.newest().unwrap().fix_time, there[4].t);
+    }
+
+    #[test]
+    fn refused_fixes_that_disagree_with_each_other_never_relocate() {
+        let mut track = Track::default();
+        let real = drive(RX - 120_000, 40, 1_000, 20.0);
+        for step in &real[..10] {
+            assert_eq!(judge(&mut track, step), Ok(()));
+        }
+        // Outliers scattered 500, 1000, 1500 … km away, one a second: each alone.
+        for i in 0..10 {
+            let mut step = real[10 + i];
+            step.lat += (i as f64 + 1.0) * 5.0;
+            step.lat = step.lat.min(89.0 - i as f64);
+            assert!(judge(&mut track, &step).is_err(), "outlier {i}");
+        }
+        for step in &real[20..] {
+            assert_eq!(judge(&mut track, step), Ok(()));
+        }
+    }
+
+    #[test]
+    fn with_nothing_confirmed_a_first_outlier_refuses_nothing() {
+        let real = drive(RX - 120_000, 10, 1_000, 20.0);
+        let mut track = Track::default();
+        let rx = real[0].t - 1_000;
+        let planted = fix_at(rx + 300_000, 30.0, 11.0);
+        assert_eq!(track.judge(&planted, rx, &Thresholds::default()), Ok(()));
+        for (i, step) in real.iter().enumerate() {
+            assert_eq!(judge(&mut track, step), Ok(()), "real fix {i}");
+        }
+        assert!((track.anchor.unwrap().lat - real[9].lat).abs() < 1e-9);
+    }
+
+    /// A real drive: 3 to 40 fixes, 1 to 30 s apart, at up to 40 m/s, received up to 3 s late.
+    fn any_drive() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec((1_000i64..30_000, 0.0..40.0f64, 0i64..3_000), 3..40).prop_map(
+            |legs| {
+                let mut t = RX - 3_600_000;
+                let mut lat = 48.0;
+                legs.into_iter()
+                    .map(|(gap, speed, latency)| {
+                        t += gap;
+                        lat += speed * gap as f64 / 1000.0 / DEGREE_M;
+                        Step { t, lat, latency }
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn one_planted_outlier_anywhere_condemns_no_real_fix(
+            real in any_drive(),
+            at in any::<prop::sample::Index>(),
+            distance_km in 100.0..4_000.0f64,
+            north in any::<bool>(),
+            after_ms in 0i64..5_000,
+            ahead_ms in -60_000i64..599_000,
+        ) {
+            let at = at.index(real.len() + 1);
+            let t = Thresholds::default();
+            let mut track = Track::default();
+            for (i, step) in real.iter().enumerate() {
+                if i == at {
+                    let rx = match i { 0 => step.t - 1_000, _ => real[i - 1].t + real[i - 1].latency + after_ms };
+                    let offset = if north { distance_km } else { -distance_km } * 1000.0 / DEGREE_M;
+                    // Dated off the real fixes' whole seconds, so no key collides.
+                    let planted = fix_at(rx + ahead_ms + 333, step.lat + offset, 11.0);
+                    let verdict = track.judge(&planted, rx, &t);
+                    if at >= 2 {
+                        prop_assert_eq!(verdict.unwrap_err().reason, RejectReason::ImpossibleSpeed);
+                    }
+                }
+                prop_assert_eq!(judge(&mut track, step), Ok(()), "real fix {}", i);
+            }
+        }
+
+        #[test]
+        fn a_relocation_is_accepted_after_the_documented_number_of_fixes(
+            before in any_drive(),
+            after in any_drive(),
+            distance_km in 100.0..5_000.0f64,
+            jump_ms in 1_000i64..30_000,
+        ) {
+            let mut track = Track::default();
+            for step in &before {
+                prop_assert_eq!(judge(&mut track, step), Ok(()));
+            }
+            let last = before.last().unwrap();
+            let shift = last.t + jump_ms - after[0].t;
+            let lift = distance_km * 1000.0 / DEGREE_M - after[0].lat + last.lat;
+            for (n, step) in after.iter().take(10).enumerate() {
+                let step = Step { t: step.t + shift, lat: (step.lat + lift).min(89.9), ..*step };
+                let verdict = judge(&mut track, &step);
+                if n + 1 < RELOCATION_FIXES as usize {
+                    prop_assert_eq!(verdict.unwrap_err().reason, RejectReason::ImpossibleSpeed);
+                } else {
+                    prop_assert_eq!(verdict, Ok(()), "fix {} of the relocation", n);
+                }
+            }
+        }
+
+        #[test]
+        fn judging_never_panics_and_the_anchor_only_moves_forward(
+            fixes in prop::collection::vec(
+                (any::<i64>(), -90.0..90.0f64, -180.0..180.0f64, -700_000i64..100_000, any::<bool>()),
+                1..30,
+            ),
+        ) {
+            let mut track = Track::default();
+            let mut anchor: Option<EpochMillis> = None;
+            for (rx, lat, lon, skew, recent) in fixes {
+                let rx = if recent { RX + rx % 600_000 } else { rx };
+                let _ = track.judge(&Fix::new(rx.saturating_add(skew), lat, lon), rx, &Thresholds::default());
+                if let Some(a) = track.anchor {
+                    prop_assert!(anchor.is_none_or(|before| a.taken() >= before), "anchor moved back");
+                    anchor = Some(a.taken());
+                }
+                if let (Some(a), Some(p)) = (track.anchor, track.pending) {
+                    prop_assert!(p.taken() > a.taken(), "pending not after the anchor");
+                }
+            }
+        }
     }
 
     #[test]
@@ -394,7 +759,7 @@ mod tests {
             let mut fix = Fix::new(fix_time, lat, lon);
             fix.accuracy_m = acc;
             fix.speed_mps = spd;
-            let previous = prev.map(|(t, lat, lon)| PreviousFix { fix_time: t, lat, lon, accuracy_m: None });
+            let previous = prev.map(|(t, lat, lon)| PreviousFix { fix_time: t, lat, lon, accuracy_m: None, received_at: t });
             let t = Thresholds::default();
             if validate(&fix, rx, previous.as_ref(), &t).is_ok() {
                 prop_assert!(lat.is_finite() && lon.is_finite());

@@ -1,5 +1,6 @@
-//! PostgreSQL: the pool, the embedded migrator (`migrations/` at the workspace root) and the
-//! storage-mode probe (TimescaleDB hypertables, or the native partitioning fallback).
+//! PostgreSQL: the pool (with optional per-session settings such as a statement timeout), the
+//! embedded migrator (`migrations/` at the workspace root) and the storage-mode probe
+//! (TimescaleDB hypertables, or the native partitioning fallback).
 
 use crate::config::DatabaseArgs;
 use crate::RuntimeError;
@@ -21,8 +22,23 @@ pub enum StorageMode {
     Partitioned,
 }
 
+/// Settings every connection of a pool starts its session with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Session {
+    /// PostgreSQL `statement_timeout`: a statement running (or waiting for a lock) longer is
+    /// cancelled by the server (SQLSTATE 57014), so work stops even when nobody waits for it
+    /// any more. `None` keeps the server's default. Sent as a startup option of the session,
+    /// which any role may set: no superuser, no `ALTER ROLE`.
+    pub statement_timeout: Option<Duration>,
+}
+
 /// Open a pool, failing fast with a message that names the database and how to start it.
 pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, RuntimeError> {
+    connect_with(args, Session::default()).await
+}
+
+/// [`connect`] with `session` applied to every connection of the pool.
+pub async fn connect_with(args: &DatabaseArgs, session: Session) -> Result<PgPool, RuntimeError> {
     let unreachable = |reason: String| RuntimeError::Unreachable {
         dependency: "PostgreSQL",
         address: args.redacted_url(),
@@ -32,6 +48,14 @@ pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, RuntimeError> {
     let options = PgConnectOptions::from_str(args.database_url.expose_secret())
         .map_err(|e| unreachable(format!("bad URL: {e}")))?
         .application_name("gps-telemetry");
+    let options = match session.statement_timeout {
+        // At least 1 ms: 0 would mean "no timeout" to PostgreSQL.
+        Some(timeout) => options.options([(
+            "statement_timeout",
+            format!("{}ms", timeout.as_millis().max(1)),
+        )]),
+        None => options,
+    };
     PgPoolOptions::new()
         .max_connections(args.max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -40,9 +64,25 @@ pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, RuntimeError> {
         .map_err(|e| unreachable(e.to_string()))
 }
 
-/// Apply every pending migration (idempotent).
+/// Apply every pending migration (idempotent). Migrations may run longer than a pool's
+/// statement timeout (an index over a large table): they run on one connection with the
+/// timeout lifted, restored (`RESET` returns to the session's start value) before the
+/// connection goes back to the pool, or the connection is closed.
 pub async fn migrate(pool: &PgPool) -> Result<(), RuntimeError> {
-    MIGRATOR.run(pool).await?;
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    // `run_direct` (what `run` calls): `run(&mut *conn)` is not `Send` in a spawned future.
+    let outcome = MIGRATOR.run_direct(&mut *conn).await;
+    if sqlx::query("RESET statement_timeout")
+        .execute(&mut *conn)
+        .await
+        .is_err()
+    {
+        drop(conn.detach());
+    }
+    outcome?;
     Ok(())
 }
 

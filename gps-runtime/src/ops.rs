@@ -1,6 +1,9 @@
 //! The operational endpoints every service serves: `/healthz` (the process is up), `/readyz`
 //! (its dependencies answer) and `/metrics` (Prometheus text format from the service's own
 //! registry). Services merge [`router`] into their own axum router, or serve it alone.
+//!
+//! `/readyz` is unauthenticated, so it says only which dependency is `ok` or `failing`; why a
+//! check fails (addresses, driver errors) goes to the log, never to the caller.
 
 use crate::config::KafkaArgs;
 use axum::extract::State;
@@ -86,7 +89,8 @@ impl Readiness {
         })
     }
 
-    /// Run every check (concurrently, 2 s each) and report each result.
+    /// Run every check (concurrently, 2 s each) and report each as `"ok"` or `"failing"`; the
+    /// reason of a failing check is logged, not returned.
     pub async fn report(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
         let results = futures::future::join_all(self.checks.iter().map(|(name, check)| {
             let check = check.clone();
@@ -104,10 +108,11 @@ impl Readiness {
         let mut map = serde_json::Map::new();
         for (name, outcome) in results {
             let value = match outcome {
-                Ok(()) => "ok".to_owned(),
+                Ok(()) => "ok",
                 Err(e) => {
                     all_ok = false;
-                    e
+                    tracing::warn!(check = name, error = %e, "readiness check failing");
+                    "failing"
                 }
             };
             map.insert(name.to_owned(), value.into());
@@ -178,11 +183,19 @@ async fn metrics(State(state): State<OpsState>) -> Response {
 }
 
 /// Serve `router` on `listener` until `shutdown` is cancelled, then drain open requests.
+/// Connections have `TCP_NODELAY`: a streamed response is written as headers then chunks, and
+/// Nagle's algorithm meeting the client's delayed ACK held the second write back by ~40 ms.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: crate::shutdown::Shutdown,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -216,15 +229,45 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn readiness_names_the_failing_dependency() {
+    async fn readiness_names_the_failing_dependency_but_not_why() {
         let readiness = Readiness::new()
             .with("postgres", || async { Ok(()) })
-            .with("kafka", || async { Err("connection refused".to_owned()) });
+            .with("kafka", || async {
+                Err("kafka: connection refused at 10.0.0.7:9092".to_owned())
+            });
         let (ok, map) = readiness.report().await;
         assert!(!ok);
         assert_eq!(map["postgres"], "ok");
-        assert_eq!(map["kafka"], "connection refused");
+        assert_eq!(map["kafka"], "failing");
         assert!(Readiness::new().report().await.0);
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_names_and_states_only() {
+        let readiness = Readiness::new()
+            .with("postgres", || async { Ok(()) })
+            .with("redis", || async {
+                Err("redis://:hunter2@10.0.0.7:6379: connection refused".to_owned())
+            });
+        let response = readyz(State(OpsState {
+            service: "svc",
+            registry: Registry::new(),
+            readiness,
+        }))
+        .await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "status": "not_ready",
+                "service": "svc",
+                "checks": { "postgres": "ok", "redis": "failing" },
+            })
+        );
     }
 
     #[test]

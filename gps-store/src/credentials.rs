@@ -3,11 +3,19 @@
 //! and by principal resolution in the query API and fanout.
 //!
 //! The API-key rule is [`ApiKeyRecord::verify`], a pure function of the fetched row and `now`:
-//! the presented key's digest matches (constant-time), the key is neither revoked nor expired,
-//! it carries the required scope, and its `last_used_at` is due for an update at most once per
+//! the presented key's digest matches (constant-time), the key is usable
+//! ([`ApiKeyRecord::usable`]: neither revoked nor expired, and its creator still active), it
+//! carries the required scope, and its `last_used_at` is due for an update at most once per
 //! [`LAST_USED_RESOLUTION`]. Callers write that update with [`touch_api_key`], whose SQL repeats
 //! the once-a-minute guard, so concurrent callers and several instances still write at most
 //! once a minute per key.
+//!
+//! A key acts with its creator's delegated authority: the lookup ([`api_key`], [`api_key_by_id`])
+//! reads the creating user in the same query, so a key whose creator is disabled stops working
+//! (a deleted creator deletes its keys: `api_keys.created_by` is `ON DELETE CASCADE`), and its
+//! scopes are capped by what the creator's role grants now (a demoted creator's keys lose what
+//! the creator lost). A key without a creator (`created_by` NULL) was provisioned by an operator
+//! (seed tooling, SQL), not by a user, and answers to nobody's account.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use gps_domain::auth::{digests_equal, scopes_allow, secret_digest, Permission};
@@ -115,6 +123,9 @@ pub struct ApiKeyRecord {
     pub revoked: bool,
     /// When the key was last recorded in use (at [`LAST_USED_RESOLUTION`]).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Whether the user who created the key still exists, in the key's tenant, and is enabled
+    /// (true for operator-provisioned keys, which have no creator).
+    pub creator_active: bool,
 }
 
 /// The verdict of the API-key rule on a presented key.
@@ -144,8 +155,7 @@ impl ApiKeyRecord {
         now: DateTime<Utc>,
     ) -> KeyVerdict {
         let genuine = digests_equal(&secret_digest(presented), &self.key_hash);
-        let expired = self.expires_at.is_some_and(|t| t <= now);
-        if !genuine || self.revoked || expired {
+        if !genuine || !self.usable(now) {
             return KeyVerdict::Invalid;
         }
         if required.is_some_and(|p| !scopes_allow(&self.scopes, p)) {
@@ -158,6 +168,14 @@ impl ApiKeyRecord {
         }
     }
 
+    /// Whether the key may act at `now`, whoever presents it: not revoked, not expired (expiry
+    /// is exclusive) and its creator still active. [`Self::verify`] adds the secret and scope
+    /// checks; [`crate::principal::current`] re-checks a principal already authenticated.
+    pub fn usable(&self, now: DateTime<Utc>) -> bool {
+        let expired = self.expires_at.is_some_and(|t| t <= now);
+        !self.revoked && !expired && self.creator_active
+    }
+
     /// This record with its use at `now` recorded: what a cache keeps after [`touch_api_key`],
     /// so that the rule does not ask for another update within [`LAST_USED_RESOLUTION`].
     pub fn used_at(&self, now: DateTime<Utc>) -> Self {
@@ -168,17 +186,51 @@ impl ApiKeyRecord {
     }
 }
 
+/// The one column list of an API-key lookup, completed by a `WHERE` condition on `$1` (and `$2`):
+/// the key, its creator's state, and its scopes capped by the creator's current role (in scope
+/// order). A static string per lookup keeps each one a single prepared statement.
+macro_rules! select_api_key_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT k.id, k.tenant_id, k.key_hash,
+                    CASE WHEN k.created_by IS NULL THEN k.scopes
+                         ELSE ARRAY(SELECT s FROM unnest(k.scopes) WITH ORDINALITY AS t (s, n)
+                                    WHERE s IN (SELECT permission FROM role_permissions
+                                                WHERE role = u.role)
+                                    ORDER BY n)
+                    END AS scopes,
+                    k.expires_at, k.revoked_at IS NOT NULL AS revoked, k.last_used_at,
+                    (k.created_by IS NULL
+                     OR coalesce(NOT u.disabled AND u.tenant_id = k.tenant_id, false))
+                        AS creator_active
+             FROM api_keys k LEFT JOIN users u ON u.id = k.created_by
+             WHERE ",
+            $condition
+        )
+    };
+}
+
 /// The API key with lookup id `prefix` (the `<id>` of `gpsk_<id>_<secret>`, see
 /// [`gps_domain::auth::api_key_id`]), whatever its state: [`ApiKeyRecord::verify`] judges it.
 pub async fn api_key(pool: &PgPool, prefix: &str) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, tenant_id, key_hash, scopes, expires_at, revoked_at IS NOT NULL AS revoked,
-                last_used_at
-         FROM api_keys WHERE prefix = $1",
-    )
-    .bind(prefix)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as(select_api_key_where!("k.prefix = $1"))
+        .bind(prefix)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The API key `id` of `tenant`, whatever its state: [`ApiKeyRecord::usable`] judges it (the
+/// secret was checked when the principal was authenticated).
+pub async fn api_key_by_id(
+    pool: &PgPool,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
+    sqlx::query_as(select_api_key_where!("k.id = $1 AND k.tenant_id = $2"))
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Record that key `id` was used at `now`, unless a use within [`LAST_USED_RESOLUTION`] is
@@ -215,6 +267,7 @@ mod tests {
             expires_at: None,
             revoked: false,
             last_used_at: None,
+            creator_active: true,
         }
     }
 
@@ -262,6 +315,13 @@ mod tests {
         assert_eq!(expiring.verify(&key, None, now()), KeyVerdict::Invalid);
         let just_before = now() - TimeDelta::milliseconds(1);
         assert_eq!(expiring.verify(&key, None, just_before), ACCEPTED);
+        // A key whose creator was disabled dies with the creator's account.
+        let orphaned = ApiKeyRecord {
+            creator_active: false,
+            ..rec.clone()
+        };
+        assert_eq!(orphaned.verify(&key, None, now()), KeyVerdict::Invalid);
+        assert!(!orphaned.usable(now()) && rec.usable(now()));
         // Invalid wins over a missing scope: a stranger learns nothing about the key's scopes.
         assert_eq!(
             revoked.verify(&key, Some(Permission::UsersWrite), now()),

@@ -2,13 +2,15 @@
 //! applies the same rule: device and API-key credentials ([`credentials`]), the principal behind
 //! a bearer credential ([`principal`]), single-use live tickets ([`tickets`]), which devices a
 //! principal may read ([`visibility`]), the bounding-box predicate over stored positions
-//! ([`geo`]), and the `positions` / `last_positions` row codec ([`positions`]).
+//! ([`geo`]), the `positions` / `last_positions` row codec ([`positions`]), and the audit log's
+//! one insert with its failure count ([`audit`]).
 //!
 //! Pure rules and types (roles, permissions, `Principal`, `Visibility`, `BBox`) live in
 //! `gps-domain`; this crate adds only the queries around them. Tenancy rule: every lookup is
 //! scoped by the caller's tenant (credential lookups are how the tenant is found); another
 //! tenant's object is indistinguishable from a missing one.
 
+pub mod audit;
 pub mod credentials;
 pub mod geo;
 pub mod positions;

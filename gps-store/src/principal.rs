@@ -2,6 +2,13 @@
 //! ([`JwtKeys`]) or an API key, resolved the same way by the query API and fanout. The header is
 //! parsed by the one bearer parser ([`gps_domain::auth::bearer_token`]) and API keys are judged by
 //! the one API-key rule ([`crate::credentials::ApiKeyRecord::verify`]), which ingest applies too.
+//!
+//! Authorization is read from the current state, never from the credential alone: a user JWT
+//! proves who is calling, but the role and whether the account may act at all are read from the
+//! `users` row on every request (one query), so a role change, disable or delete takes effect on
+//! the next request, and a password change refuses every access token issued before it
+//! (`users.tokens_not_before`). Long-lived sessions (fanout's WebSockets) re-check a principal
+//! they authenticated earlier with [`current`].
 
 use crate::credentials::{self, KeyVerdict};
 use gps_domain::auth::{
@@ -113,23 +120,95 @@ pub async fn principal_from_bearer(
         return principal_from_api_key(pool, token).await;
     }
     let claims = keys.verify(token)?;
-    // A disabled or deleted user loses access at once, not at token expiry.
-    let active: Option<bool> =
-        sqlx::query_scalar("SELECT NOT disabled FROM users WHERE id = $1 AND tenant_id = $2")
-            .bind(claims.sub)
-            .bind(claims.tid)
-            .fetch_optional(pool)
-            .await?;
-    if active != Some(true) {
-        return Err(AuthError::Disabled);
-    }
+    let role = current_user_role(pool, claims.tid, claims.sub, Some(claims.iat)).await?;
     Ok(Principal {
         tenant_id: claims.tid,
         actor: Actor::User {
             user_id: claims.sub,
-            role: claims.role,
+            role,
         },
     })
+}
+
+/// Re-read `principal`'s present state: a user must still exist in its tenant and be enabled,
+/// and comes back with its current role; an API key must still exist, be neither revoked nor
+/// expired, and its creator must be active, and comes back with its current (creator-capped)
+/// scopes. For sessions that outlive a request (a WebSocket): call it periodically and close the
+/// session on `Err` (every variant but [`AuthError::Unavailable`] is a refusal).
+///
+/// A user principal carries no issue time, so this cannot see a password change; callers that
+/// hold the original JWT should resolve it again with [`principal_from_bearer`] instead.
+pub async fn current(pool: &PgPool, principal: &Principal) -> Result<Principal, AuthError> {
+    match &principal.actor {
+        Actor::User { user_id, .. } => {
+            let role = current_user_role(pool, principal.tenant_id, *user_id, None).await?;
+            Ok(Principal {
+                tenant_id: principal.tenant_id,
+                actor: Actor::User {
+                    user_id: *user_id,
+                    role,
+                },
+            })
+        }
+        Actor::ApiKey { key_id, .. } => {
+            let key = credentials::api_key_by_id(pool, principal.tenant_id, *key_id)
+                .await?
+                .ok_or(AuthError::InvalidApiKey)?;
+            if !key.usable(chrono::Utc::now()) {
+                return Err(AuthError::InvalidApiKey);
+            }
+            Ok(Principal {
+                tenant_id: key.tenant_id,
+                actor: Actor::ApiKey {
+                    key_id: key.id,
+                    scopes: key.scopes,
+                },
+            })
+        }
+    }
+}
+
+/// The current role of user `user` of `tenant`, in one query: refused when the user no longer
+/// exists in the tenant or is disabled ([`AuthError::Disabled`]), or when `issued_at` (a JWT's
+/// `iat`, seconds) is before the user's credentials last changed.
+async fn current_user_role(
+    pool: &PgPool,
+    tenant: Uuid,
+    user: Uuid,
+    issued_at: Option<i64>,
+) -> Result<Role, AuthError> {
+    // `iat` has whole seconds: a token issued in the same second as the change still passes,
+    // so that a login right after a password reset is not refused.
+    let row: Option<(String, bool, bool)> = sqlx::query_as(
+        "SELECT role, disabled,
+                $3::double precision IS NULL OR tokens_not_before IS NULL
+                OR to_timestamp($3) >= date_trunc('second', tokens_not_before)
+         FROM users WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(user)
+    .bind(tenant)
+    .bind(issued_at.map(|t| t as f64))
+    .fetch_optional(pool)
+    .await?;
+    let Some((role, disabled, fresh)) = row else {
+        return Err(AuthError::Disabled);
+    };
+    if disabled {
+        return Err(AuthError::Disabled);
+    }
+    if !fresh {
+        return Err(AuthError::InvalidToken(
+            "issued before the account's credentials changed".into(),
+        ));
+    }
+    match role.parse::<Role>() {
+        Ok(Role::Device) | Err(_) => {
+            // The roles table knows more names than a user may hold: refuse, never guess.
+            tracing::warn!(user = %user, role = %role, "user row holds a role no user may act with");
+            Err(AuthError::Disabled)
+        }
+        Ok(role) => Ok(role),
+    }
 }
 
 /// Resolve an API key (`gpsk_<id>_<secret>`) by the one API-key rule; its scopes travel with

@@ -1,8 +1,15 @@
 //! Device and gateway credentials, cached with a short TTL so that the hot path does not hit the
 //! database per request. The lookups and the API-key rule are the shared store's
 //! ([`gps_store::credentials`]); this module only caches them. Unknown credentials are cached
-//! too (shorter), so a flood of bad tokens cannot become a flood of queries. A device disabled or
-//! a key revoked in the database is refused at the latest one TTL later.
+//! too (shorter), so a flood of bad tokens cannot become a flood of queries. A device disabled, or
+//! a key revoked, expired or whose creating user was disabled or deleted (the store's API-key
+//! rule), is refused at the latest one TTL later.
+//!
+//! Found and unknown answers live in separate maps, so a flood of unknown credentials can only
+//! evict other unknown ones, never a real device's entry. A credential found valid stays *known*
+//! for a grace period after its entry expired (`--auth-known-grace-ms`): a known device is
+//! admitted past the per-source limit on unknown credentials ([`SourceLimiter`]), and UDP keeps
+//! serving it while a background lookup refreshes it ([`AuthCache::peek_device_by_id`]).
 //!
 //! A gateway key's use is recorded in `api_keys.last_used_at` at most once a minute, as the
 //! rule asks: the cached record is marked used at once (so the next requests see no update due)
@@ -17,6 +24,7 @@ use sqlx::PgPool;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -61,11 +69,24 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
     }
 
     fn get(&self, key: &K) -> Option<V> {
+        self.get_within(key, Duration::ZERO)
+            .and_then(|(value, fresh)| fresh.then_some(value))
+    }
+
+    /// The value while it is fresh or expired less than `grace` ago, with whether it is fresh.
+    fn get_within(&self, key: &K, grace: Duration) -> Option<(V, bool)> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
         match entries.get(key) {
-            Some((expires, value)) if *expires > Instant::now() => Some(value.clone()),
+            Some((expires, value)) if *expires > now => Some((value.clone(), true)),
+            Some((expires, value)) if *expires + grace > now => Some((value.clone(), false)),
             _ => None,
         }
+    }
+
+    fn remove(&self, key: &K) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(key);
     }
 
     fn insert(&self, key: K, value: V, ttl: Duration) {
@@ -91,15 +112,57 @@ impl<K: Eq + Hash, V: Clone> TtlMap<K, V> {
     }
 }
 
+/// One kind of lookup: found records and unknown keys, apart (see the module docs).
+struct Lookups<K, T> {
+    found: TtlMap<K, Arc<T>>,
+    unknown: TtlMap<K, ()>,
+}
+
+impl<K: Eq + Hash, T> Lookups<K, T> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            found: TtlMap::new(capacity),
+            unknown: TtlMap::new(capacity),
+        }
+    }
+
+    /// The cached answer: `Some(Some(record))`, `Some(None)` for known to be unknown, `None`
+    /// when the database must be asked.
+    fn get(&self, key: &K) -> Option<Option<Arc<T>>> {
+        if let Some(found) = self.found.get(key) {
+            return Some(Some(found));
+        }
+        self.unknown.get(key).map(|()| None)
+    }
+}
+
+/// What the cache knows of a device id without asking the database ([`AuthCache::peek_device_by_id`]).
+#[derive(Debug, Clone)]
+pub enum Peek {
+    /// An enabled device; `refresh` when its entry expired (within the grace period) and a
+    /// background lookup should renew it.
+    Known {
+        /// The record.
+        device: Arc<DeviceRecord>,
+        /// Whether the entry is due for a refresh.
+        refresh: bool,
+    },
+    /// Known to be unknown or disabled.
+    Unknown,
+    /// Not cached: only a lookup can tell.
+    Missing,
+}
+
 /// The cached credential lookups.
 pub struct AuthCache {
     pool: PgPool,
     ttl: Duration,
     negative_ttl: Duration,
-    by_token: TtlMap<String, Option<Arc<DeviceRecord>>>,
-    by_uid: TtlMap<String, Option<Arc<DeviceRecord>>>,
-    by_id: TtlMap<Uuid, Option<Arc<DeviceRecord>>>,
-    keys: TtlMap<String, Option<Arc<ApiKeyRecord>>>,
+    grace: Duration,
+    by_token: Lookups<String, DeviceRecord>,
+    by_uid: Lookups<String, DeviceRecord>,
+    by_id: Lookups<Uuid, DeviceRecord>,
+    keys: Lookups<String, ApiKeyRecord>,
 }
 
 impl std::fmt::Debug for AuthCache {
@@ -115,10 +178,30 @@ impl AuthCache {
             pool,
             ttl: Duration::from_millis(args.ttl_ms),
             negative_ttl: Duration::from_millis(args.negative_ttl_ms),
-            by_token: TtlMap::new(args.capacity),
-            by_uid: TtlMap::new(args.capacity),
-            by_id: TtlMap::new(args.capacity),
-            keys: TtlMap::new(args.capacity),
+            grace: Duration::from_millis(args.known_grace_ms),
+            by_token: Lookups::new(args.capacity),
+            by_uid: Lookups::new(args.capacity),
+            by_id: Lookups::new(args.capacity),
+            keys: Lookups::new(args.capacity),
+        }
+    }
+
+    /// Store what the database answered for `key`.
+    fn remember<K: Eq + Hash + Clone, T>(
+        &self,
+        lookups: &Lookups<K, T>,
+        key: K,
+        found: Option<Arc<T>>,
+    ) {
+        match found {
+            Some(record) => {
+                lookups.unknown.remove(&key);
+                lookups.found.insert(key, record, self.ttl);
+            }
+            None => {
+                lookups.found.remove(&key);
+                lookups.unknown.insert(key, (), self.negative_ttl);
+            }
         }
     }
 
@@ -126,25 +209,76 @@ impl AuthCache {
     /// nothing was found).
     async fn cached<K, T, Fut>(
         &self,
-        map: &TtlMap<K, Option<Arc<T>>>,
+        lookups: &Lookups<K, T>,
         key: K,
         fetch: impl FnOnce() -> Fut,
     ) -> Result<Option<Arc<T>>, Unavailable>
     where
-        K: Eq + Hash,
+        K: Eq + Hash + Clone,
         Fut: Future<Output = Result<Option<T>, sqlx::Error>>,
     {
-        if let Some(found) = map.get(&key) {
+        if let Some(found) = lookups.get(&key) {
             return Ok(found);
         }
         let found = fetch().await?.map(Arc::new);
-        let ttl = if found.is_some() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        };
-        map.insert(key, found.clone(), ttl);
+        self.remember(lookups, key, found.clone());
         Ok(found)
+    }
+
+    /// Whether `key` was found valid within the TTL plus the grace period (no database).
+    fn known<K: Eq + Hash, T>(&self, lookups: &Lookups<K, T>, key: &K) -> Option<Arc<T>> {
+        lookups
+            .found
+            .get_within(key, self.grace)
+            .map(|(record, _)| record)
+    }
+
+    /// Whether the enabled device with ingest token `token` is known (no database).
+    pub fn knows_token(&self, token: &str) -> bool {
+        self.known(&self.by_token, &secret_digest(token))
+            .is_some_and(|d| !d.disabled)
+    }
+
+    /// Whether the enabled device with uid `uid` is known (no database).
+    pub fn knows_uid(&self, uid: &str) -> bool {
+        self.known(&self.by_uid, &uid.to_owned())
+            .is_some_and(|d| !d.disabled)
+    }
+
+    /// Whether the API key presented as `presented` names a key record found recently (no
+    /// database; the secret is checked by [`AuthCache::api_key`]).
+    pub fn knows_api_key(&self, presented: &str) -> bool {
+        api_key_id(presented)
+            .is_some_and(|prefix| self.known(&self.keys, &prefix.to_owned()).is_some())
+    }
+
+    /// What the cache knows of device `id`, without waiting for the database (the UDP loop).
+    pub fn peek_device_by_id(&self, id: Uuid) -> Peek {
+        if let Some((device, fresh)) = self.by_id.found.get_within(&id, self.grace) {
+            return if device.disabled {
+                Peek::Unknown
+            } else {
+                Peek::Known {
+                    device,
+                    refresh: !fresh,
+                }
+            };
+        }
+        match self.by_id.unknown.get(&id) {
+            Some(()) => Peek::Unknown,
+            None => Peek::Missing,
+        }
+    }
+
+    /// Ask the database about device `id` whatever the cache holds, and cache the answer
+    /// (run off the UDP loop).
+    pub async fn refresh_device_by_id(&self, id: Uuid) -> Result<bool, Unavailable> {
+        let found = credentials::device(&self.pool, DeviceKey::Id(id))
+            .await?
+            .map(Arc::new);
+        let known = found.as_ref().is_some_and(|d| !d.disabled);
+        self.remember(&self.by_id, id, found);
+        Ok(known)
     }
 
     /// The enabled device whose ingest token is `token`.
@@ -215,7 +349,8 @@ impl AuthCache {
     /// record is refetched.
     fn record_use(&self, prefix: &str, key: &ApiKeyRecord, now: DateTime<Utc>) {
         self.keys
-            .replace(&prefix.to_owned(), Some(Arc::new(key.used_at(now))));
+            .found
+            .replace(&prefix.to_owned(), Arc::new(key.used_at(now)));
         let (pool, key_id) = (self.pool.clone(), key.id);
         tokio::spawn(async move {
             if let Err(e) = credentials::touch_api_key(&pool, key_id, now).await {
@@ -223,6 +358,95 @@ impl AuthCache {
             }
         });
     }
+}
+
+/// Per-source token buckets for unauthenticated attempts: each request or datagram whose
+/// credential is unknown (or wrong) takes a token from its source IP's bucket, which refills at
+/// `per_sec` up to `burst`. An empty bucket refuses what would need a database lookup (HTTP:
+/// `429` with `Retry-After`; UDP: dropped and counted), while credentials known to the cache
+/// still pass, so known devices are never slowed down. In memory, per ingest instance: instances
+/// do not share buckets, so a client spread over `n` instances gets `n` budgets. Bounded: when
+/// `capacity` sources are tracked, refilled buckets are forgotten first, then all (an attacker
+/// cycling through more addresses than that is bounded by the lookup limits instead).
+#[derive(Debug)]
+pub struct SourceLimiter {
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    per_sec: f64,
+    burst: f64,
+    capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl SourceLimiter {
+    /// Buckets of `burst` tokens refilled at `per_sec`, for at most `capacity` sources.
+    pub fn new(per_sec: f64, burst: u32, capacity: usize) -> Self {
+        Self {
+            buckets: Mutex::new(HashMap::new()),
+            per_sec: per_sec.max(f64::MIN_POSITIVE),
+            burst: f64::from(burst.max(1)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Run `f` on `source`'s bucket, refilled to now.
+    fn with_bucket<R>(&self, source: IpAddr, f: impl FnOnce(&mut Bucket) -> R) -> R {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= self.capacity && !buckets.contains_key(&source) {
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * per_sec < burst);
+            if buckets.len() >= self.capacity {
+                buckets.clear();
+            }
+        }
+        let bucket = buckets.entry(source).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        bucket.tokens = (bucket.tokens
+            + now.duration_since(bucket.at).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        bucket.at = now;
+        f(bucket)
+    }
+
+    /// `Ok` with a whole token, else how long until there is one.
+    fn verdict(&self, tokens: f64) -> Result<(), Duration> {
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::try_from_secs_f64((1.0 - tokens) / self.per_sec).unwrap_or(Duration::MAX))
+        }
+    }
+
+    /// `Ok` when `source` has a token left (none is taken), else how long to wait.
+    pub fn check(&self, source: IpAddr) -> Result<(), Duration> {
+        let tokens = self.with_bucket(source, |b| b.tokens);
+        self.verdict(tokens)
+    }
+
+    /// Take a token from `source`: `Ok` if there was one, else how long to wait.
+    pub fn take(&self, source: IpAddr) -> Result<(), Duration> {
+        let tokens = self.with_bucket(source, |b| {
+            let before = b.tokens;
+            if before >= 1.0 {
+                b.tokens -= 1.0;
+            }
+            before
+        });
+        self.verdict(tokens)
+    }
+}
+
+/// Seconds for a `Retry-After` header: `wait` rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u32 {
+    (wait.as_secs_f64().ceil() as u32).max(1)
 }
 
 #[cfg(test)]
@@ -275,5 +499,67 @@ mod tests {
         );
         map.replace(&"absent", 3);
         assert_eq!(map.get(&"absent"), None, "replace never inserts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_over_its_budget_waits_for_a_refill_and_others_do_not() {
+        let limiter = SourceLimiter::new(0.5, 3, 16);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        for _ in 0..3 {
+            assert_eq!(limiter.take(a), Ok(()));
+        }
+        let wait = limiter.take(a).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(2), "one token per 2 s");
+        assert_eq!(retry_after_secs(wait), 2);
+        assert_eq!(limiter.check(a), Err(Duration::from_secs(2)));
+        assert_eq!(limiter.check(b), Ok(()), "another source is not affected");
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert_eq!(limiter.check(a).unwrap_err(), Duration::from_millis(500));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(limiter.take(a), Ok(()));
+        assert!(limiter.take(a).is_err());
+        // Refills never exceed the burst.
+        tokio::time::advance(Duration::from_secs(3_600)).await;
+        for _ in 0..3 {
+            assert_eq!(limiter.take(a), Ok(()));
+        }
+        assert!(limiter.take(a).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limiter_stays_bounded_and_forgets_refilled_sources_first() {
+        let limiter = SourceLimiter::new(1.0, 2, 2);
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        limiter.take(ip(1)).unwrap();
+        limiter.take(ip(1)).unwrap();
+        limiter.check(ip(2)).unwrap();
+        // ip(2) is full, ip(1) empty: a third source evicts ip(2), not ip(1).
+        limiter.check(ip(3)).unwrap();
+        assert!(limiter.check(ip(1)).is_err(), "the drained bucket was kept");
+        assert!(limiter.buckets.lock().unwrap().len() <= 2);
+        assert_retry_after_rounds_up();
+    }
+
+    fn assert_retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(2_001)), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn found_entries_stay_known_through_the_grace_period_only() {
+        let map = TtlMap::new(8);
+        map.insert("k", 1, Duration::from_secs(10));
+        assert_eq!(
+            map.get_within(&"k", Duration::from_secs(5)),
+            Some((1, true))
+        );
+        tokio::time::advance(Duration::from_secs(12)).await;
+        assert_eq!(map.get(&"k"), None);
+        assert_eq!(
+            map.get_within(&"k", Duration::from_secs(5)),
+            Some((1, false))
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(map.get_within(&"k", Duration::from_secs(5)), None);
     }
 }

@@ -140,13 +140,52 @@ pub struct AuthArgs {
         default_value_t = 2_000
     )]
     pub negative_ttl_ms: u64,
-    /// Most cached entries per kind (tokens, uids, ids, keys).
+    /// Most cached entries per kind (tokens, uids, ids, keys; found and unknown apart), and
+    /// most sources tracked by each rate limiter.
     #[arg(
         long = "auth-cache-capacity",
         env = "INGEST_AUTH_CACHE_CAPACITY",
         default_value_t = 100_000
     )]
     pub capacity: usize,
+    /// How long a credential found valid stays known after its cache entry expired, ms: known
+    /// credentials pass the per-source limits, and UDP serves a known device from the cache
+    /// while a background lookup refreshes it.
+    #[arg(
+        long = "auth-known-grace-ms",
+        env = "INGEST_AUTH_KNOWN_GRACE_MS",
+        default_value_t = 3_600_000
+    )]
+    pub known_grace_ms: u64,
+    /// Unknown or wrong HTTP credentials (OsmAnd uids, tokens, API keys) a source IP may try per
+    /// second, sustained; past the burst it gets 429 until its bucket refills.
+    #[arg(
+        long = "unknown-credential-per-sec",
+        env = "INGEST_UNKNOWN_CREDENTIAL_PER_SEC",
+        default_value_t = 1.0
+    )]
+    pub unknown_per_sec: f64,
+    /// Unknown or wrong HTTP credentials a source IP may try at once.
+    #[arg(long = "unknown-credential-burst", env = "INGEST_UNKNOWN_CREDENTIAL_BURST",
+          default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub unknown_burst: u32,
+    /// UDP datagrams of unknown device ids (or with a wrong MAC) a source IP may send per
+    /// second, sustained; the rest are dropped (`rate_limited`).
+    #[arg(
+        long = "udp-unknown-per-sec",
+        env = "INGEST_UDP_UNKNOWN_PER_SEC",
+        default_value_t = 10.0
+    )]
+    pub udp_unknown_per_sec: f64,
+    /// UDP datagrams of unknown device ids a source IP may send at once.
+    #[arg(long = "udp-unknown-burst", env = "INGEST_UDP_UNKNOWN_BURST", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub udp_unknown_burst: u32,
+    /// Most device-id lookups the UDP listener runs at once, off its receive loop; datagrams of
+    /// further unknown ids are dropped (`lookup_busy`). Keep it below the database pool size.
+    #[arg(long = "udp-max-lookups", env = "INGEST_UDP_MAX_LOOKUPS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub udp_max_lookups: u32,
 }
 
 impl Config {
@@ -172,6 +211,23 @@ impl Config {
             problems.push(
                 "INGEST_DELIVERY_TIMEOUT_MS",
                 "must be at least 1 s below INGEST_REQUEST_TIMEOUT_MS so the 503 reaches the device",
+            );
+        }
+        for (name, rate) in [
+            (
+                "INGEST_UNKNOWN_CREDENTIAL_PER_SEC",
+                self.auth.unknown_per_sec,
+            ),
+            ("INGEST_UDP_UNKNOWN_PER_SEC", self.auth.udp_unknown_per_sec),
+        ] {
+            if !(rate.is_finite() && rate > 0.0) {
+                problems.push(name, "must be a positive number");
+            }
+        }
+        if self.auth.udp_max_lookups >= self.database.max_connections {
+            problems.push(
+                "INGEST_UDP_MAX_LOOKUPS",
+                "must be below DATABASE_MAX_CONNECTIONS, so UDP lookups never take the whole pool",
             );
         }
         if self.kafka.fixes_topic.is_empty() {

@@ -60,6 +60,12 @@ pub enum ApiError {
         /// Which cap.
         message: String,
     },
+    /// The source IP tried too many unknown credentials; retry after the given seconds.
+    #[error("too many unknown credentials from this address")]
+    RateLimited {
+        /// Seconds for `Retry-After`.
+        retry_after_secs: u32,
+    },
     /// Kafka or PostgreSQL cannot take the request now; the device should retry.
     #[error("unavailable: {detail}")]
     Unavailable {
@@ -99,6 +105,7 @@ impl ApiError {
             Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::TooLarge { .. } => "too_large",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::NotProduced(e) => e.reason(),
             Self::Internal(_) => "internal",
@@ -112,6 +119,7 @@ impl ApiError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } | Self::NotProduced(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -161,6 +169,10 @@ impl IntoResponse for ApiError {
             }
             Self::Forbidden(message) => ErrorResponse::new(status, code, message),
             Self::TooLarge { message } => ErrorResponse::new(status, code, message),
+            Self::RateLimited { retry_after_secs } => {
+                ErrorResponse::new(status, code, "too many requests, retry later")
+                    .retry_after(retry_after_secs.into())
+            }
             Self::Unavailable {
                 retry_after_secs,
                 detail,

@@ -45,12 +45,22 @@ pub async fn run(
     tracing::info!(http = %http.local_addr()?, udp = %udp.local_addr()?, topic = %config.kafka.fixes_topic, "ingest listening");
 
     let service = Service::new("ingest", shutdown);
-    let udp_ingest = udp::UdpIngest::new(auth.clone(), producer.clone(), metrics.clone());
+    let udp_ingest = udp::UdpIngest::new(
+        auth.clone(),
+        producer.clone(),
+        metrics.clone(),
+        &config.auth,
+    );
     let state = http::AppState {
         auth,
         producer: producer.clone(),
         metrics: metrics.clone(),
         max_batch: config.limits.max_batch as usize,
+        unknown_credentials: Arc::new(auth::SourceLimiter::new(
+            config.auth.unknown_per_sec,
+            config.auth.unknown_burst,
+            config.auth.capacity,
+        )),
     };
     let router = http::router(
         state,

@@ -1,5 +1,6 @@
 //! Ingest metrics, all in the service's own registry: fixes received / accepted / refused by
-//! protocol and reason, request and produce latency, producer queue depth, UDP drops by reason.
+//! protocol and reason (`rate_limited` among them), request and produce latency, producer queue
+//! depth, UDP drops by reason, UDP device lookups by outcome.
 //! Labels are bounded (protocol, reason, status class); never a device id.
 
 use gps_domain::Protocol;
@@ -30,6 +31,8 @@ pub struct Metrics {
     pub udp_datagrams: prometheus::IntCounter,
     /// UDP datagrams dropped, by reason.
     pub udp_dropped: IntCounterVec,
+    /// UDP device-id lookups run off the receive loop, by outcome (found, unknown, failed).
+    pub udp_lookups: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,6 +115,11 @@ impl Metrics {
                 "gps_ingest_udp_dropped_total",
                 "UDP datagrams dropped, by reason",
                 &["reason"],
+            ),
+            udp_lookups: counter(
+                "gps_ingest_udp_lookups_total",
+                "UDP device-id lookups run off the receive loop, by outcome",
+                &["outcome"],
             ),
         };
         for p in Protocol::ALL {

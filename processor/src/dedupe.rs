@@ -1,9 +1,10 @@
 //! The in-memory fast path in front of `ON CONFLICT DO NOTHING`: a bounded set of recently
-//! stored (device, fix time) pairs, and a bounded map of each device's newest accepted fix for
-//! the speed check. Both are only ever filled with what the database has committed, so a miss
-//! costs a database round trip and a hit is always right.
+//! stored (device, fix time) pairs, and a bounded map of each device's speed-check state (its
+//! [`Track`]: the anchor, the fix awaiting confirmation, a relocation in progress). Both are only
+//! ever filled from what the database has committed (a batch's tracks are settled after its
+//! commit), so a miss costs a database round trip and a hit is always right.
 
-use gps_domain::validation::PreviousFix;
+use gps_domain::validation::{PreviousFix, Track};
 use gps_store::positions::FixKey;
 use std::collections::{HashMap, HashSet, VecDeque};
 use uuid::Uuid;
@@ -55,11 +56,13 @@ impl DedupeCache {
     }
 }
 
-/// The newest accepted fix per device (by fix time), bounded: when full it is cleared, and the
-/// next batch reloads what it needs from `last_positions`, which holds the same thing.
+/// Each device's speed-check state, bounded: when full it is cleared, and the next batch
+/// reloads what it needs from `last_positions`, whose newest stored fix becomes the anchor again
+/// (what awaited confirmation is forgotten, which only makes the next fixes judged against the
+/// stored track).
 #[derive(Debug)]
 pub struct DeviceCache {
-    map: HashMap<Uuid, Option<PreviousFix>>,
+    map: HashMap<Uuid, Track>,
     capacity: usize,
 }
 
@@ -72,28 +75,38 @@ impl DeviceCache {
         }
     }
 
-    /// `Some(previous)` when the device is known (`previous` is `None` for a device with no
-    /// accepted fix yet), `None` when it must be looked up.
+    /// `Some(anchor)` when the device is known (`anchor` is `None` for a device with no
+    /// confirmed fix yet), `None` when it must be looked up.
     pub fn get(&self, device: &Uuid) -> Option<Option<PreviousFix>> {
+        self.map.get(device).map(|track| track.anchor)
+    }
+
+    /// The device's whole speed-check state, when known.
+    pub fn track(&self, device: &Uuid) -> Option<Track> {
         self.map.get(device).copied()
     }
 
-    /// Record what the database says about `device`.
+    /// Record what the database says about `device`: its newest stored fix, if any.
     pub fn set(&mut self, device: Uuid, previous: Option<PreviousFix>) {
+        self.put(device, Track::from_stored(previous));
+    }
+
+    /// Record the device's state after a committed batch.
+    pub fn put(&mut self, device: Uuid, track: Track) {
         if self.map.len() >= self.capacity && !self.map.contains_key(&device) {
             self.map.clear();
         }
-        self.map.insert(device, previous);
+        self.map.insert(device, track);
     }
 
-    /// Move the device's newest fix forward to `fix` if it is newer.
+    /// Move the device's anchor forward to `fix` (a fix known to be confirmed) if it is newer.
     pub fn advance(&mut self, device: Uuid, fix: PreviousFix) {
-        let newer = match self.get(&device) {
-            Some(Some(current)) => fix.fix_time > current.fix_time,
-            _ => true,
-        };
-        if newer {
-            self.set(device, Some(fix));
+        let track = self.track(&device).unwrap_or_default();
+        if track
+            .anchor
+            .is_none_or(|current| fix.taken() > current.taken())
+        {
+            self.put(device, Track::from_stored(Some(fix)));
         }
     }
 
@@ -131,6 +144,7 @@ mod tests {
             lat: 1.0,
             lon: 1.0,
             accuracy_m: None,
+            received_at: t,
         };
         let mut cache = DeviceCache::new(1);
         assert_eq!(cache.get(&a), None);

@@ -225,23 +225,23 @@ impl Pipeline {
         }
         unknown.sort_unstable();
         unknown.dedup();
-        let rows: Vec<(Uuid, chrono::DateTime<chrono::Utc>, f64, f64, Option<f64>)> =
-            sqlx::query_as(
-                "SELECT device_id, fix_time, lat, lon, accuracy_m FROM last_positions
-                 WHERE device_id = ANY($1)",
-            )
-            .bind(&unknown)
-            .fetch_all(&self.pool)
-            .await?;
+        type Time = chrono::DateTime<chrono::Utc>;
+        let rows: Vec<(Uuid, Time, Time, f64, f64, Option<f64>)> = sqlx::query_as(
+            "SELECT device_id, fix_time, received_at, lat, lon, accuracy_m FROM last_positions
+             WHERE device_id = ANY($1)",
+        )
+        .bind(&unknown)
+        .fetch_all(&self.pool)
+        .await?;
         let mut found: HashMap<Uuid, PreviousFix> = rows
             .into_iter()
-            .map(|(device, t, lat, lon, accuracy_m)| {
-                let fix_time = t.timestamp_millis();
+            .map(|(device, t, received, lat, lon, accuracy_m)| {
                 let previous = PreviousFix {
-                    fix_time,
+                    fix_time: t.timestamp_millis(),
                     lat,
                     lon,
                     accuracy_m,
+                    received_at: received.timestamp_millis(),
                 };
                 (device, previous)
             })

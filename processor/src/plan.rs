@@ -1,18 +1,20 @@
 //! The processor's pure core: what to do with one batch of records, decided without I/O.
 //!
 //! [`classify`] takes the decoded records, the in-memory caches (what is known to be stored,
-//! each device's newest accepted fix), each tenant's validation thresholds and the time, and
+//! each device's speed-check [`Track`]), each tenant's validation thresholds and the time, and
 //! returns a [`BatchPlan`]: the rows to write, the reject records to quarantine, the
-//! duplicates dropped on the way, and each device's newest accepted fix. Every fix of the batch
-//! lands in exactly one of those three. Loading the thresholds and the devices' previous fixes
-//! happens before (`pipeline`), writing and quarantining after; only once the database has
-//! committed does [`BatchPlan::settle`] teach the caches, so a failed batch can be classified
-//! again from the same state.
+//! duplicates dropped on the way, and each device's track after the batch. Every fix of the
+//! batch lands in exactly one of those three. The speed rule (one planted outlier cannot become
+//! the reference that condemns the real track) is `gps_domain::validation::Track::judge`.
+//! Loading the thresholds and the devices' stored newest fixes happens before (`pipeline`),
+//! writing and quarantining after; only once the database has committed does
+//! [`BatchPlan::settle`] teach the caches, so a failed batch can be classified again from the
+//! same state.
 
 use crate::dedupe::{DedupeCache, DeviceCache};
 use gps_domain::fix::EpochMillis;
 use gps_domain::reject::{RejectReason, RejectRecord, SourcePosition};
-use gps_domain::validation::{self, PreviousFix, Thresholds};
+use gps_domain::validation::{Thresholds, Track};
 use gps_domain::FixEnvelope;
 use gps_store::positions::{FixKey, StoredFix};
 use std::collections::{HashMap, HashSet};
@@ -77,7 +79,7 @@ impl InRecord {
 pub struct Caches {
     /// Keys known to be stored.
     pub dedupe: DedupeCache,
-    /// Each device's newest accepted fix, as far as loaded.
+    /// Each device's speed-check state, as far as loaded.
     pub devices: DeviceCache,
 }
 
@@ -118,8 +120,8 @@ pub struct BatchPlan {
     pub rejects: Vec<RejectRecord>,
     /// Duplicates dropped before the database (`database` is still 0).
     pub duplicates: Duplicates,
-    /// Each device's newest accepted fix of this batch (by fix time).
-    pub newest: HashMap<Uuid, PreviousFix>,
+    /// Each device's speed-check state after this batch (devices with a fix judged in it).
+    pub tracks: HashMap<Uuid, Track>,
 }
 
 /// What one batch did, once committed.
@@ -133,9 +135,9 @@ pub struct BatchOutcome {
     pub duplicates: Duplicates,
 }
 
-/// Judge every fix of `records`: validate it against its tenant's thresholds (the default for a
-/// tenant missing from `thresholds`) and the device's previous accepted fix (this batch's
-/// newest, else the cache's), and drop what is known to be stored or repeated in the batch.
+/// Judge every fix of `records`, in order: validate it against its tenant's thresholds (the
+/// default for a tenant missing from `thresholds`) and the device's track (as this batch left
+/// it, else the cache's), and drop what is known to be stored or repeated in the batch.
 /// `topic` and `now` go into the reject records.
 pub fn classify(
     records: &[InRecord],
@@ -180,14 +182,11 @@ pub fn classify(
                 plan.duplicates.batch += 1;
                 continue;
             }
-            let previous = plan
-                .newest
-                .get(&envelope.device)
-                .copied()
-                .or_else(|| caches.devices.get(&envelope.device).flatten());
-            if let Err(rejection) =
-                validation::validate(fix, envelope.rx, previous.as_ref(), &limits)
-            {
+            let track = plan
+                .tracks
+                .entry(envelope.device)
+                .or_insert_with(|| caches.devices.track(&envelope.device).unwrap_or_default());
+            if let Err(rejection) = track.judge(fix, envelope.rx, &limits) {
                 plan.rejects.push(RejectRecord::for_fix(
                     envelope,
                     index,
@@ -200,15 +199,6 @@ pub fn classify(
                 continue;
             }
             batch_keys.insert(key);
-            let candidate = PreviousFix::of(fix);
-            plan.newest
-                .entry(envelope.device)
-                .and_modify(|p| {
-                    if candidate.fix_time > p.fix_time {
-                        *p = candidate;
-                    }
-                })
-                .or_insert(candidate);
             plan.rows.push(StoredFix {
                 tenant: envelope.tenant,
                 device: envelope.device,
@@ -233,15 +223,15 @@ impl BatchPlan {
     }
 
     /// The database committed [`BatchPlan::rows`], of which the keys in `inserted` were new:
-    /// remember every row as stored, move each device's newest fix forward, and say what the
-    /// batch did.
+    /// remember every row as stored, keep each device's track as the batch left it, and say
+    /// what the batch did.
     pub fn settle(self, caches: &mut Caches, inserted: &HashSet<FixKey>) -> BatchOutcome {
         let rejected = self.rejected();
         for row in &self.rows {
             caches.dedupe.insert(row.key());
         }
-        for (device, fix) in self.newest {
-            caches.devices.advance(device, fix);
+        for (device, track) in self.tracks {
+            caches.devices.put(device, track);
         }
         let written = self.rows.len();
         let stored: Vec<StoredFix> = self
@@ -264,6 +254,7 @@ impl BatchPlan {
 mod tests {
     use super::*;
     use gps_domain::fix::{Fix, Protocol};
+    use gps_domain::validation::{PreviousFix, RELOCATION_FIXES};
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -364,22 +355,91 @@ mod tests {
     }
 
     #[test]
-    fn the_speed_check_uses_the_batch_newest_then_the_cache() {
+    fn the_speed_check_uses_the_batch_track_then_the_cache() {
         let device = Uuid::from_u128(9);
         let far = Fix::new(RX - 590_000, 10.0, 13.4);
-        // Within one batch: the first fix is the previous of the far one.
-        let plan1 = plan(&[record(0, device, vec![walk(0), far.clone()])], &caches());
+        // Within one batch: two agreeing fixes anchor the track, the far one is refused.
+        let plan1 = plan(
+            &[record(0, device, vec![walk(0), walk(1), far.clone()])],
+            &caches(),
+        );
         assert_eq!(plan1.rejects[0].reason, RejectReason::ImpossibleSpeed);
-        // Across batches: the cache holds the committed newest.
+        // Across batches: the cache holds the committed track.
         let mut c = caches();
         let mut stored = HashSet::new();
         commit(
-            plan(&[record(0, device, vec![walk(0)])], &c),
+            plan(&[record(0, device, vec![walk(0), walk(1)])], &c),
             &mut c,
             &mut stored,
         );
-        let plan2 = plan(&[record(1, device, vec![far])], &c);
+        let plan2 = plan(&[record(1, device, vec![far.clone()])], &c);
         assert_eq!(plan2.rejects[0].reason, RejectReason::ImpossibleSpeed);
+        // A device loaded from the database: its stored newest fix is the anchor.
+        let mut c = caches();
+        c.devices
+            .set(device, Some(PreviousFix::received(&walk(0), RX - 599_000)));
+        let plan3 = plan(&[record(1, device, vec![far])], &c);
+        assert_eq!(plan3.rejects[0].reason, RejectReason::ImpossibleSpeed);
+    }
+
+    /// A real drive of `count` fixes, one envelope each (received 500 ms after its fix), and
+    /// where the planted fix goes.
+    fn drive(device: Uuid, count: i64) -> Vec<InRecord> {
+        (0..count)
+            .map(|i| {
+                let mut fix = Fix::new(RX - 600_000 + i * 5_000, 52.5 + i as f64 * 1e-3, 13.4);
+                fix.accuracy_m = Some(5.0);
+                let mut r = record(i, device, vec![fix]);
+                if let Ok(envelope) = &mut r.body {
+                    envelope.rx = envelope.fixes[0].fix_time + 500;
+                }
+                r
+            })
+            .collect()
+    }
+
+    /// Classify `records` in batches cut at `cuts`, committing each; the rows and rejects.
+    fn run_batches(records: Vec<InRecord>, cuts: &[usize]) -> (Vec<StoredFix>, Vec<RejectRecord>) {
+        let mut c = caches();
+        let mut stored = HashSet::new();
+        let (mut rows, mut rejects) = (Vec::new(), Vec::new());
+        let mut records = records.into_iter().peekable();
+        let mut taken = 0;
+        let mut cuts: Vec<usize> = cuts.to_vec();
+        cuts.sort_unstable();
+        cuts.push(usize::MAX);
+        for cut in cuts {
+            let mut batch = Vec::new();
+            while taken < cut && records.peek().is_some() {
+                batch.push(records.next().unwrap());
+                taken += 1;
+            }
+            let plan = plan(&batch, &c);
+            rows.extend(plan.rows.iter().cloned());
+            rejects.extend(plan.rejects.iter().cloned());
+            commit(plan, &mut c, &mut stored);
+        }
+        (rows, rejects)
+    }
+
+    #[test]
+    fn a_fix_planted_ahead_and_far_is_refused_and_the_track_goes_on() {
+        let device = Uuid::from_u128(9);
+        let mut records = drive(device, 40);
+        // Received with fix 20, dated 9 minutes ahead, 185 km north: the old rule believed
+        // its date, accepted it and then refused every real fix near it in time.
+        let rx = RX - 600_000 + 20 * 5_000 - 1_000;
+        let planted = Fix::new(rx + 540_000, 52.5 + 0.02 + 185.0 / 111.195, 13.4);
+        let mut attack = record(100, device, vec![planted]);
+        if let Ok(envelope) = &mut attack.body {
+            envelope.rx = rx;
+        }
+        records.insert(20, attack);
+        let (rows, rejects) = run_batches(records, &[7, 21, 30]);
+        assert_eq!(rows.len(), 40, "every real fix stored");
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].reason, RejectReason::ImpossibleSpeed);
+        assert_eq!(rejects[0].source.offset, 100);
     }
 
     #[test]
@@ -517,27 +577,76 @@ mod tests {
         }
 
         #[test]
-        fn the_newest_fix_per_device_only_moves_forward(batches in prop::collection::vec(any_batch(), 1..6)) {
+        fn the_anchor_only_moves_forward_and_is_an_accepted_fix(batches in prop::collection::vec(any_batch(), 1..6)) {
             let mut c = caches();
             let mut stored = HashSet::new();
             let mut last: HashMap<Uuid, EpochMillis> = HashMap::new();
+            let mut accepted: HashSet<FixKey> = HashSet::new();
             for batch in &batches {
                 let plan = plan(batch, &c);
-                for (device, fix) in &plan.newest {
-                    let max = plan.rows.iter().filter(|r| r.device == *device).map(|r| r.fix.fix_time).max();
-                    prop_assert_eq!(Some(fix.fix_time), max, "newest is the batch maximum");
-                }
+                accepted.extend(plan.rows.iter().map(StoredFix::key));
                 commit(plan, &mut c, &mut stored);
                 for device in (1..=4).map(Uuid::from_u128) {
                     match c.devices.get(&device).flatten() {
                         Some(p) => {
-                            let before = last.insert(device, p.fix_time);
-                            prop_assert!(before.is_none_or(|t| p.fix_time >= t), "rewound");
+                            prop_assert!(accepted.contains(&(device, p.fix_time)), "anchor never accepted");
+                            let before = last.insert(device, p.taken());
+                            prop_assert!(before.is_none_or(|t| p.taken() >= t), "rewound");
                         }
                         None => prop_assert!(!last.contains_key(&device), "forgotten"),
                     }
                 }
             }
+        }
+
+        #[test]
+        fn one_planted_outlier_in_any_batch_condemns_no_real_fix(
+            count in 3i64..30,
+            at in any::<prop::sample::Index>(),
+            cuts in prop::collection::vec(0usize..32, 0..4),
+            distance_km in 100.0..5_000.0f64,
+            ahead_s in -60i64..599,
+        ) {
+            let device = Uuid::from_u128(9);
+            let mut records = drive(device, count);
+            let at = at.index(records.len() + 1);
+            let rx = RX - 600_000 + at as i64 * 5_000 - 1_000;
+            // Dated off the real fixes' whole seconds, so no key collides.
+            let planted = Fix::new(rx + ahead_s * 1000 + 333, 52.5 + distance_km / 111.195 * 0.01, 13.4 + distance_km / 75.0);
+            let mut attack = record(100, device, vec![planted]);
+            if let Ok(envelope) = &mut attack.body {
+                envelope.rx = rx;
+            }
+            records.insert(at, attack);
+            let (rows, rejects) = run_batches(records, &cuts);
+            let real = rows.iter().filter(|r| r.fix.fix_time % 1000 == 0).count();
+            prop_assert_eq!(real as i64, count, "every real fix stored");
+            if at >= 2 {
+                prop_assert_eq!(rejects.len(), 1);
+                prop_assert_eq!(rejects[0].reason, RejectReason::ImpossibleSpeed);
+            }
+        }
+
+        #[test]
+        fn a_relocation_is_stored_from_its_third_fix(
+            count in 2i64..20,
+            cuts in prop::collection::vec(0usize..30, 0..4),
+            distance_km in 100.0..5_000.0f64,
+        ) {
+            let device = Uuid::from_u128(9);
+            let mut records = drive(device, count + 8);
+            let lift = distance_km / 111.195;
+            for r in &mut records[count as usize..] {
+                if let Ok(envelope) = &mut r.body {
+                    envelope.fixes[0].lat = (envelope.fixes[0].lat + lift).min(89.9);
+                }
+            }
+            let (rows, rejects) = run_batches(records, &cuts);
+            prop_assert_eq!(rows.len() as i64, count + 8 - (RELOCATION_FIXES as i64 - 1));
+            prop_assert_eq!(rejects.len() as u32, RELOCATION_FIXES - 1);
+            prop_assert!(rejects.iter().all(|r| r.reason == RejectReason::ImpossibleSpeed));
+            let offsets: Vec<i64> = rejects.iter().map(|r| r.source.offset).collect();
+            prop_assert_eq!(offsets, vec![count, count + 1]);
         }
     }
 }

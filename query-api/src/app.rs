@@ -1,6 +1,7 @@
 //! Request plumbing shared by every route: the application state, the authenticated [`Caller`]
 //! extractor (which is also where RBAC is checked: [`Caller::require`]), JSON and query
-//! extractors that answer in the API's error shape, Redis rate limits and the audit log.
+//! extractors that answer in the API's error shape (a body over [`MAX_BODY_BYTES`] is a `413`),
+//! Redis rate limits and the audit log.
 
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
@@ -20,6 +21,10 @@ use uuid::Uuid;
 
 pub use crate::config::Settings;
 
+/// Largest request body the API reads (every body is a small management object); larger ones
+/// answer `413` before they are buffered. Applied to the router as axum's `DefaultBodyLimit`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
 /// Shared state of every route.
 #[derive(Clone)]
 pub struct AppState {
@@ -33,6 +38,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The per-tenant slots of concurrent history reads (exports).
+    pub exports: crate::routes::history::ExportSlots,
 }
 
 /// The authenticated caller of a route. Extracting it authenticates (401 otherwise) and applies
@@ -127,6 +134,11 @@ where
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        };
+    }
     let text = rejection.body_text();
     // serde's message names the field (`unknown field \`role\``, `missing field \`email\``).
     let field = text
@@ -159,7 +171,17 @@ where
 }
 
 fn query_rejection(rejection: QueryRejection) -> ApiError {
-    ApiError::bad_request(rejection.body_text())
+    let text = rejection.body_text();
+    // serde names the parameter (duplicate field `from`, unknown field `x`).
+    let field = text
+        .split('`')
+        .nth(1)
+        .filter(|_| text.contains("field"))
+        .map(str::to_owned);
+    ApiError::BadRequest {
+        field,
+        message: text,
+    }
 }
 
 /// Fixed-window counter in Redis: the `limit + 1`th call in a window is refused with the seconds
@@ -195,45 +217,13 @@ pub async fn rate_limit(
     }
 }
 
-/// One audit-log entry.
-pub struct AuditEntry<'a> {
-    /// Tenant.
-    pub tenant: Uuid,
-    /// `user`, `api_key` or `system`.
-    pub actor_kind: &'static str,
-    /// Actor id.
-    pub actor_id: Option<Uuid>,
-    /// e.g. `auth.login`, `devices.create`, `positions.read`.
-    pub action: &'a str,
-    /// Kind of object acted on.
-    pub object_kind: Option<&'a str>,
-    /// Object id.
-    pub object_id: Option<String>,
-    /// Peer address.
-    pub ip: Option<IpAddr>,
-    /// Extra detail.
-    pub detail: serde_json::Value,
-}
+/// One audit-log entry (the one definition is the shared store's).
+pub use gps_store::audit::AuditEntry;
 
-/// Write an audit entry. A failure is logged, never fails the request it records.
+/// Write an audit entry through the one audit insert ([`gps_store::audit`]). A failure never
+/// fails the request it records; it is counted (`gps_query_audit_failures_total`) and logged.
 pub async fn audit(pool: &PgPool, entry: AuditEntry<'_>) {
-    let result = sqlx::query(
-        "INSERT INTO audit_log (tenant_id, actor_kind, actor_id, action, object_kind, object_id, ip, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::inet, $8)",
-    )
-    .bind(entry.tenant)
-    .bind(entry.actor_kind)
-    .bind(entry.actor_id)
-    .bind(entry.action)
-    .bind(entry.object_kind)
-    .bind(entry.object_id)
-    .bind(entry.ip.map(|ip| ip.to_string()))
-    .bind(entry.detail)
-    .execute(pool)
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, action = entry.action, "audit write failed");
-    }
+    gps_store::audit::record(pool, entry).await;
 }
 
 /// Audit an action of `caller`.

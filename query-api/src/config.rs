@@ -1,4 +1,5 @@
-//! Query API configuration: the listener, token lifetimes, rate limits and the dependencies.
+//! Query API configuration: the listener, token lifetimes, rate limits, the resource caps (time
+//! ranges, exports, the database statement timeout) and the dependencies.
 //! Every value is a flag and an env var with a default that works on the local stack;
 //! [`Config::settings`] checks them and resolves the JWT secret, listing every problem at once.
 
@@ -35,9 +36,34 @@ pub struct Config {
     /// Login attempts per minute per IP and per email.
     #[arg(long = "login-rate-limit", env = "LOGIN_RATE_LIMIT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub login_limit_per_minute: u64,
+    /// Refresh-token exchanges per minute per client IP and per user.
+    #[arg(long = "refresh-rate-limit", env = "REFRESH_RATE_LIMIT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub refresh_limit_per_minute: u64,
+    /// Longest lifetime of a new API key, days (every key must expire).
+    #[arg(long = "api-key-max-ttl-days", env = "API_KEY_MAX_TTL_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub api_key_max_ttl_days: u32,
     /// Authenticated requests per minute per user or API key.
     #[arg(long = "api-rate-limit", env = "API_RATE_LIMIT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub api_limit_per_minute: u64,
+    /// Longest time range (`to - from`) of one history request, days.
+    #[arg(long = "history-max-range-days", env = "HISTORY_MAX_RANGE_DAYS", default_value_t = 366, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    pub history_max_range_days: u32,
+    /// Longest time range of one area query (`GET /v1/positions`), days.
+    #[arg(long = "area-max-range-days", env = "AREA_MAX_RANGE_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub area_max_range_days: u32,
+    /// Longest time range of one summary, days.
+    #[arg(long = "summary-max-range-days", env = "SUMMARY_MAX_RANGE_DAYS", default_value_t = 31, value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub summary_max_range_days: u32,
+    /// History reads (exports) one tenant may run at once on this instance; more answer 429.
+    #[arg(long = "exports-per-tenant", env = "EXPORTS_PER_TENANT", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub exports_per_tenant: u32,
+    /// Seconds a streamed export waits for a client that reads nothing before it is aborted.
+    #[arg(long = "export-idle-timeout", env = "EXPORT_IDLE_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub export_idle_timeout_secs: u64,
+    /// Longest a database statement of this service may run, milliseconds (PostgreSQL
+    /// `statement_timeout`, set per session; lock waits included).
+    #[arg(long = "statement-timeout-ms", env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub statement_timeout_ms: u64,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -88,8 +114,42 @@ pub struct Settings {
     pub ticket_ttl_secs: u64,
     /// Login attempts per minute per IP and per email.
     pub login_limit_per_minute: u64,
+    /// Refresh-token exchanges per minute per client IP and per user.
+    pub refresh_limit_per_minute: u64,
+    /// Longest lifetime of a new API key, days.
+    pub api_key_max_ttl_days: u32,
     /// Authenticated requests per minute per user or API key.
     pub api_limit_per_minute: u64,
+    /// The time-range caps and export limits.
+    pub limits: Limits,
+}
+
+/// The caps that bound what one request may cost (see `docs/query-api.md`, "Errors and limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest `to - from` of a history request.
+    pub history_max_range: chrono::Duration,
+    /// Longest `to - from` of an area query.
+    pub area_max_range: chrono::Duration,
+    /// Longest `to - from` of a summary.
+    pub summary_max_range: chrono::Duration,
+    /// Concurrent history reads per tenant on this instance.
+    pub exports_per_tenant: usize,
+    /// How long a streamed export waits on a client that does not read.
+    pub export_idle_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    /// The flags' defaults.
+    fn default() -> Self {
+        Self {
+            history_max_range: chrono::Duration::days(366),
+            area_max_range: chrono::Duration::days(7),
+            summary_max_range: chrono::Duration::days(31),
+            exports_per_tenant: 8,
+            export_idle_timeout: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 impl Config {
@@ -105,8 +165,24 @@ impl Config {
             refresh_ttl_secs: self.refresh_ttl_secs,
             ticket_ttl_secs: self.ticket_ttl_secs,
             login_limit_per_minute: self.login_limit_per_minute,
+            refresh_limit_per_minute: self.refresh_limit_per_minute,
+            api_key_max_ttl_days: self.api_key_max_ttl_days,
             api_limit_per_minute: self.api_limit_per_minute,
+            limits: Limits {
+                history_max_range: chrono::Duration::days(self.history_max_range_days.into()),
+                area_max_range: chrono::Duration::days(self.area_max_range_days.into()),
+                summary_max_range: chrono::Duration::days(self.summary_max_range_days.into()),
+                exports_per_tenant: self.exports_per_tenant as usize,
+                export_idle_timeout: std::time::Duration::from_secs(self.export_idle_timeout_secs),
+            },
         })
+    }
+
+    /// The per-session settings of this service's database connections.
+    pub fn db_session(&self) -> gps_runtime::db::Session {
+        gps_runtime::db::Session {
+            statement_timeout: Some(std::time::Duration::from_millis(self.statement_timeout_ms)),
+        }
     }
 }
 
@@ -126,5 +202,36 @@ mod tests {
         assert!(err.contains("JWT_SECRET"), "{err}");
         config.jwt.allow_dev_secrets = true;
         assert_eq!(config.settings().unwrap().access_ttl_secs, 600);
+    }
+
+    #[test]
+    fn the_caps_default_to_the_documented_values_and_refuse_zero() {
+        let mut config = Config::parse_from(["query-api", "--statement-timeout-ms", "2500"]);
+        config.jwt.allow_dev_secrets = true;
+        config.jwt.jwt_secret = None;
+        config.jwt.jwt_secret_file = None;
+        assert_eq!(
+            config.db_session().statement_timeout,
+            Some(std::time::Duration::from_millis(2500))
+        );
+        // Env vars of the shell could change the rest; only the flags' defaults are compared.
+        if std::env::var_os("HISTORY_MAX_RANGE_DAYS").is_none()
+            && std::env::var_os("AREA_MAX_RANGE_DAYS").is_none()
+            && std::env::var_os("SUMMARY_MAX_RANGE_DAYS").is_none()
+            && std::env::var_os("EXPORTS_PER_TENANT").is_none()
+            && std::env::var_os("EXPORT_IDLE_TIMEOUT_SECS").is_none()
+        {
+            assert_eq!(config.settings().unwrap().limits, Limits::default());
+        }
+        for flag in [
+            "--history-max-range-days",
+            "--area-max-range-days",
+            "--summary-max-range-days",
+            "--exports-per-tenant",
+            "--export-idle-timeout",
+        ] {
+            let err = Config::try_parse_from(["query-api", flag, "0"]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{err}");
+        }
     }
 }

@@ -48,12 +48,38 @@ pub enum ApiError {
     /// A unique constraint: the object already exists.
     #[error("{0}")]
     Conflict(String),
+    /// The change would break a rule of the current state (a 409 with its own code, e.g.
+    /// `last_admin`).
+    #[error("{message}")]
+    StateConflict {
+        /// Stable error code.
+        code: &'static str,
+        /// What the rule is.
+        message: String,
+    },
     /// Too many requests in the window.
     #[error("rate limit exceeded")]
     RateLimited {
         /// Seconds until the window resets.
         retry_after: u64,
     },
+    /// The request body is larger than the API accepts.
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+    /// The tenant already runs as many history reads (exports) as it may at once.
+    #[error("too many concurrent exports")]
+    TooManyExports {
+        /// The per-tenant limit.
+        limit: usize,
+        /// Seconds after which a retry may find a free slot.
+        retry_after: u64,
+    },
+    /// A database statement ran longer than the statement timeout and was cancelled.
+    #[error("query timed out")]
+    QueryTimeout(String),
     /// A dependency (database, Redis) is unavailable.
     #[error("service unavailable")]
     Unavailable(String),
@@ -88,6 +114,10 @@ impl From<sqlx::Error> for ApiError {
             }
             sqlx::Error::Database(db) if db.is_check_violation() => {
                 Self::bad_request("a value is out of its allowed range")
+            }
+            // query_canceled: the statement timeout fired (or an operator cancelled it).
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
+                Self::QueryTimeout(e.to_string())
             }
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => Self::Unavailable(e.to_string()),
             _ => Self::Internal(e.to_string()),
@@ -131,12 +161,34 @@ impl IntoResponse for ApiError {
             Self::Conflict(message) => {
                 ErrorResponse::new(StatusCode::CONFLICT, "conflict", message)
             }
+            Self::StateConflict { code, message } => {
+                ErrorResponse::new(StatusCode::CONFLICT, code, message)
+            }
             Self::RateLimited { retry_after } => ErrorResponse::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "too many requests, retry later",
             )
             .retry_after(retry_after),
+            Self::PayloadTooLarge { limit } => ErrorResponse::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is larger than {limit} bytes"),
+            ),
+            Self::TooManyExports { limit, retry_after } => ErrorResponse::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this tenant already runs {limit} history reads at once; retry when one has ended"
+                ),
+            )
+            .retry_after(retry_after),
+            Self::QueryTimeout(cause) => ErrorResponse::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "query_timeout",
+                "the query ran longer than the database statement timeout; narrow the time range",
+            )
+            .cause(cause),
             Self::Unavailable(cause) => ErrorResponse::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

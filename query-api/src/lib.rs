@@ -40,6 +40,7 @@ pub fn api_router(state: AppState) -> Router {
         .route("/v1/auth/login", post(identity::login))
         .route("/v1/auth/refresh", post(identity::refresh))
         .route("/v1/auth/logout", post(identity::logout))
+        .route("/v1/auth/password", post(identity::change_password))
         .route("/v1/live/ticket", post(identity::live_ticket))
         .route(
             "/v1/devices",
@@ -94,6 +95,8 @@ pub fn api_router(state: AppState) -> Router {
         )
         .route("/v1/audit", get(audit::list_audit))
         .route("/openapi.json", get(openapi::document))
+        // Bodies over the limit are refused (413) before they are buffered.
+        .layer(axum::extract::DefaultBodyLimit::max(app::MAX_BODY_BYTES))
         .fallback(|| async { error::ApiError::NotFound })
         .method_not_allowed_fallback(|| async {
             error::ApiError::bad_request("method not allowed on this route")
@@ -133,12 +136,18 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), ServiceError> {
     let settings = config.settings()?;
-    let pool = gps_runtime::db::connect(&config.database).await?;
+    // Every session with a statement timeout: a query stops when its client got its error.
+    let pool = gps_runtime::db::connect_with(&config.database, config.db_session()).await?;
     gps_runtime::db::migrate(&pool).await?;
     let redis = gps_runtime::redis_client::connect(&config.redis).await?;
     let registry = prometheus::Registry::new();
     let readiness = Readiness::new().postgres(&pool).redis(&redis);
     let state = AppState {
+        // History reads may hold at most half the pool at once: the rest answers everyone else.
+        exports: history::ExportSlots::new(
+            settings.limits.exports_per_tenant,
+            config.database.max_connections as usize / 2,
+        ),
         pool,
         redis,
         keys: JwtKeys::new(&settings.jwt_secret),
@@ -168,6 +177,8 @@ pub async fn run_admin(config: &Config, action: &AdminCommand) -> Result<String,
             admin_email,
             password,
         } => {
+            routes::check_name("name", name)
+                .map_err(|e| ServiceError::Admin(format!("cannot create tenant: name {e}")))?;
             let generated = password.is_none();
             let password = password
                 .clone()

@@ -62,5 +62,17 @@ impl Metrics {
                 .expect("valid metric"),
             ),
         }
+        .with_audit_failures(registry)
+    }
+
+    /// Expose the audit rows lost ([`gps_store::audit::failed`]) as
+    /// `gps_query_audit_failures_total`.
+    fn with_audit_failures(self, registry: &Registry) -> Self {
+        registry
+            .register(Box::new(gps_store::audit::FailureMetric::new(
+                "gps_query_audit_failures_total",
+            )))
+            .expect("metric names are unique per registry");
+        self
     }
 }

@@ -48,6 +48,7 @@ pub const ROUTES: &[Operation] = &[
     public("post", "/v1/auth/login", "Log in with email and password: access token + refresh token"),
     public("post", "/v1/auth/refresh", "Rotate a refresh token; reuse of a rotated token revokes its family"),
     public("post", "/v1/auth/logout", "Revoke a refresh token and its family"),
+    op("post", "/v1/auth/password", "Change one's own password (current_password, new_password): ends every older session, answers a fresh login", None),
     op("post", "/v1/live/ticket", "Single-use ticket for the fanout WebSocket", Some("live:read")),
     op("get", "/v1/devices", "List the devices the caller may see", Some("devices:read")),
     op("post", "/v1/devices", "Create a device; returns its ingest token and UDP key once", Some("devices:write")),

@@ -1,11 +1,13 @@
-//! Passwords: argon2id hashing (PHC strings with a random salt), verification, and the strength
-//! rule for new passwords. Shared by login (`routes::identity`) and user management
-//! (`routes::users`), so neither route module imports the other.
+//! Passwords: argon2id hashing (PHC strings with a random salt), verification, the strength
+//! rule for new passwords, and what a password change revokes ([`store_password`]). Shared by
+//! login and the own password change (`routes::identity`) and user management (`routes::users`),
+//! so neither route module imports the other.
 
 use crate::error::{ApiError, ApiResult};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use uuid::Uuid;
 
 /// Minimum password length for new passwords, in characters.
 pub(crate) const MIN_PASSWORD_LEN: usize = 10;
@@ -48,6 +50,48 @@ pub(crate) async fn hash_new_password(password: String) -> ApiResult<String> {
     tokio::task::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+/// Store `phc` as `user`'s password, inside the caller's transaction, and revoke what the old
+/// password let anyone obtain: every access token issued before now (`tokens_not_before`, checked
+/// per request by `gps_store::principal`) and every refresh token of every family. Returns
+/// whether the user exists in `tenant`.
+pub(crate) async fn store_password(
+    tx: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+    phc: &str,
+) -> ApiResult<bool> {
+    let done = sqlx::query(
+        "UPDATE users SET password_hash = $3, tokens_not_before = clock_timestamp(),
+                updated_at = now()
+         WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(user)
+    .bind(tenant)
+    .bind(phc)
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    revoke_refresh_tokens(tx, user).await?;
+    Ok(true)
+}
+
+/// Revoke every refresh token of `user`, every family: its next refresh is refused and the user
+/// logs in again. (Password changes, disabling and role changes.)
+pub(crate) async fn revoke_refresh_tokens(
+    tx: &mut sqlx::PgConnection,
+    user: Uuid,
+) -> ApiResult<()> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,31 +1,98 @@
 //! Track maths, pure: Douglas–Peucker simplification in metres and the per-device summary
 //! (distance, moving time, speeds, trips and stops split by an idle gap). Distances are the
 //! domain's one great-circle distance ([`gps_domain::geo::haversine_m`]).
+//!
+//! Both are bounded by design, since their input comes from a caller: simplification is
+//! iterative (an explicit stack, never recursion as deep as the track) with a work budget, and
+//! the summary is a fold ([`Summarizer`]) that sees one fix at a time, so a route can feed it
+//! straight from the database without holding the range in memory.
 
-use geo::{Coord, LineString, SimplifyIdx};
 use gps_domain::geo::EARTH_RADIUS_M;
 use serde::Serialize;
 
 // Re-exported for the track benches, which measure the distance sum the summary runs.
 use gps_domain::geo::haversine_m;
 
+/// Point-to-segment distance evaluations [`simplify_indices`] may spend: about `n log n` for a
+/// real track of 100,000 fixes is 2 million; a crafted zigzag would need `n²/2` (5 billion).
+pub const SIMPLIFY_BUDGET: u64 = 20_000_000;
+
 /// Indices of the points Douglas–Peucker keeps with tolerance `epsilon_m` metres. Points are
 /// projected equirectangularly around their mean latitude, which is accurate to well under 1 %
-/// over the extent of one track; the first and last points are always kept.
+/// over the extent of one track; the first and last points are always kept. Work is bounded
+/// by [`SIMPLIFY_BUDGET`] (see [`simplify_indices_within`]).
 pub fn simplify_indices(points: &[(f64, f64)], epsilon_m: f64) -> Vec<usize> {
-    if points.len() < 3 || epsilon_m <= 0.0 {
-        return (0..points.len()).collect();
+    simplify_indices_within(points, epsilon_m, SIMPLIFY_BUDGET)
+}
+
+/// [`simplify_indices`] with an explicit budget of distance evaluations. Spans are split from
+/// an explicit stack (no recursion, whatever the shape of the track); once the budget is spent,
+/// the spans still pending keep all their points. The result is then less simplified than it
+/// could be, never wrong: every dropped point is still within `epsilon_m` of the kept line.
+pub fn simplify_indices_within(points: &[(f64, f64)], epsilon_m: f64, budget: u64) -> Vec<usize> {
+    let n = points.len();
+    if n < 3 || epsilon_m.is_nan() || epsilon_m <= 0.0 {
+        return (0..n).collect();
     }
-    let mean_lat = points.iter().map(|p| p.0).sum::<f64>() / points.len() as f64;
+    let mean_lat = points.iter().map(|p| p.0).sum::<f64>() / n as f64;
     let k = mean_lat.to_radians().cos();
-    let line: LineString<f64> = points
+    let xy: Vec<(f64, f64)> = points
         .iter()
-        .map(|(lat, lon)| Coord {
-            x: lon.to_radians() * EARTH_RADIUS_M * k,
-            y: lat.to_radians() * EARTH_RADIUS_M,
+        .map(|(lat, lon)| {
+            (
+                lon.to_radians() * EARTH_RADIUS_M * k,
+                lat.to_radians() * EARTH_RADIUS_M,
+            )
         })
         .collect();
-    line.simplify_idx(epsilon_m)
+    let mut keep = vec![false; n];
+    keep[0] = true;
+    keep[n - 1] = true;
+    let mut spent: u64 = 0;
+    let mut stack = vec![(0usize, n - 1)];
+    while let Some((first, last)) = stack.pop() {
+        if last - first < 2 {
+            continue;
+        }
+        let interior = (last - first - 1) as u64;
+        if spent.saturating_add(interior) > budget {
+            // Out of budget: keep this span whole (conservative, still within tolerance).
+            keep[first + 1..last].iter_mut().for_each(|k| *k = true);
+            continue;
+        }
+        spent += interior;
+        let (a, b) = (xy[first], xy[last]);
+        let mut farthest = (first, -1.0_f64);
+        for (i, p) in xy.iter().enumerate().take(last).skip(first + 1) {
+            let d = segment_distance(*p, a, b);
+            if d > farthest.1 {
+                farthest = (i, d);
+            }
+        }
+        // A NaN distance (non-finite input) compares false: the span is dropped, as geo did.
+        if farthest.1 > epsilon_m {
+            keep[farthest.0] = true;
+            stack.push((first, farthest.0));
+            stack.push((farthest.0, last));
+        }
+    }
+    keep.iter()
+        .enumerate()
+        .filter_map(|(i, k)| k.then_some(i))
+        .collect()
+}
+
+/// Euclidean distance from `p` to the segment `a`–`b` (to `a` when the segment is a point).
+fn segment_distance(p: (f64, f64), a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 > 0.0 {
+        (((p.0 - a.0) * dx + (p.1 - a.1) * dy) / len2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let (cx, cy) = (a.0 + t * dx, a.1 + t * dy);
+    ((p.0 - cx).powi(2) + (p.1 - cy).powi(2)).sqrt()
 }
 
 /// One fix as the summary needs it.
@@ -54,6 +121,10 @@ pub struct Segment {
     pub fixes: usize,
 }
 
+/// Most trips, and most stops, a summary lists; beyond it they are still counted in the totals
+/// and `segments_truncated` is set (a crafted track of one stop per fix stays bounded).
+pub const MAX_SEGMENTS: usize = 10_000;
+
 /// The summary of a track.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
@@ -69,53 +140,90 @@ pub struct Summary {
     pub max_speed_mps: f64,
     /// distance / moving time, m/s.
     pub avg_speed_mps: f64,
-    /// Movements.
+    /// Movements (at most [`MAX_SEGMENTS`]).
     pub trips: Vec<Segment>,
-    /// Stops of at least the idle gap.
+    /// Stops of at least the idle gap (at most [`MAX_SEGMENTS`]).
     pub stops: Vec<Segment>,
+    /// More trips or stops than [`MAX_SEGMENTS`] happened; the lists hold the first ones.
+    pub segments_truncated: bool,
 }
 
 /// Summarise `points` (sorted by time). A step is "moving" when its speed (reported at the
 /// later fix, else implied) is at least `moving_mps` and the time between the fixes is at most
 /// `idle_gap_s`; a stationary stretch (or a silence) of at least `idle_gap_s` is a stop and
-/// splits trips.
+/// splits trips. The fold of [`Summarizer`] over the slice.
 pub fn summarize(points: &[TrackPoint], idle_gap_s: f64, moving_mps: f64) -> Summary {
-    let mut summary = Summary {
-        fix_count: points.len(),
-        distance_m: 0.0,
-        moving_time_s: 0.0,
-        duration_s: 0.0,
-        max_speed_mps: 0.0,
-        avg_speed_mps: 0.0,
-        trips: Vec::new(),
-        stops: Vec::new(),
-    };
-    let (Some(first), Some(last)) = (points.first(), points.last()) else {
-        return summary;
-    };
-    summary.duration_s = (last.t_ms - first.t_ms) as f64 / 1000.0;
-    let mut trip: Option<Segment> = None;
-    let mut still_since: Option<(i64, usize)> = None;
-    for pair in points.windows(2) {
-        let (a, b) = (pair[0], pair[1]);
-        let dt = (b.t_ms - a.t_ms) as f64 / 1000.0;
-        let d = haversine_m(a.lat, a.lon, b.lat, b.lon);
-        if dt <= 0.0 {
-            continue;
+    let mut summarizer = Summarizer::new(idle_gap_s, moving_mps);
+    for point in points {
+        summarizer.push(*point);
+    }
+    summarizer.finish()
+}
+
+/// The summary as a fold: [`Summarizer::push`] each fix in time order, then
+/// [`Summarizer::finish`]. Memory is constant apart from the (capped) segment lists.
+#[derive(Debug, Clone)]
+pub struct Summarizer {
+    idle_gap_s: f64,
+    moving_mps: f64,
+    summary: Summary,
+    first: Option<TrackPoint>,
+    previous: Option<TrackPoint>,
+    trip: Option<Segment>,
+    still_since: Option<(i64, usize)>,
+}
+
+impl Summarizer {
+    /// An empty fold with the summary's two thresholds.
+    pub fn new(idle_gap_s: f64, moving_mps: f64) -> Self {
+        Self {
+            idle_gap_s,
+            moving_mps,
+            summary: Summary {
+                fix_count: 0,
+                distance_m: 0.0,
+                moving_time_s: 0.0,
+                duration_s: 0.0,
+                max_speed_mps: 0.0,
+                avg_speed_mps: 0.0,
+                trips: Vec::new(),
+                stops: Vec::new(),
+                segments_truncated: false,
+            },
+            first: None,
+            previous: None,
+            trip: None,
+            still_since: None,
         }
+    }
+
+    /// Fold in the next fix (not earlier than the previous one).
+    pub fn push(&mut self, b: TrackPoint) {
+        self.summary.fix_count += 1;
+        self.first.get_or_insert(b);
+        let Some(a) = self.previous.replace(b) else {
+            return;
+        };
+        let idle_gap_s = self.idle_gap_s;
+        // Saturating: fix times are bounded by the query, but the fold trusts no input.
+        let dt = b.t_ms.saturating_sub(a.t_ms) as f64 / 1000.0;
+        if dt <= 0.0 {
+            return;
+        }
+        let d = haversine_m(a.lat, a.lon, b.lat, b.lon);
         let implied = d / dt;
         let speed = b.speed_mps.unwrap_or(implied);
-        let moving = speed >= moving_mps && dt <= idle_gap_s;
+        let moving = speed >= self.moving_mps && dt <= idle_gap_s;
         if dt <= idle_gap_s {
-            summary.max_speed_mps = summary.max_speed_mps.max(speed);
+            self.summary.max_speed_mps = self.summary.max_speed_mps.max(speed);
         }
         if moving {
-            summary.distance_m += d;
-            summary.moving_time_s += dt;
-            if let Some((since, count)) = still_since.take() {
-                if (a.t_ms - since) as f64 / 1000.0 >= idle_gap_s {
-                    close_trip(&mut trip, &mut summary.trips);
-                    summary.stops.push(Segment {
+            self.summary.distance_m += d;
+            self.summary.moving_time_s += dt;
+            if let Some((since, count)) = self.still_since.take() {
+                if a.t_ms.saturating_sub(since) as f64 / 1000.0 >= idle_gap_s {
+                    self.close_trip();
+                    self.stop(Segment {
                         start_ms: since,
                         end_ms: a.t_ms,
                         distance_m: 0.0,
@@ -123,7 +231,7 @@ pub fn summarize(points: &[TrackPoint], idle_gap_s: f64, moving_mps: f64) -> Sum
                     });
                 }
             }
-            let seg = trip.get_or_insert(Segment {
+            let seg = self.trip.get_or_insert(Segment {
                 start_ms: a.t_ms,
                 end_ms: a.t_ms,
                 distance_m: 0.0,
@@ -134,40 +242,68 @@ pub fn summarize(points: &[TrackPoint], idle_gap_s: f64, moving_mps: f64) -> Sum
             seg.fixes += 1;
         } else if dt > idle_gap_s {
             // A silence longer than the idle gap is a stop between a and b.
-            close_trip(&mut trip, &mut summary.trips);
-            let (since, count) = still_since.take().unwrap_or((a.t_ms, 1));
-            summary.stops.push(Segment {
+            self.close_trip();
+            let (since, count) = self.still_since.take().unwrap_or((a.t_ms, 1));
+            self.stop(Segment {
                 start_ms: since,
                 end_ms: b.t_ms,
                 distance_m: 0.0,
                 fixes: count + 1,
             });
         } else {
-            let entry = still_since.get_or_insert((a.t_ms, 1));
+            let entry = self.still_since.get_or_insert((a.t_ms, 1));
             entry.1 += 1;
         }
     }
-    if let Some((since, count)) = still_since {
-        if (last.t_ms - since) as f64 / 1000.0 >= idle_gap_s {
-            close_trip(&mut trip, &mut summary.trips);
-            summary.stops.push(Segment {
-                start_ms: since,
-                end_ms: last.t_ms,
-                distance_m: 0.0,
-                fixes: count,
-            });
+
+    /// The summary of every fix pushed.
+    pub fn finish(mut self) -> Summary {
+        let (Some(first), Some(last)) = (self.first, self.previous) else {
+            return self.summary;
+        };
+        self.summary.duration_s = last.t_ms.saturating_sub(first.t_ms) as f64 / 1000.0;
+        if let Some((since, count)) = self.still_since.take() {
+            if last.t_ms.saturating_sub(since) as f64 / 1000.0 >= self.idle_gap_s {
+                self.close_trip();
+                self.stop(Segment {
+                    start_ms: since,
+                    end_ms: last.t_ms,
+                    distance_m: 0.0,
+                    fixes: count,
+                });
+            }
+        }
+        self.close_trip();
+        if self.summary.moving_time_s > 0.0 {
+            self.summary.avg_speed_mps = self.summary.distance_m / self.summary.moving_time_s;
+        }
+        self.summary
+    }
+
+    fn close_trip(&mut self) {
+        if let Some(seg) = self.trip.take() {
+            push_capped(
+                &mut self.summary.trips,
+                &mut self.summary.segments_truncated,
+                seg,
+            );
         }
     }
-    close_trip(&mut trip, &mut summary.trips);
-    if summary.moving_time_s > 0.0 {
-        summary.avg_speed_mps = summary.distance_m / summary.moving_time_s;
+
+    fn stop(&mut self, seg: Segment) {
+        push_capped(
+            &mut self.summary.stops,
+            &mut self.summary.segments_truncated,
+            seg,
+        );
     }
-    summary
 }
 
-fn close_trip(trip: &mut Option<Segment>, trips: &mut Vec<Segment>) {
-    if let Some(seg) = trip.take() {
-        trips.push(seg);
+fn push_capped(list: &mut Vec<Segment>, truncated: &mut bool, seg: Segment) {
+    if list.len() < MAX_SEGMENTS {
+        list.push(seg);
+    } else {
+        *truncated = true;
     }
 }
 
@@ -249,5 +385,57 @@ mod tests {
         }];
         let s = summarize(&one, 300.0, 0.5);
         assert_eq!((s.fix_count, s.distance_m, s.trips.len()), (1, 0.0, 0));
+    }
+
+    /// A zigzag whose amplitude grows along the track: the farthest point from every chord is
+    /// the one next to its end, so Douglas–Peucker splits off one point per step (recursion as
+    /// deep as the track, quadratic work). It must finish, keep the ends, and stay correct.
+    #[test]
+    fn a_crafted_zigzag_of_100k_points_completes_within_its_budget() {
+        let n = 100_000;
+        let pts: Vec<(f64, f64)> = (0..n)
+            .map(|i| {
+                let amplitude = 1e-4 * (1.0 + i as f64 * 1e-3);
+                let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+                (10.0 + sign * amplitude, 10.0 + i as f64 * 1e-6)
+            })
+            .collect();
+        // Run on a thread with a small stack: a recursive simplification overflows it.
+        let kept = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || simplify_indices(&pts, 1.0))
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(kept.first(), Some(&0));
+        assert_eq!(kept.last(), Some(&(n - 1)));
+        assert!(kept.windows(2).all(|w| w[0] < w[1]), "sorted, unique");
+        // Every point deviates by more than 1 m from its neighbours' line: all are kept.
+        assert_eq!(kept.len(), n);
+    }
+
+    #[test]
+    fn an_exhausted_budget_keeps_the_pending_spans_whole() {
+        let straight: Vec<(f64, f64)> = (0..100).map(|i| (52.0 + i as f64 * 1e-4, 13.0)).collect();
+        assert_eq!(simplify_indices_within(&straight, 5.0, 1_000), vec![0, 99]);
+        assert_eq!(simplify_indices_within(&straight, 5.0, 10).len(), 100);
+        assert_eq!(simplify_indices(&straight, f64::NAN).len(), 100);
+    }
+
+    #[test]
+    fn the_fold_caps_its_segment_lists() {
+        // Fixes 2 s apart with a 1 s idle gap: every step is a silence, so one stop per fix.
+        let pts: Vec<TrackPoint> = (0..(3 * MAX_SEGMENTS as i64))
+            .map(|i| TrackPoint {
+                t_ms: i * 2_000,
+                lat: (i % 2) as f64 * 1e-3,
+                lon: 0.0,
+                speed_mps: None,
+            })
+            .collect();
+        let s = summarize(&pts, 1.0, 0.5);
+        assert_eq!(s.fix_count, pts.len());
+        assert_eq!(s.stops.len(), MAX_SEGMENTS);
+        assert!(s.segments_truncated);
     }
 }

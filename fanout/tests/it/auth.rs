@@ -61,11 +61,12 @@ async fn credentials_tickets_origins_and_permissions_are_checked_before_the_upgr
         .unwrap();
     assert_eq!(plain.status(), 426);
 
-    // A device-role user and an API key without live:read: 403.
+    // A user row holding the device role may not act at all (the role is read from the store,
+    // `gps_store::principal`): 401. An API key without live:read: 403.
     let (_, device_user) = fanout.user(tenant, Role::Device).await;
     assert_eq!(
         refused_status(connect_with(addr, Some(&device_user), None, None).await),
-        403
+        401
     );
     let write_only = create_api_key(&db.pool, tenant, &["fixes:write"]).await;
     assert_eq!(
@@ -108,7 +109,7 @@ async fn credentials_tickets_origins_and_permissions_are_checked_before_the_upgr
             role: Role::Viewer,
         },
     };
-    let ticket = issue_ticket(&mut fanout.redis, &principal, 30)
+    let ticket = issue_ticket(&mut fanout.redis, &ticket_key(), &principal, 30)
         .await
         .unwrap();
     let mut ws = connect_with(addr, None, Some(&ticket), Some("https://maps.example.com"))

@@ -1,9 +1,12 @@
 //! fanout integration tests, against the real stack (`dev/stack up`).
 
+mod audit;
 mod auth;
 mod bad_input;
 mod flow;
+mod limits;
 mod redis_restart;
+mod revocation;
 mod slow;
 mod smoke;
 mod support;

@@ -9,10 +9,11 @@ use gps_runtime::config::RedisArgs;
 use gps_runtime::shutdown::Shutdown;
 use gps_runtime::testing::TestDb;
 use gps_store::principal::JwtKeys;
+use gps_store::tickets::TicketKey;
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::PgPool;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -172,6 +173,85 @@ pub(crate) async fn connect_with(
     tokio_tungstenite::connect_async(request)
         .await
         .map(|(ws, _)| ws)
+}
+
+/// The ticket key of every test fanout (derived from [`SECRET`], as fanout does).
+pub(crate) fn ticket_key() -> TicketKey {
+    TicketKey::derive(&SecretString::from(SECRET))
+}
+
+/// A loopback source address of its own (127.x.y.z), so that a per-IP limit under test counts
+/// only this test's connects.
+pub(crate) fn own_loopback_ip() -> Ipv4Addr {
+    let n = Uuid::new_v4().as_u128();
+    Ipv4Addr::new(127, (n >> 16) as u8 | 1, (n >> 8) as u8, (n as u8).max(2))
+}
+
+/// Open `/v1/live` with a bearer credential from source address `from`.
+pub(crate) async fn connect_from(
+    addr: SocketAddr,
+    from: Ipv4Addr,
+    bearer: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let mut request = format!("ws://{addr}/v1/live")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {bearer}")).unwrap(),
+    );
+    tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// Wait, if needed, until a one-minute rate-limit window has at least `secs` seconds left, so
+/// that a burst of connects is counted in one window.
+pub(crate) async fn fresh_window(secs: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = 60 - now % 60;
+    if left < secs {
+        tokio::time::sleep(Duration::from_secs(left + 1)).await;
+    }
+}
+
+/// The Close frame's code and reason, skipping text messages; panics if none comes `within`.
+pub(crate) async fn close_of(ws: &mut Ws, within: Duration) -> (u16, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match next_frame(ws, left).await {
+            Some(Message::Close(Some(frame))) => {
+                return (u16::from(frame.code), frame.reason.as_str().to_owned())
+            }
+            Some(Message::Close(None)) => panic!("closed without a code"),
+            Some(_) => continue,
+            None => panic!("not closed within {within:?}"),
+        }
+    }
+}
+
+/// The next message of type `kind` (others skipped), within `within`.
+pub(crate) async fn recv_type(ws: &mut Ws, kind: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match next_frame(ws, left).await {
+            Some(Message::Text(text)) => {
+                let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                if message["type"] == kind {
+                    return message;
+                }
+            }
+            other => panic!("expected a {kind} message within {within:?}, got {other:?}"),
+        }
+    }
 }
 
 /// The HTTP status of a refused upgrade.

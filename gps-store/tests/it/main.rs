@@ -1,3 +1,4 @@
 //! gps-store integration tests, against the stack's PostgreSQL (`dev/stack up`).
 
 mod credentials;
+mod principal;

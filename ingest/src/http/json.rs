@@ -1,12 +1,13 @@
 //! `POST /v1/fixes`: one JSON fix or an array (`gps_domain::wire::json`), authenticated by a
 //! device token or a gateway API key with `fixes:write`. 202 with the accepted count once Kafka
-//! acknowledged every accepted fix; bad items are listed by index and field.
+//! acknowledged every accepted fix; bad items are listed by index and field. Unknown tokens and
+//! keys are limited per source IP ([`AppState::admit`]).
 
 use super::{bearer, body, json_response, AppState, UNAUTHORIZED};
 use crate::auth::{DeviceRecord, KeyCheck};
 use crate::error::ApiError;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use gps_domain::auth::API_KEY_PREFIX;
 use gps_domain::wire::json::{self, ItemError, JsonError};
 use gps_domain::{Fix, Protocol};
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -25,39 +27,47 @@ enum Caller {
 /// The handler.
 pub async fn post_fixes(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     state
-        .respond(Protocol::Json, handle(&state, &headers, raw))
+        .respond(Protocol::Json, handle(&state, peer.ip(), &headers, raw))
         .await
 }
 
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn caller(state: &AppState, source: IpAddr, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let credential = bearer(headers).ok_or(UNAUTHORIZED)?;
     if credential.starts_with(API_KEY_PREFIX) {
+        state.admit(source, state.auth.knows_api_key(credential))?;
         return match state.auth.api_key(credential).await? {
             KeyCheck::Ok(key) => Ok(Caller::Gateway {
                 tenant_id: key.tenant_id,
             }),
             KeyCheck::MissingScope => Err(ApiError::Forbidden("the api key lacks fixes:write")),
-            KeyCheck::Invalid => Err(UNAUTHORIZED),
+            KeyCheck::Invalid => {
+                state.unknown_credential(source);
+                Err(UNAUTHORIZED)
+            }
         };
     }
-    state
-        .auth
-        .device_by_token(credential)
-        .await?
-        .map(Caller::Device)
-        .ok_or(UNAUTHORIZED)
+    state.admit(source, state.auth.knows_token(credential))?;
+    match state.auth.device_by_token(credential).await? {
+        Some(device) => Ok(Caller::Device(device)),
+        None => {
+            state.unknown_credential(source);
+            Err(UNAUTHORIZED)
+        }
+    }
 }
 
 async fn handle(
     state: &AppState,
+    source: IpAddr,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = caller(state, headers).await?;
+    let caller = caller(state, source, headers).await?;
     let raw = body(raw)?;
     let decoded = json::decode(&raw, state.max_batch).map_err(|e| match e {
         JsonError::TooMany { .. } => ApiError::TooLarge {

@@ -1,13 +1,22 @@
 //! The device-facing HTTP API: `POST /v1/fixes` ([`json`]), Traccar Client / OsmAnd at `/`
 //! ([`osmand`]) and OwnTracks at `/owntracks` ([`owntracks`]), merged with the operational
-//! router. Shared here: the state, body and credential extraction, and per-request metrics.
-//! Producing a request's envelopes is [`crate::producer::FixProducer::produce`].
+//! router. Shared here: the state, body and credential extraction, the per-source limit on
+//! unknown credentials ([`AppState::admit`]), and per-request metrics. Producing a request's
+//! envelopes is [`crate::producer::FixProducer::produce`].
+//!
+//! Unknown credentials cost database lookups and enumerate uids, so each one (an unknown or
+//! disabled token, uid or API key, a wrong secret) takes a token from its source IP's bucket
+//! (`--unknown-credential-per-sec`, `--unknown-credential-burst`). A source out of tokens gets
+//! `429` with `Retry-After` before any lookup, unless the cache knows its credential as valid:
+//! known devices behind the same address are never slowed down. The buckets are per ingest
+//! instance, in memory. The source is the TCP peer: behind a reverse proxy every client shares
+//! the proxy's bucket, so limit there too.
 
 pub mod json;
 pub mod osmand;
 pub mod owntracks;
 
-use crate::auth::AuthCache;
+use crate::auth::{retry_after_secs, AuthCache, SourceLimiter};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::producer::FixProducer;
@@ -20,6 +29,7 @@ use axum::Router;
 use bytes::Bytes;
 use gps_domain::Protocol;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +44,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Most fixes per `POST /v1/fixes`.
     pub max_batch: usize,
+    /// Unknown credentials per source IP.
+    pub unknown_credentials: Arc<SourceLimiter>,
 }
 
 /// The device routes plus `ops` (health and metrics), with the body cap and request timeout.
@@ -57,6 +69,25 @@ pub fn router(
 }
 
 impl AppState {
+    /// Let a request from `source` look its credential up: always when `known` (the cache
+    /// knows the credential as valid), else only while the source has tokens left for unknown
+    /// credentials; `429` otherwise, before any database query.
+    pub fn admit(&self, source: IpAddr, known: bool) -> Result<(), ApiError> {
+        if known {
+            return Ok(());
+        }
+        self.unknown_credentials
+            .check(source)
+            .map_err(|wait| ApiError::RateLimited {
+                retry_after_secs: retry_after_secs(wait),
+            })
+    }
+
+    /// A credential from `source` was unknown, disabled or wrong: it costs the source a token.
+    pub fn unknown_credential(&self, source: IpAddr) {
+        let _ = self.unknown_credentials.take(source);
+    }
+
     /// Run one request's handler, record its outcome and turn it into a response.
     pub async fn respond(
         &self,

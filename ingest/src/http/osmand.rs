@@ -1,26 +1,30 @@
 //! Traccar Client / OsmAnd at `/` (GET or POST; query string, form body or the Traccar Client
 //! JSON body), decoded by `gps_domain::wire::osmand`. Like Traccar, the device is named by its
 //! uid alone (`id`/`deviceid`/`device_id`), with no secret; an unknown or disabled uid gets 400,
-//! as Traccar answers. Success is `200` with an empty body once Kafka acknowledged.
+//! as Traccar answers, and costs the source IP a token of its budget for unknown credentials
+//! (`429` once spent, [`AppState::admit`]). Success is `200` with an empty body once Kafka
+//! acknowledged.
 
 use super::{body, AppState};
 use crate::error::ApiError;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use gps_domain::wire::osmand::{self, OsmandError};
 use gps_domain::Protocol;
+use std::net::{IpAddr, SocketAddr};
 
 /// The handler.
 pub async fn report(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     state
-        .respond(Protocol::Osmand, handle(&state, &uri, raw))
+        .respond(Protocol::Osmand, handle(&state, peer.ip(), &uri, raw))
         .await
 }
 
@@ -30,6 +34,7 @@ fn bad(e: OsmandError) -> ApiError {
 
 async fn handle(
     state: &AppState,
+    source: IpAddr,
     uri: &Uri,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -62,11 +67,15 @@ async fn handle(
         .fixes_received
         .with_label_values(&[Protocol::Osmand.as_str()])
         .inc_by(report.fixes.len() as u64);
-    let device = state
-        .auth
-        .device_by_uid(&report.uid)
-        .await?
-        .ok_or_else(|| ApiError::bad_field("unknown_device", "id", "unknown device"))?;
+    state.admit(source, state.auth.knows_uid(&report.uid))?;
+    let Some(device) = state.auth.device_by_uid(&report.uid).await? else {
+        state.unknown_credential(source);
+        return Err(ApiError::bad_field(
+            "unknown_device",
+            "id",
+            "unknown device",
+        ));
+    };
     state
         .producer
         .produce(Protocol::Osmand, vec![(device, report.fixes)])

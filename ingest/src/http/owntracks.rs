@@ -2,17 +2,19 @@
 //! authenticates with HTTP Basic (user = device uid, password = device token; a Bearer token
 //! works too). `X-Limit-U`/`X-Limit-D` are not credentials and are ignored. Every accepted
 //! message is answered `200 []` (OwnTracks reads the body as a list of messages for it);
-//! non-location messages are acknowledged and not produced.
+//! non-location messages are acknowledged and not produced. Unknown or mismatched credentials
+//! are limited per source IP ([`AppState::admit`]).
 
 use super::{basic, bearer, body, AppState};
 use crate::error::ApiError;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use gps_domain::wire::owntracks::{self, OwntracksMessage};
 use gps_domain::Protocol;
+use std::net::{IpAddr, SocketAddr};
 
 const UNAUTHORIZED: ApiError = ApiError::Unauthorized {
     message: "basic auth required: user = device uid, password = device token",
@@ -22,11 +24,15 @@ const UNAUTHORIZED: ApiError = ApiError::Unauthorized {
 /// The handler.
 pub async fn report(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     state
-        .respond(Protocol::Owntracks, handle(&state, &headers, raw))
+        .respond(
+            Protocol::Owntracks,
+            handle(&state, peer.ip(), &headers, raw),
+        )
         .await
 }
 
@@ -41,6 +47,7 @@ fn empty_list() -> Response {
 
 async fn handle(
     state: &AppState,
+    source: IpAddr,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -49,14 +56,12 @@ async fn handle(
         (None, Some(token)) => (None, token.to_owned()),
         (None, None) => return Err(UNAUTHORIZED),
     };
-    let device = state
-        .auth
-        .device_by_token(&token)
-        .await?
-        .ok_or(UNAUTHORIZED)?;
-    if user.is_some_and(|u| u != device.uid) {
+    state.admit(source, state.auth.knows_token(&token))?;
+    let device = state.auth.device_by_token(&token).await?;
+    let Some(device) = device.filter(|d| user.as_ref().is_none_or(|u| *u == d.uid)) else {
+        state.unknown_credential(source);
         return Err(UNAUTHORIZED);
-    }
+    };
     let raw = body(raw)?;
     let received = |n: u64| {
         state

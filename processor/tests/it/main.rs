@@ -4,5 +4,6 @@ mod crash;
 mod group;
 mod pipeline;
 mod smoke;
+mod speed;
 mod support;
 mod writer;

@@ -3,7 +3,7 @@
 
 use crate::app::{audit_caller, ApiJson, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{not_found_if_zero, parse_id};
+use crate::routes::{check_name, not_found_if_zero, parse_id};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -72,6 +72,7 @@ pub(crate) async fn create_device(
     if uid.is_empty() || uid.len() > 128 {
         return Err(ApiError::field("uid", "must be 1 to 128 characters"));
     }
+    check_name("name", &body.name)?;
     let token = auth::new_device_token();
     let udp_key = auth::new_udp_key();
     let row: DeviceRow = sqlx::query_as(&format!(
@@ -140,6 +141,9 @@ pub(crate) async fn patch_device(
 ) -> ApiResult<Json<DeviceRow>> {
     caller.require(Permission::DevicesWrite)?;
     let id = parse_id(&id)?;
+    if let Some(name) = &body.name {
+        check_name("name", name)?;
+    }
     let row: DeviceRow = sqlx::query_as(&format!(
         "UPDATE devices SET name = coalesce($3, name), disabled = coalesce($4, disabled), updated_at = now()
          WHERE id = $1 AND tenant_id = $2 RETURNING {DEVICE_COLUMNS}"

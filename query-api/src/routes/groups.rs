@@ -3,7 +3,7 @@
 
 use crate::app::{audit_caller, ApiJson, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{not_found_if_zero, parse_id};
+use crate::routes::{check_name, not_found_if_zero, parse_id};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -55,9 +55,10 @@ pub(crate) async fn create_group(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     caller.require(Permission::GroupsWrite)?;
     let name = body.name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err(ApiError::field("name", "must be 1 to 200 characters"));
+    if name.is_empty() {
+        return Err(ApiError::field("name", "must not be empty"));
     }
+    check_name("name", name)?;
     let id: Uuid =
         sqlx::query_scalar("INSERT INTO groups (tenant_id, name) VALUES ($1, $2) RETURNING id")
             .bind(caller.tenant())

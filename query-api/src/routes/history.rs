@@ -2,11 +2,26 @@
 //! simplification and time-bucket downsampling; by fix time or receive time), latest positions,
 //! area queries and the per-device summary. Every query is scoped by the caller's tenant and the
 //! devices its role may see; every read lands in the audit log.
+//!
+//! Every read is bounded, whoever asks:
+//! - query parameters go through one set of parsers ([`parse_time`], [`parse_duration`], the
+//!   number parsers) with checked arithmetic over a fixed time domain: a bad value is a `400`
+//!   naming its parameter, never a panic, a wrapped number or a database error;
+//! - the time range of each kind of query is capped (`HISTORY_MAX_RANGE_DAYS`,
+//!   `AREA_MAX_RANGE_DAYS`, `SUMMARY_MAX_RANGE_DAYS`), a `400` on `from` naming the cap;
+//! - a streamed page is read in short keyset-paged queries ([`PAGE_ROWS`] rows each) into a
+//!   small bounded buffer: no pool connection ever waits on a client's reading speed, and a
+//!   client that reads nothing for `EXPORT_IDLE_TIMEOUT_SECS` has its export aborted;
+//! - each tenant runs at most `EXPORTS_PER_TENANT` position reads and summaries at once on an
+//!   instance ([`ExportSlots`]; `429` with `Retry-After` beyond);
+//! - the summary is a fold over the rows as they stream from the database, simplification runs
+//!   off the async workers with a bounded amount of work.
 
 use crate::app::{audit_caller, ApiQuery, AppState, Caller};
+use crate::config::Limits;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::parse_id;
-use crate::summary::{simplify_indices, summarize, TrackPoint};
+use crate::summary::{simplify_indices, Summarizer, TrackPoint};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -19,25 +34,49 @@ use futures::TryStreamExt;
 use gps_domain::auth::{Permission, Visibility};
 use gps_domain::geo::BBox;
 use gps_store::geo::{bbox_condition, bbox_param};
-use gps_store::positions::{columns_of, PositionRow, COLUMNS};
+use gps_store::positions::{track_columns_of, PositionRow, TRACK_COLUMNS};
 use gps_store::visibility::visibility;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Largest page.
 pub const MAX_LIMIT: i64 = 100_000;
 /// Page size when none is asked for.
 pub const DEFAULT_LIMIT: i64 = 1_000;
+/// Largest page of an area query.
+pub const AREA_MAX_LIMIT: i64 = 10_000;
+/// Rows one database query of a streamed page reads; the connection goes back to the pool
+/// between these reads, whatever the client does.
+pub const PAGE_ROWS: i64 = 5_000;
+/// Rendered bytes per chunk handed to the socket.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks buffered between the database reader and the socket, per export.
+const CHUNKS_BUFFERED: usize = 4;
+/// `Retry-After` of a refused export: a slot frees when any export of the tenant ends.
+const EXPORT_RETRY_AFTER_SECS: u64 = 5;
+/// The range when `from` is not given: the 24 h before `to`.
+const DEFAULT_SPAN: chrono::Duration = chrono::Duration::hours(24);
+/// The time domain of `from`, `to` and cursors, epoch ms: 0001-01-01T00:00:00Z through
+/// 9999-12-31T23:59:59.999Z. RFC 3339's years, well inside chrono's and PostgreSQL's ranges, so
+/// that no arithmetic on a time can overflow and the database never sees an out-of-range value.
+const MIN_TIME_MS: i64 = -62_135_596_800_000;
+const MAX_TIME_MS: i64 = 253_402_300_799_999;
+/// The longest bucket, seconds (31 days).
+const MAX_BUCKET_SECS: i64 = 31 * 86_400;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct HistoryQuery {
     from: Option<String>,
     to: Option<String>,
-    limit: Option<i64>,
+    limit: Option<String>,
     cursor: Option<String>,
     format: Option<String>,
-    simplify: Option<f64>,
+    simplify: Option<String>,
     bucket: Option<String>,
     as_of: Option<String>,
     geometry: Option<String>,
@@ -63,18 +102,22 @@ impl Format {
     }
 }
 
+fn parse_format(raw: &str) -> ApiResult<Format> {
+    match raw {
+        "json" => Ok(Format::Json),
+        "geojson" => Ok(Format::GeoJson),
+        "gpx" => Ok(Format::Gpx),
+        "csv" => Ok(Format::Csv),
+        _ => Err(ApiError::field(
+            "format",
+            "must be json, geojson, gpx or csv",
+        )),
+    }
+}
+
 fn negotiate(format: Option<&str>, headers: &HeaderMap) -> ApiResult<Format> {
     if let Some(f) = format {
-        return match f {
-            "json" => Ok(Format::Json),
-            "geojson" => Ok(Format::GeoJson),
-            "gpx" => Ok(Format::Gpx),
-            "csv" => Ok(Format::Csv),
-            _ => Err(ApiError::field(
-                "format",
-                "must be json, geojson, gpx or csv",
-            )),
-        };
+        return parse_format(f);
     }
     let accept = headers
         .get(header::ACCEPT)
@@ -91,50 +134,210 @@ fn negotiate(format: Option<&str>, headers: &HeaderMap) -> ApiResult<Format> {
     })
 }
 
-/// Parse RFC 3339 or epoch milliseconds.
-fn parse_time(field: &str, raw: &str) -> ApiResult<DateTime<Utc>> {
-    if let Ok(ms) = raw.parse::<i64>() {
-        return Utc
-            .timestamp_millis_opt(ms)
-            .single()
-            .ok_or_else(|| ApiError::field(field, "epoch milliseconds out of range"));
-    }
-    DateTime::parse_from_rfc3339(raw)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| ApiError::field(field, "must be RFC 3339 or epoch milliseconds"))
+/// A time inside the domain ([`MIN_TIME_MS`]..=[`MAX_TIME_MS`]), or `None`.
+fn in_domain(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (MIN_TIME_MS..=MAX_TIME_MS)
+        .contains(&t.timestamp_millis())
+        .then_some(t)
 }
 
-fn time_range(from: Option<&str>, to: Option<&str>) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
-    let to = to
-        .map(|t| parse_time("to", t))
-        .transpose()?
-        .unwrap_or_else(Utc::now);
-    let from = from
-        .map(|t| parse_time("from", t))
-        .transpose()?
-        .unwrap_or(to - chrono::Duration::hours(24));
+/// Parse RFC 3339 or epoch milliseconds, inside the time domain (years 0001 to 9999).
+pub(crate) fn parse_time(field: &'static str, raw: &str) -> ApiResult<DateTime<Utc>> {
+    let err = || {
+        ApiError::field(
+            field,
+            "must be RFC 3339 or epoch milliseconds, between 0001-01-01 and 9999-12-31",
+        )
+    };
+    let parsed = match raw.parse::<i64>() {
+        Ok(ms) if (MIN_TIME_MS..=MAX_TIME_MS).contains(&ms) => DateTime::from_timestamp_millis(ms),
+        Ok(_) => None,
+        Err(_) => DateTime::parse_from_rfc3339(raw)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+    };
+    parsed.and_then(in_domain).ok_or_else(err)
+}
+
+/// `from` and `to` (either may be missing: `to` defaults to `now`, `from` to 24 h before `to`),
+/// with `from <= to` and `to - from <= max`, the cap of the query kind `what`. The cap is
+/// reported on `from`, the bound a caller moves to narrow the range.
+pub(crate) fn time_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    now: DateTime<Utc>,
+    max: chrono::Duration,
+    what: &str,
+) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
+    let to = match to {
+        Some(raw) => parse_time("to", raw)?,
+        None => now,
+    };
+    let from = match from {
+        Some(raw) => parse_time("from", raw)?,
+        // Checked: `to` may be the first instant of the domain.
+        None => to
+            .checked_sub_signed(DEFAULT_SPAN)
+            .and_then(in_domain)
+            .unwrap_or(to),
+    };
     if from > to {
         return Err(ApiError::field("from", "must not be after `to`"));
+    }
+    if to.signed_duration_since(from) > max {
+        return Err(ApiError::field(
+            "from",
+            format!(
+                "the range from `from` to `to` is at most {} days for {what} (the {what} range cap); narrow it or page through it",
+                max.num_days()
+            ),
+        ));
     }
     Ok((from, to))
 }
 
-/// Parse `30s`, `5m`, `1h`, `1d` into seconds.
-fn parse_bucket(raw: &str) -> ApiResult<i64> {
-    let err = || ApiError::field("bucket", "must look like 30s, 5m, 1h or 1d");
-    let (num, unit) = raw.split_at(raw.len().checked_sub(1).ok_or_else(err)?);
-    let n: i64 = num.parse().map_err(|_| err())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+/// Parse a duration: a whole number and a unit, `s`, `m`, `h` or `d` (`30s`, `5m`, `1h`,
+/// `1d`), into seconds between 1 and `max_secs`. Checked arithmetic: nothing wraps.
+pub(crate) fn parse_duration(field: &'static str, raw: &str, max_secs: i64) -> ApiResult<i64> {
+    let err = || {
+        ApiError::field(
+            field,
+            format!("must look like 30s, 5m, 1h or 1d, between 1s and {max_secs}s"),
+        )
+    };
+    let unit_secs: i64 = match raw.as_bytes().last() {
+        Some(b's') => 1,
+        Some(b'm') => 60,
+        Some(b'h') => 3_600,
+        Some(b'd') => 86_400,
         _ => return Err(err()),
     };
-    if !(1..=31 * 86_400).contains(&secs) {
+    // The last byte is ASCII, so this slice ends on a character boundary.
+    let digits = &raw[..raw.len() - 1];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err());
+    }
+    let secs = digits
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_secs))
+        .ok_or_else(err)?;
+    if !(1..=max_secs).contains(&secs) {
         return Err(err());
     }
     Ok(secs)
+}
+
+/// An integer parameter in `range`.
+fn parse_int(
+    field: &'static str,
+    raw: &str,
+    range: std::ops::RangeInclusive<i64>,
+) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            ApiError::field(
+                field,
+                format!(
+                    "must be a whole number between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
+/// A finite number parameter in `range`, `unit` naming what it counts.
+fn parse_number(
+    field: &'static str,
+    raw: &str,
+    range: std::ops::RangeInclusive<f64>,
+    unit: &str,
+) -> ApiResult<f64> {
+    raw.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && range.contains(n))
+        .ok_or_else(|| {
+            ApiError::field(
+                field,
+                format!(
+                    "must be {unit} between {} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
+/// A history request's parameters after validation (the format is negotiated apart, with the
+/// `Accept` header, before the device is checked).
+#[derive(Debug)]
+struct HistoryParams {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: i64,
+    after: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    by_received: bool,
+    simplify: Option<f64>,
+    bucket: Option<i64>,
+    line: bool,
+}
+
+impl HistoryQuery {
+    /// Validate every parameter but `format`: pure, so that it can be fuzzed.
+    fn parse(&self, now: DateTime<Utc>, limits: &Limits) -> ApiResult<HistoryParams> {
+        let (from, to) = time_range(
+            self.from.as_deref(),
+            self.to.as_deref(),
+            now,
+            limits.history_max_range,
+            "history",
+        )?;
+        let limit = match self.limit.as_deref() {
+            Some(raw) => parse_int("limit", raw, 1..=MAX_LIMIT)?,
+            None => DEFAULT_LIMIT,
+        };
+        let by_received = match self.as_of.as_deref() {
+            None | Some("fix") => false,
+            Some("received") => true,
+            Some(_) => return Err(ApiError::field("as_of", "must be fix or received")),
+        };
+        let simplify = self
+            .simplify
+            .as_deref()
+            .map(|raw| parse_number("simplify", raw, 0.0..=100_000.0, "metres"))
+            .transpose()?;
+        let bucket = self
+            .bucket
+            .as_deref()
+            .map(|raw| parse_duration("bucket", raw, MAX_BUCKET_SECS))
+            .transpose()?;
+        if bucket.is_some() && by_received {
+            // Buckets are by fix time; a page in receive order has no first fix per bucket.
+            return Err(ApiError::field(
+                "bucket",
+                "buckets are by fix time: not with as_of=received",
+            ));
+        }
+        let line = match self.geometry.as_deref() {
+            None | Some("points") => false,
+            Some("line") => true,
+            Some(_) => return Err(ApiError::field("geometry", "must be points or line")),
+        };
+        let after = self.cursor.as_deref().map(decode_cursor).transpose()?;
+        Ok(HistoryParams {
+            from,
+            to,
+            limit,
+            after,
+            by_received,
+            simplify,
+            bucket,
+            line,
+        })
+    }
 }
 
 /// The opaque page cursor: the keys of the last row of the page.
@@ -155,6 +358,7 @@ fn decode_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
         s.parse::<i64>()
             .ok()
             .and_then(|m| Utc.timestamp_micros(m).single())
+            .and_then(in_domain)
             .ok_or_else(err)
     };
     Ok((micros(a)?, micros(b)?))
@@ -263,21 +467,21 @@ impl HistoryFix<'_> {
 const CSV_HEADER: &str =
     "fix_time,received_at,lat,lon,altitude_m,speed_mps,heading_deg,accuracy_m,battery_pct,satellites,hdop,protocol\n";
 
-/// The parts of a history query after validation.
+/// The rows a history request reads: one device of one tenant in a time range, ordered by
+/// fix time or by receive time, with keyset pages after a cursor.
+#[derive(Debug, Clone, Copy)]
 struct Plan {
     device: Uuid,
     tenant: Uuid,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    limit: i64,
-    after: Option<(DateTime<Utc>, DateTime<Utc>)>,
     by_received: bool,
 }
 
 impl Plan {
-    /// WHERE clause and ORDER BY for the page, binding $1 device, $2 tenant, $3 from, $4 to,
-    /// $5/$6 the cursor keys.
-    fn clauses(&self) -> (String, &'static str) {
+    /// WHERE clause and ORDER BY, binding $1 device, $2 tenant, $3 from, $4 to, and when
+    /// `after` is set $5/$6 the keys (received_at, fix_time) of the last row already read.
+    fn clauses(&self, after: bool) -> (String, &'static str) {
         let (time_col, order) = if self.by_received {
             ("received_at", "received_at, fix_time")
         } else {
@@ -285,7 +489,7 @@ impl Plan {
         };
         let mut filter =
             format!("device_id = $1 AND tenant_id = $2 AND {time_col} >= $3 AND {time_col} <= $4");
-        if self.after.is_some() {
+        if after {
             filter.push_str(if self.by_received {
                 " AND (received_at, fix_time) > ($5, $6)"
             } else {
@@ -298,32 +502,152 @@ impl Plan {
     fn bind<'q, O>(
         &self,
         query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+        after: Option<(DateTime<Utc>, DateTime<Utc>)>,
     ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
         let query = query
             .bind(self.device)
             .bind(self.tenant)
             .bind(self.from)
             .bind(self.to);
-        match self.after {
+        match after {
             Some((a, b)) => query.bind(a).bind(b),
             None => query,
         }
     }
 
-    /// The cursor of the next page, if there is one: the keys of the page's last row, when a
-    /// row follows it.
-    async fn next_cursor(&self, pool: &sqlx::PgPool) -> ApiResult<Option<String>> {
-        let (filter, order) = self.clauses();
+    /// The cursor of the page of `limit` rows after `after`, if a row follows it: the keys of
+    /// the page's last row.
+    async fn next_cursor(
+        &self,
+        pool: &sqlx::PgPool,
+        after: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        limit: i64,
+    ) -> ApiResult<Option<String>> {
+        let (filter, order) = self.clauses(after.is_some());
         let sql = format!(
             "SELECT received_at, fix_time FROM positions WHERE {filter} ORDER BY {order} OFFSET {} LIMIT 2",
-            self.limit - 1
+            limit - 1
         );
-        let rows: Vec<(DateTime<Utc>, DateTime<Utc>)> =
-            self.bind(sqlx::query_as(&sql)).fetch_all(pool).await?;
+        let rows: Vec<(DateTime<Utc>, DateTime<Utc>)> = self
+            .bind(sqlx::query_as(&sql), after)
+            .fetch_all(pool)
+            .await?;
         Ok((rows.len() == 2).then(|| {
             let (received, fix) = rows[0];
             encode_cursor(received, fix)
         }))
+    }
+
+    /// At most `rows` rows after `after`, in one short query: the connection is back in the
+    /// pool when this returns.
+    async fn page(
+        &self,
+        pool: &sqlx::PgPool,
+        after: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        rows: i64,
+    ) -> Result<Vec<PositionRow>, sqlx::Error> {
+        let (filter, order) = self.clauses(after.is_some());
+        let sql = format!(
+            "SELECT {TRACK_COLUMNS} FROM positions WHERE {filter} ORDER BY {order} LIMIT {rows}"
+        );
+        self.bind(sqlx::query_as(&sql), after).fetch_all(pool).await
+    }
+}
+
+/// Time-bucket downsampling: of rows in fix-time order, the first of each bucket of `secs`
+/// seconds (buckets aligned on the Unix epoch, as PostgreSQL's `date_bin` with that origin).
+#[derive(Debug, Clone, Copy)]
+struct Buckets {
+    micros: i64,
+    last: Option<i64>,
+}
+
+impl Buckets {
+    fn new(secs: i64) -> Self {
+        Self {
+            // `secs` is at most MAX_BUCKET_SECS: no overflow.
+            micros: secs * 1_000_000,
+            last: None,
+        }
+    }
+
+    /// Whether `fix_time` starts a new bucket (and so its row is kept).
+    fn admits(&mut self, fix_time: DateTime<Utc>) -> bool {
+        let bucket = fix_time.timestamp_micros().div_euclid(self.micros);
+        let new = self.last != Some(bucket);
+        self.last = Some(bucket);
+        new
+    }
+}
+
+/// Per-tenant slots of concurrent history reads (position pages and exports, summaries) on
+/// this instance, and the share of the pool they may use at once. Kept in memory, not in
+/// Redis: what they protect (this instance's pool, memory and workers) is per instance, and a
+/// slot can never outlive its request.
+#[derive(Debug, Clone)]
+pub struct ExportSlots {
+    per_tenant: usize,
+    in_use: Arc<Mutex<HashMap<Uuid, usize>>>,
+    /// Pool connections history reads may hold at once, all tenants together: the rest of the
+    /// pool stays free for every other route (login included), however many exports run.
+    readers: Arc<tokio::sync::Semaphore>,
+}
+
+impl ExportSlots {
+    /// At most `per_tenant` reads per tenant at once, and at most `connections` of their
+    /// queries at once in all (at least 1).
+    pub fn new(per_tenant: usize, connections: usize) -> Self {
+        Self {
+            per_tenant,
+            in_use: Arc::default(),
+            readers: Arc::new(tokio::sync::Semaphore::new(connections.max(1))),
+        }
+    }
+
+    /// A slot for `tenant`, held until the returned guard drops; `429` when all are taken.
+    fn acquire(&self, tenant: Uuid) -> ApiResult<ExportSlot> {
+        let mut in_use = self.in_use.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = in_use.entry(tenant).or_insert(0);
+        if *count >= self.per_tenant {
+            return Err(ApiError::TooManyExports {
+                limit: self.per_tenant,
+                retry_after: EXPORT_RETRY_AFTER_SECS,
+            });
+        }
+        *count += 1;
+        Ok(ExportSlot {
+            in_use: self.in_use.clone(),
+            readers: self.readers.clone(),
+            tenant,
+        })
+    }
+}
+
+/// One taken slot of [`ExportSlots`]; dropping it frees the slot.
+#[derive(Debug)]
+struct ExportSlot {
+    in_use: Arc<Mutex<HashMap<Uuid, usize>>>,
+    readers: Arc<tokio::sync::Semaphore>,
+    tenant: Uuid,
+}
+
+impl ExportSlot {
+    /// Wait for a turn to query: hold the permit for the duration of one query.
+    async fn reader(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // `None` only if the semaphore were closed, which it never is.
+        self.readers.acquire().await.ok()
+    }
+}
+
+impl Drop for ExportSlot {
+    fn drop(&mut self) {
+        let mut in_use = self.in_use.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = in_use.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                in_use.remove(&self.tenant);
+            }
+        }
     }
 }
 
@@ -342,89 +666,72 @@ pub(crate) async fn device_positions(
         caller.require(Permission::PositionsExport)?;
     }
     caller.require_device(&state.pool, device).await?;
-    let (from, to) = time_range(query.from.as_deref(), query.to.as_deref())?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::field(
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
-    let by_received = match query.as_of.as_deref() {
-        None | Some("fix") => false,
-        Some("received") => true,
-        Some(_) => return Err(ApiError::field("as_of", "must be fix or received")),
-    };
-    let simplify = query.simplify;
-    if simplify.is_some_and(|e| !e.is_finite() || !(0.0..=100_000.0).contains(&e)) {
-        return Err(ApiError::field(
-            "simplify",
-            "must be metres between 0 and 100000",
-        ));
-    }
-    let bucket = query.bucket.as_deref().map(parse_bucket).transpose()?;
-    let line = match query.geometry.as_deref() {
-        None | Some("points") => false,
-        Some("line") => true,
-        Some(_) => return Err(ApiError::field("geometry", "must be points or line")),
-    };
+    let params = query.parse(Utc::now(), &state.settings.limits)?;
+    let slot = state.exports.acquire(caller.tenant())?;
     let plan = Plan {
         device,
         tenant: caller.tenant(),
-        from,
-        to,
-        limit,
-        after: query.cursor.as_deref().map(decode_cursor).transpose()?,
-        by_received,
+        from: params.from,
+        to: params.to,
+        by_received: params.by_received,
     };
-    let next = plan.next_cursor(&state.pool).await?;
+    let reader = slot.reader().await;
+    let next = plan
+        .next_cursor(&state.pool, params.after, params.limit)
+        .await?;
+    drop(reader);
     audit_caller(
         &state.pool,
         &caller,
         "positions.read",
         "device",
         device,
-        serde_json::json!({ "from": from, "to": to, "format": format!("{format:?}").to_lowercase() }),
+        serde_json::json!({ "from": params.from, "to": params.to, "format": format!("{format:?}").to_lowercase() }),
     )
     .await;
 
-    let (filter, order) = plan.clauses();
-    let sql = match bucket {
-        // One row per bucket: the first fix in it.
-        Some(secs) => format!(
-            "SELECT {COLUMNS} FROM (
-               SELECT DISTINCT ON (date_bin(make_interval(secs => {secs}), fix_time, TIMESTAMPTZ 'epoch'))
-                      {COLUMNS}
-               FROM (SELECT * FROM positions WHERE {filter} ORDER BY {order} LIMIT {limit}) page
-               ORDER BY date_bin(make_interval(secs => {secs}), fix_time, TIMESTAMPTZ 'epoch'), fix_time
-             ) b ORDER BY fix_time"
-        ),
-        None => format!(
-            "SELECT {COLUMNS} FROM positions WHERE {filter} ORDER BY {order} LIMIT {limit}"
-        ),
-    };
-
-    let mut response = if simplify.is_some() || line {
-        // These need the whole page at once (bounded by `limit`).
-        let mut rows: Vec<PositionRow> = plan
-            .bind(sqlx::query_as(&sql))
-            .fetch_all(&state.pool)
-            .await?;
-        if let Some(epsilon) = simplify {
-            let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.lat, r.lon)).collect();
-            let keep = simplify_indices(&points, epsilon);
-            let mut keep = keep.into_iter().peekable();
-            rows = rows
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| keep.next_if_eq(i).is_some())
-                .map(|(_, r)| r)
-                .collect();
+    let mut response = if params.simplify.is_some() || params.line {
+        // These need the whole page at once (bounded by `limit`): one query, then the CPU work
+        // off the async workers.
+        let reader = slot.reader().await;
+        let mut rows = plan.page(&state.pool, params.after, params.limit).await?;
+        drop(reader);
+        if let Some(secs) = params.bucket {
+            let mut buckets = Buckets::new(secs);
+            rows.retain(|r| buckets.admits(r.fix_time));
         }
-        let body = render_all(format, device, &rows, line, next.as_deref());
+        let (simplify, line, cursor) = (params.simplify, params.line, next.clone());
+        let body = tokio::task::spawn_blocking(move || {
+            if let Some(epsilon) = simplify {
+                let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.lat, r.lon)).collect();
+                let mut keep = simplify_indices(&points, epsilon).into_iter().peekable();
+                rows = rows
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| keep.next_if_eq(i).is_some())
+                    .map(|(_, r)| r)
+                    .collect();
+            }
+            render_all(format, device, &rows, line, cursor.as_deref())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("history rendering task: {e}")))?;
+        drop(slot);
         (StatusCode::OK, body).into_response()
     } else {
-        stream_rows(state.pool.clone(), sql, plan, format, device, next.clone())
+        Export {
+            pool: state.pool.clone(),
+            plan,
+            after: params.after,
+            limit: params.limit,
+            buckets: params.bucket.map(Buckets::new),
+            format,
+            device,
+            next: next.clone(),
+            idle_timeout: state.settings.limits.export_idle_timeout,
+            slot,
+        }
+        .stream()
     };
     let headers = response.headers_mut();
     headers.insert(
@@ -512,48 +819,124 @@ fn render_all(
     out
 }
 
-/// Stream the page from the database to the client in chunks, never holding it whole.
-fn stream_rows(
+/// A streamed page: read from the database in keyset pages of [`PAGE_ROWS`] rows (a short
+/// query each, the connection released in between), rendered into chunks of [`CHUNK_BYTES`],
+/// handed to the socket through a buffer of [`CHUNKS_BUFFERED`] chunks.
+struct Export {
     pool: sqlx::PgPool,
-    sql: String,
     plan: Plan,
+    after: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    limit: i64,
+    buckets: Option<Buckets>,
     format: Format,
     device: Uuid,
     next: Option<String>,
-) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    tokio::spawn(async move {
-        let mut buffer = prologue(format, device);
-        let mut rows = plan
-            .bind(sqlx::query_as::<_, PositionRow>(&sql))
-            .fetch(&pool);
-        let mut first = true;
-        loop {
-            match rows.try_next().await {
-                Ok(Some(row)) => {
-                    render_row(format, &row, first, &mut buffer);
-                    first = false;
-                    if buffer.len() >= 64 * 1024 {
-                        let chunk = Bytes::from(std::mem::take(&mut buffer));
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return; // client went away
-                        }
-                    }
+    idle_timeout: Duration,
+    /// Held for as long as the export runs.
+    slot: ExportSlot,
+}
+
+/// Why an export stopped before its end.
+#[derive(Debug)]
+enum ExportEnd {
+    /// The client closed the connection.
+    ClientGone,
+    /// The client read nothing for the idle timeout.
+    Stalled(Duration),
+    /// A page query failed.
+    Database(sqlx::Error),
+}
+
+impl Export {
+    /// The response: headers now, the body as the pages are read. A failure after the headers
+    /// aborts the body (the client sees a broken transfer, never a short "complete" one).
+    fn stream(self) -> Response {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_BUFFERED);
+        let failed = Arc::new(AtomicBool::new(false));
+        let failed_writer = failed.clone();
+        tokio::spawn(async move {
+            let device = self.device;
+            match self.run(&tx).await {
+                Ok(()) | Err(ExportEnd::ClientGone) => {}
+                Err(ExportEnd::Stalled(idle)) => {
+                    failed_writer.store(true, Ordering::Release);
+                    tracing::info!(
+                        %device,
+                        idle_secs = idle.as_secs(),
+                        "history export aborted: client not reading"
+                    );
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "history stream failed");
-                    let _ = tx
-                        .send(Err(std::io::Error::other("history stream failed")))
-                        .await;
-                    return;
+                Err(ExportEnd::Database(e)) => {
+                    failed_writer.store(true, Ordering::Release);
+                    tracing::error!(%device, error = %e, "history export failed");
                 }
             }
+            // `tx` drops here: the body ends after the buffered chunks.
+        });
+        // The buffered chunks first; then, if the export failed, an error that aborts the body.
+        let body = futures::stream::unfold(Some(rx), move |rx| {
+            let failed = failed.clone();
+            async move {
+                let mut rx = rx?;
+                match rx.recv().await {
+                    Some(chunk) => Some((Ok(chunk), Some(rx))),
+                    None if failed.load(Ordering::Acquire) => {
+                        Some((Err(std::io::Error::other("history export aborted")), None))
+                    }
+                    None => None,
+                }
+            }
+        });
+        Body::from_stream(body).into_response()
+    }
+
+    async fn run(mut self, tx: &tokio::sync::mpsc::Sender<Bytes>) -> Result<(), ExportEnd> {
+        let mut out = prologue(self.format, self.device);
+        let mut first = true;
+        let mut remaining = self.limit;
+        let mut after = self.after;
+        while remaining > 0 {
+            let want = remaining.min(PAGE_ROWS);
+            let reader = self.slot.reader().await;
+            let rows = self
+                .plan
+                .page(&self.pool, after, want)
+                .await
+                .map_err(ExportEnd::Database)?;
+            drop(reader);
+            for row in &rows {
+                if self.buckets.as_mut().is_none_or(|b| b.admits(row.fix_time)) {
+                    render_row(self.format, row, first, &mut out);
+                    first = false;
+                }
+                if out.len() >= CHUNK_BYTES {
+                    self.send(tx, std::mem::take(&mut out)).await?;
+                }
+            }
+            remaining -= rows.len() as i64;
+            match rows.last() {
+                Some(last) if rows.len() as i64 == want => {
+                    after = Some((last.received_at, last.fix_time));
+                }
+                _ => break,
+            }
         }
-        buffer.push_str(&epilogue(format, next.as_deref()));
-        let _ = tx.send(Ok(Bytes::from(buffer))).await;
-    });
-    Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).into_response()
+        out.push_str(&epilogue(self.format, self.next.as_deref()));
+        self.send(tx, out).await
+    }
+
+    /// Hand a chunk to the socket, waiting at most the idle timeout for room in the buffer.
+    async fn send(
+        &self,
+        tx: &tokio::sync::mpsc::Sender<Bytes>,
+        chunk: String,
+    ) -> Result<(), ExportEnd> {
+        match tokio::time::timeout(self.idle_timeout, tx.send(Bytes::from(chunk))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ExportEnd::ClientGone),
+            Err(_) => Err(ExportEnd::Stalled(self.idle_timeout)),
+        }
+    }
 }
 
 /// One device's last known position, with its uid.
@@ -650,10 +1033,10 @@ pub(crate) async fn latest(
     };
     let visible = visible_filter(&state, &caller).await?;
     let in_bbox = bbox_condition("lp.lat", "lp.lon", "$4");
-    let columns = columns_of("lp");
+    let columns = track_columns_of("lp");
     let positions: Vec<LatestRow> =
         sqlx::query_as(&format!(
-            "SELECT {columns}, d.uid
+            "SELECT lp.device_id, {columns}, d.uid
              FROM last_positions lp JOIN devices d ON d.id = lp.device_id AND d.tenant_id = $1
              WHERE lp.tenant_id = $1
                AND ($2::uuid[] IS NULL OR lp.device_id = ANY($2))
@@ -687,12 +1070,49 @@ pub(crate) struct LatestResponse {
     positions: Vec<LatestRow>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct AreaQuery {
     bbox: Option<String>,
     from: Option<String>,
     to: Option<String>,
-    limit: Option<i64>,
+    limit: Option<String>,
+}
+
+/// An area query's parameters after validation.
+#[derive(Debug)]
+struct AreaParams {
+    bbox: BBox,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: i64,
+}
+
+impl AreaQuery {
+    /// Validate every parameter: pure, so that it can be fuzzed.
+    fn parse(&self, now: DateTime<Utc>, limits: &Limits) -> ApiResult<AreaParams> {
+        let bbox = parse_bbox(
+            self.bbox
+                .as_deref()
+                .ok_or_else(|| ApiError::field("bbox", "is required"))?,
+        )?;
+        let (from, to) = time_range(
+            self.from.as_deref(),
+            self.to.as_deref(),
+            now,
+            limits.area_max_range,
+            "area queries",
+        )?;
+        let limit = match self.limit.as_deref() {
+            Some(raw) => parse_int("limit", raw, 1..=AREA_MAX_LIMIT)?,
+            None => DEFAULT_LIMIT,
+        };
+        Ok(AreaParams {
+            bbox,
+            from,
+            to,
+            limit,
+        })
+    }
 }
 
 /// `GET /v1/positions?bbox&from&to&limit`: every visible fix inside a box and a time range.
@@ -702,17 +1122,12 @@ pub(crate) async fn area(
     ApiQuery(query): ApiQuery<AreaQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.require(Permission::PositionsRead)?;
-    let bbox = parse_bbox(
-        query
-            .bbox
-            .as_deref()
-            .ok_or_else(|| ApiError::field("bbox", "is required"))?,
-    )?;
-    let (from, to) = time_range(query.from.as_deref(), query.to.as_deref())?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 10000"));
-    }
+    let AreaParams {
+        bbox,
+        from,
+        to,
+        limit,
+    } = query.parse(Utc::now(), &state.settings.limits)?;
     let visible = visible_filter(&state, &caller).await?;
     let in_bbox = bbox_condition("lat", "lon", "$4");
     let rows: Vec<(Uuid, DateTime<Utc>, f64, f64, Option<f64>)> = sqlx::query_as(&format!(
@@ -748,17 +1163,54 @@ pub(crate) async fn area(
     Ok(Json(serde_json::json!({ "positions": positions })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct SummaryQuery {
     from: Option<String>,
     to: Option<String>,
     /// Seconds of stillness or silence that split trips (default 300).
-    idle_gap: Option<f64>,
+    idle_gap: Option<String>,
     /// Speed below which the device counts as still, m/s (default 0.5).
-    moving_speed: Option<f64>,
+    moving_speed: Option<String>,
 }
 
-/// `GET /v1/devices/{id}/summary`.
+/// A summary's parameters after validation.
+#[derive(Debug)]
+struct SummaryParams {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    idle_gap_s: f64,
+    moving_mps: f64,
+}
+
+impl SummaryQuery {
+    /// Validate every parameter: pure, so that it can be fuzzed.
+    fn parse(&self, now: DateTime<Utc>, limits: &Limits) -> ApiResult<SummaryParams> {
+        let (from, to) = time_range(
+            self.from.as_deref(),
+            self.to.as_deref(),
+            now,
+            limits.summary_max_range,
+            "summaries",
+        )?;
+        let idle_gap_s = match self.idle_gap.as_deref() {
+            Some(raw) => parse_number("idle_gap", raw, 1.0..=86_400.0, "seconds")?,
+            None => 300.0,
+        };
+        let moving_mps = match self.moving_speed.as_deref() {
+            Some(raw) => parse_number("moving_speed", raw, 0.0..=100.0, "m/s")?,
+            None => 0.5,
+        };
+        Ok(SummaryParams {
+            from,
+            to,
+            idle_gap_s,
+            moving_mps,
+        })
+    }
+}
+
+/// `GET /v1/devices/{id}/summary`: a fold over the range's fixes as they stream from the
+/// database (memory does not grow with the range).
 pub(crate) async fn summary(
     State(state): State<AppState>,
     caller: Caller,
@@ -768,45 +1220,42 @@ pub(crate) async fn summary(
     caller.require(Permission::PositionsRead)?;
     let device = parse_id(&id)?;
     caller.require_device(&state.pool, device).await?;
-    let (from, to) = time_range(query.from.as_deref(), query.to.as_deref())?;
-    let idle_gap = query.idle_gap.unwrap_or(300.0);
-    if !idle_gap.is_finite() || !(1.0..=86_400.0).contains(&idle_gap) {
-        return Err(ApiError::field(
-            "idle_gap",
-            "must be seconds between 1 and 86400",
-        ));
-    }
-    let moving = query.moving_speed.unwrap_or(0.5);
-    if !moving.is_finite() || !(0.0..=100.0).contains(&moving) {
-        return Err(ApiError::field(
-            "moving_speed",
-            "must be m/s between 0 and 100",
-        ));
-    }
-    let points: Vec<TrackPoint> = sqlx::query_as::<_, (DateTime<Utc>, f64, f64, Option<f64>)>(
+    let params = query.parse(Utc::now(), &state.settings.limits)?;
+    let slot = state.exports.acquire(caller.tenant())?;
+    let reader = slot.reader().await;
+    let mut fold = Summarizer::new(params.idle_gap_s, params.moving_mps);
+    let mut rows = sqlx::query_as::<_, (DateTime<Utc>, f64, f64, Option<f64>)>(
         "SELECT fix_time, lat, lon, speed_mps FROM positions
          WHERE device_id = $1 AND tenant_id = $2 AND fix_time >= $3 AND fix_time <= $4 ORDER BY fix_time",
     )
     .bind(device)
     .bind(caller.tenant())
-    .bind(from)
-    .bind(to)
-    .fetch(&state.pool)
-    .map_ok(|(t, lat, lon, speed)| TrackPoint { t_ms: t.timestamp_millis(), lat, lon, speed_mps: speed })
-    .try_collect()
-    .await?;
-    let summary = summarize(&points, idle_gap, moving);
+    .bind(params.from)
+    .bind(params.to)
+    .fetch(&state.pool);
+    while let Some((t, lat, lon, speed_mps)) = rows.try_next().await? {
+        fold.push(TrackPoint {
+            t_ms: t.timestamp_millis(),
+            lat,
+            lon,
+            speed_mps,
+        });
+    }
+    drop(rows);
+    drop(reader);
+    drop(slot);
+    let summary = fold.finish();
     audit_caller(
         &state.pool,
         &caller,
         "positions.summary",
         "device",
         device,
-        serde_json::json!({ "from": from, "to": to }),
+        serde_json::json!({ "from": params.from, "to": params.to }),
     )
     .await;
     Ok(Json(serde_json::json!({
-        "device_id": device, "from": from, "to": to, "summary": summary,
+        "device_id": device, "from": params.from, "to": params.to, "summary": summary,
     })))
 }
 
@@ -825,12 +1274,21 @@ mod tests {
 
     #[test]
     fn buckets_and_bboxes_parse() {
-        assert_eq!(parse_bucket("30s").unwrap(), 30);
-        assert_eq!(parse_bucket("5m").unwrap(), 300);
-        assert_eq!(parse_bucket("1d").unwrap(), 86_400);
-        assert!(parse_bucket("0s").is_err());
-        assert!(parse_bucket("h").is_err());
-        assert!(parse_bucket("").is_err());
+        assert_eq!(
+            parse_duration("bucket", "30s", MAX_BUCKET_SECS).unwrap(),
+            30
+        );
+        assert_eq!(
+            parse_duration("bucket", "5m", MAX_BUCKET_SECS).unwrap(),
+            300
+        );
+        assert_eq!(
+            parse_duration("bucket", "1d", MAX_BUCKET_SECS).unwrap(),
+            86_400
+        );
+        assert!(parse_duration("bucket", "0s", MAX_BUCKET_SECS).is_err());
+        assert!(parse_duration("bucket", "h", MAX_BUCKET_SECS).is_err());
+        assert!(parse_duration("bucket", "", MAX_BUCKET_SECS).is_err());
         assert_eq!(
             parse_bbox("13,52,14,53").unwrap().to_array(),
             [13.0, 52.0, 14.0, 53.0]
@@ -900,5 +1358,247 @@ mod tests {
             1_700_000_000
         );
         assert!(parse_time("from", "yesterday").is_err());
+    }
+
+    fn error_field(result: ApiResult<impl std::fmt::Debug>) -> Option<String> {
+        match result {
+            Err(ApiError::BadRequest { field, .. }) => field,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_700_000_000_000).unwrap()
+    }
+
+    #[test]
+    fn the_reported_bad_parameters_are_400s_naming_their_field() {
+        let limits = Limits::default();
+        let history = |q: HistoryQuery| q.parse(now(), &limits);
+        // A multi-byte last character used to split inside it (a panic: the connection dropped).
+        for bucket in [
+            "é",
+            "1é",
+            "ß",
+            "144115188075855873d",
+            "9223372036854775807s",
+            "-1s",
+        ] {
+            let q = HistoryQuery {
+                bucket: Some(bucket.into()),
+                ..Default::default()
+            };
+            assert_eq!(
+                error_field(history(q)).as_deref(),
+                Some("bucket"),
+                "{bucket}"
+            );
+        }
+        // Near the minimum date: out of the time domain, or the default `from` before it.
+        for to in [
+            "-8334632851200001",
+            "-9223372036854775808",
+            "0000-01-01T00:00:00Z",
+        ] {
+            let q = HistoryQuery {
+                to: Some(to.into()),
+                ..Default::default()
+            };
+            assert_eq!(error_field(history(q)).as_deref(), Some("to"), "{to}");
+        }
+        let q = HistoryQuery {
+            to: Some("0001-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        let p = history(q).expect("the first instant of the domain is a valid `to`");
+        assert_eq!(
+            p.from, p.to,
+            "the default `from` is clamped into the domain"
+        );
+        let q = HistoryQuery {
+            cursor: Some(encode_cursor(
+                DateTime::<Utc>::MIN_UTC,
+                DateTime::<Utc>::MIN_UTC,
+            )),
+            ..Default::default()
+        };
+        assert_eq!(error_field(history(q)).as_deref(), Some("cursor"));
+        for (raw, field) in [("limit", "limit"), ("simplify", "simplify")] {
+            let mut q = HistoryQuery::default();
+            match raw {
+                "limit" => q.limit = Some("1e3".into()),
+                _ => q.simplify = Some("NaN".into()),
+            }
+            assert_eq!(error_field(history(q)).as_deref(), Some(field));
+        }
+    }
+
+    #[test]
+    fn ranges_are_capped_per_query_kind_naming_the_cap() {
+        let limits = Limits::default();
+        let day = 86_400_000_i64;
+        let at = |days: i64| (1_700_000_000_000 - days * day).to_string();
+        let history = HistoryQuery {
+            from: Some(at(367)),
+            to: Some(at(0)),
+            ..Default::default()
+        };
+        let err = history.parse(now(), &limits).unwrap_err();
+        assert!(
+            err.to_string().contains("366 days") && err.to_string().contains("history"),
+            "{err}"
+        );
+        assert_eq!(
+            error_field(history.parse(now(), &limits)).as_deref(),
+            Some("from")
+        );
+        let history = HistoryQuery {
+            from: Some(at(366)),
+            to: Some(at(0)),
+            ..Default::default()
+        };
+        assert!(
+            history.parse(now(), &limits).is_ok(),
+            "the cap itself is allowed"
+        );
+        let area = AreaQuery {
+            bbox: Some("13,52,14,53".into()),
+            from: Some(at(8)),
+            ..Default::default()
+        };
+        let err = area.parse(now(), &limits).unwrap_err().to_string();
+        assert!(err.contains("7 days") && err.contains("area"), "{err}");
+        let summary = SummaryQuery {
+            from: Some(at(32)),
+            ..Default::default()
+        };
+        let err = summary.parse(now(), &limits).unwrap_err().to_string();
+        assert!(err.contains("31 days") && err.contains("summar"), "{err}");
+        // Without `from`: the 24 h before `to`, within every cap.
+        assert!(SummaryQuery::default().parse(now(), &limits).is_ok());
+    }
+
+    #[test]
+    fn buckets_downsample_like_date_bin() {
+        let at = |s: i64| Utc.timestamp_opt(s, 0).unwrap();
+        let mut b = Buckets::new(60);
+        let kept: Vec<i64> = [0, 30, 59, 60, 61, 179, 180, -1, -60]
+            .into_iter()
+            .filter(|s| b.admits(at(*s)))
+            .collect();
+        assert_eq!(kept, vec![0, 60, 179, 180, -1]);
+    }
+
+    #[test]
+    fn export_slots_are_per_tenant_and_freed_on_drop() {
+        let slots = ExportSlots::new(2, 1);
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let first = slots.acquire(a).unwrap();
+        let _second = slots.acquire(a).unwrap();
+        assert!(matches!(
+            slots.acquire(a),
+            Err(ApiError::TooManyExports { limit: 2, .. })
+        ));
+        let _other = slots.acquire(b).expect("another tenant has its own slots");
+        drop(first);
+        assert!(slots.acquire(a).is_ok());
+    }
+
+    mod fuzz {
+        //! Every query parameter parser of history, area and summary, fed arbitrary text:
+        //! never a panic, and every refusal a 400 naming one of the query's parameters.
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Arbitrary text, and text close to what the parsers accept.
+        fn raw() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "[-+]?[0-9]{0,22}[smhdé]?",
+                "[-+]?[0-9]{1,6}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[-+][0-9]{2}:[0-9]{2})",
+                "[-+]?[0-9]*\\.?[0-9]*(e[-+]?[0-9]{1,4})?|NaN|inf|-inf",
+                "[-0-9.,eE ]{0,40}",
+                "[A-Za-z0-9_-]{0,40}",
+            ]
+        }
+
+        fn check<T: std::fmt::Debug>(result: ApiResult<T>, fields: &[&str]) {
+            match result {
+                Ok(_) => {}
+                Err(ApiError::BadRequest {
+                    field: Some(field), ..
+                }) if fields.contains(&field.as_str()) => {}
+                Err(other) => panic!("not a 400 naming a parameter: {other:?}"),
+            }
+        }
+
+        const HISTORY: [&str; 8] = [
+            "from", "to", "limit", "cursor", "simplify", "bucket", "as_of", "geometry",
+        ];
+
+        fn slot<'a>(name: &str, q: &'a mut HistoryQuery) -> Option<&'a mut Option<String>> {
+            Some(match name {
+                "from" => &mut q.from,
+                "to" => &mut q.to,
+                "limit" => &mut q.limit,
+                "cursor" => &mut q.cursor,
+                "simplify" => &mut q.simplify,
+                "bucket" => &mut q.bucket,
+                "as_of" => &mut q.as_of,
+                "geometry" => &mut q.geometry,
+                _ => return None,
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn history_parameters(which in 0..HISTORY.len() + 1, value in raw(), other in raw()) {
+                let mut q = HistoryQuery::default();
+                if let Some(name) = HISTORY.get(which) {
+                    *slot(name, &mut q).unwrap() = Some(value.clone());
+                }
+                // A second parameter at once, to reach the combinations (range, bucket + as_of).
+                *slot(HISTORY[value.len() % HISTORY.len()], &mut q).unwrap() = Some(other);
+                check(q.parse(now(), &Limits::default()), &HISTORY);
+                check(parse_format(&value), &["format"]);
+            }
+
+            #[test]
+            fn area_parameters(bbox in raw(), from in raw(), to in raw(), limit in raw(), mask in 0u8..16) {
+                let pick = |bit: u8, v: String| (mask & bit != 0).then_some(v);
+                let q = AreaQuery {
+                    bbox: pick(1, bbox).or_else(|| Some("13,52,14,53".into())),
+                    from: pick(2, from),
+                    to: pick(4, to),
+                    limit: pick(8, limit),
+                };
+                check(q.parse(now(), &Limits::default()), &["bbox", "from", "to", "limit"]);
+            }
+
+            #[test]
+            fn summary_parameters(from in raw(), to in raw(), idle in raw(), moving in raw(), mask in 0u8..16) {
+                let pick = |bit: u8, v: String| (mask & bit != 0).then_some(v);
+                let q = SummaryQuery {
+                    from: pick(1, from),
+                    to: pick(2, to),
+                    idle_gap: pick(4, idle),
+                    moving_speed: pick(8, moving),
+                };
+                check(
+                    q.parse(now(), &Limits::default()),
+                    &["from", "to", "idle_gap", "moving_speed"],
+                );
+            }
+
+            #[test]
+            fn times_and_durations_alone(value in raw()) {
+                check(parse_time("from", &value), &["from"]);
+                check(parse_duration("bucket", &value, MAX_BUCKET_SECS), &["bucket"]);
+                check(decode_cursor(&value), &["cursor"]);
+                check(decode_cursor(&URL_SAFE_NO_PAD.encode(&value)), &["cursor"]);
+            }
+        }
     }
 }

@@ -2,16 +2,25 @@
 //! [`crate::passwords`]'s).
 //!
 //! Refresh tokens rotate on every use. Each login starts a token family; presenting a token that
-//! was already rotated (a stolen copy, or a replay) revokes the whole family and is refused.
+//! was already rotated (a stolen copy, or a replay) revokes the whole family and is refused. The
+//! rotation is one transaction: the presented token is locked, revoked and its successor
+//! inserted before the commit, so a concurrent reuse either waits and finds it revoked or
+//! commits first and revokes the family the successor belongs to. A password change, disable or
+//! role change revokes every family of the user (`routes::users`), and a refresh of a disabled
+//! or deleted user is refused.
+//!
+//! Login and refresh are rate limited in Redis per client IP and per account (login: the email,
+//! hashed; refresh: the user behind the token), so neither one address behind a proxy nor many
+//! addresses against one account get unbounded attempts.
 
 use crate::app::{audit, audit_caller, rate_limit, ApiJson, AppState, AuditEntry, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::passwords::{hash_password, verify_password};
+use crate::passwords::{hash_new_password, hash_password, store_password, verify_password};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use gps_domain::auth::{self, Permission, Role};
-use gps_store::tickets::issue_ticket;
+use gps_domain::auth::{self, Actor, Permission, Role};
+use gps_store::tickets::{issue_ticket, TicketKey};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -43,7 +52,9 @@ pub(crate) async fn login(
     let email = body.email.trim().to_lowercase();
     let mut redis = state.redis.clone();
     let limit = state.settings.login_limit_per_minute;
-    for (scope, id) in [("login:ip", ip.to_string()), ("login:email", email.clone())] {
+    // The account bucket is keyed by a digest: no addresses in Redis keys.
+    let account = auth::secret_digest(&email);
+    for (scope, id) in [("login:ip", ip.to_string()), ("login:email", account)] {
         if let Err(e) = rate_limit(&mut redis, scope, &id, limit, 60, true).await {
             state
                 .metrics
@@ -96,7 +107,9 @@ pub(crate) async fn login(
     }
     let role: Role = role.parse().map_err(|e: String| ApiError::Internal(e))?;
     let family = Uuid::new_v4();
-    let tokens = issue_tokens(&state, user_id, tenant_id, role, family).await?;
+    let mut conn = state.pool.acquire().await?;
+    let (tokens, _) = issue_tokens(&state, &mut conn, user_id, tenant_id, role, family).await?;
+    drop(conn);
     state.metrics.logins.with_label_values(&["success"]).inc();
     audit(
         &state.pool,
@@ -115,29 +128,33 @@ pub(crate) async fn login(
     Ok(Json(tokens))
 }
 
+/// A new access token and a new refresh token of `family`, the latter stored through `conn`
+/// (the rotating transaction, on refresh). Returns the answer and the refresh token's row id.
 async fn issue_tokens(
     state: &AppState,
+    conn: &mut sqlx::PgConnection,
     user_id: Uuid,
     tenant_id: Uuid,
     role: Role,
     family: Uuid,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<(serde_json::Value, Uuid)> {
     let access_token = state
         .keys
         .issue(user_id, tenant_id, role, state.settings.access_ttl_secs);
     let refresh_token = format!("gpsr_{}", auth::random_token(32));
-    sqlx::query(
+    let id: Uuid = sqlx::query_scalar(
         "INSERT INTO refresh_tokens (tenant_id, user_id, token_hash, family_id, expires_at)
-         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+         RETURNING id",
     )
     .bind(tenant_id)
     .bind(user_id)
     .bind(auth::secret_digest(&refresh_token))
     .bind(family)
     .bind(state.settings.refresh_ttl_secs as f64)
-    .execute(&state.pool)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(serde_json::json!({
+    let body = serde_json::json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": state.settings.access_ttl_secs,
@@ -146,31 +163,54 @@ async fn issue_tokens(
         "role": role,
         "tenant_id": tenant_id,
         "user_id": user_id,
-    }))
+    });
+    Ok((body, id))
 }
 
-/// `POST /v1/auth/refresh`: rotate the refresh token, issue a new access token.
+/// Count one refresh against `scope`'s bucket for `id`; a 429 is counted in the metrics.
+async fn refresh_limit(state: &AppState, scope: &str, id: &str) -> ApiResult<()> {
+    let mut redis = state.redis.clone();
+    let limit = state.settings.refresh_limit_per_minute;
+    // Fail open: refresh tokens are 256 random bits, not guessable; the limit protects the
+    // database, and a Redis outage must not log every user out.
+    rate_limit(&mut redis, scope, id, limit, 60, false)
+        .await
+        .inspect_err(|_| {
+            state
+                .metrics
+                .rate_limited
+                .with_label_values(&["refresh"])
+                .inc();
+        })
+}
+
+/// `POST /v1/auth/refresh`: rotate the refresh token, issue a new access token with the user's
+/// current role. Rate limited per client IP (before any lookup) and per user.
 pub(crate) async fn refresh(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     ApiJson(body): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    refresh_limit(&state, "refresh:ip", &peer.ip().to_string()).await?;
     let digest = auth::secret_digest(&body.refresh_token);
     let mut tx = state.pool.begin().await?;
-    let row: Option<(Uuid, Uuid, Uuid, Uuid, bool, bool)> = sqlx::query_as(
+    let row: Option<(Uuid, Uuid, Uuid, Uuid, bool, bool, String)> = sqlx::query_as(
         "SELECT rt.id, rt.user_id, rt.tenant_id, rt.family_id,
                 rt.revoked_at IS NULL AND rt.expires_at > now(),
-                u.disabled
-         FROM refresh_tokens rt JOIN users u ON u.id = rt.user_id
+                u.disabled, u.role
+         FROM refresh_tokens rt JOIN users u ON u.id = rt.user_id AND u.tenant_id = rt.tenant_id
          WHERE rt.token_hash = $1 FOR UPDATE OF rt",
     )
     .bind(&digest)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((token_id, user_id, tenant_id, family, usable, disabled)) = row else {
+    let Some((token_id, user_id, tenant_id, family, usable, disabled, role)) = row else {
         return Err(ApiError::Unauthorized);
     };
+    refresh_limit(&state, "refresh:user", &user_id.to_string()).await?;
     if !usable || disabled {
-        // Reuse of a rotated or revoked token: treat the family as stolen.
+        // A rotated token presented again (a stolen copy, or a replay), or one revoked by a
+        // password change, disable or logout: the whole family goes.
         sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE family_id = $1",
         )
@@ -178,20 +218,113 @@ pub(crate) async fn refresh(
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        tracing::warn!(user = %user_id, "refresh token reuse: token family revoked");
+        tracing::warn!(user = %user_id, disabled, "refresh token refused: token family revoked");
         return Err(ApiError::Unauthorized);
     }
-    let role: String = sqlx::query_scalar("SELECT role FROM users WHERE id = $1")
-        .bind(user_id)
-        .fetch_one(&mut *tx)
-        .await?;
     let role: Role = role.parse().map_err(|e: String| ApiError::Internal(e))?;
-    sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE id = $1")
+    // Successor first, inside the transaction that revokes the presented token: nothing of the
+    // family exists outside the revocation's reach.
+    let (tokens, successor) =
+        issue_tokens(&state, &mut tx, user_id, tenant_id, role, family).await?;
+    sqlx::query("UPDATE refresh_tokens SET revoked_at = now(), replaced_by = $2 WHERE id = $1")
         .bind(token_id)
+        .bind(successor)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    let tokens = issue_tokens(&state, user_id, tenant_id, role, family).await?;
+    Ok(Json(tokens))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangePassword {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /v1/auth/password`: a user changes its own password, proving the current one. Every
+/// older session of the user ends (access tokens issued before, every refresh family); the answer
+/// is a fresh login (a new family). Attempts count against the account's login limit.
+pub(crate) async fn change_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ChangePassword>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (user_id, role) = match caller.principal.actor {
+        Actor::User { user_id, role } => (user_id, role),
+        Actor::ApiKey { .. } => {
+            return Err(ApiError::bad_request(
+                "API keys have no password: change a user's password with PATCH /v1/users/{id}",
+            ))
+        }
+    };
+    let tenant_id = caller.tenant();
+    let mut redis = state.redis.clone();
+    rate_limit(
+        &mut redis,
+        "password:user",
+        &user_id.to_string(),
+        state.settings.login_limit_per_minute,
+        60,
+        true,
+    )
+    .await
+    .inspect_err(|_| {
+        state
+            .metrics
+            .rate_limited
+            .with_label_values(&["password"])
+            .inc();
+    })?;
+    let phc: String =
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1 AND tenant_id = $2")
+            .bind(user_id)
+            .bind(tenant_id)
+            .fetch_optional(&state.pool)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+    let current = body.current_password;
+    let ok = tokio::task::spawn_blocking(move || verify_password(&current, &phc))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if !ok {
+        audit_caller(
+            &state.pool,
+            &caller,
+            "users.password_change_failed",
+            "user",
+            user_id,
+            serde_json::json!({}),
+        )
+        .await;
+        return Err(ApiError::field(
+            "current_password",
+            "does not match the current password",
+        ));
+    }
+    let new_phc = hash_new_password(body.new_password)
+        .await
+        .map_err(|e| match e {
+            // The strength rule names `password`; here the field is `new_password`.
+            ApiError::BadRequest { message, .. } => ApiError::field("new_password", message),
+            other => other,
+        })?;
+    let mut tx = state.pool.begin().await?;
+    if !store_password(&mut tx, tenant_id, user_id, &new_phc).await? {
+        return Err(ApiError::Unauthorized);
+    }
+    let (tokens, _) =
+        issue_tokens(&state, &mut tx, user_id, tenant_id, role, Uuid::new_v4()).await?;
+    tx.commit().await?;
+    audit_caller(
+        &state.pool,
+        &caller,
+        "users.password_change",
+        "user",
+        user_id,
+        serde_json::json!({}),
+    )
+    .await;
     Ok(Json(tokens))
 }
 
@@ -218,8 +351,10 @@ pub(crate) async fn live_ticket(
 ) -> ApiResult<Json<serde_json::Value>> {
     caller.require(Permission::LiveRead)?;
     let mut redis = state.redis.clone();
+    // Signed with a key derived from the JWT secret, which fanout derives the same way.
     let ticket = issue_ticket(
         &mut redis,
+        &TicketKey::derive(&state.settings.jwt_secret),
         &caller.principal,
         state.settings.ticket_ttl_secs,
     )

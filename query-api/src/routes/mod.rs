@@ -22,6 +22,23 @@ pub(crate) fn parse_id(raw: &str) -> ApiResult<Uuid> {
     raw.parse().map_err(|_| ApiError::NotFound)
 }
 
+/// Longest name-like text a body may carry (device, user display, group, API key and tenant
+/// names), in characters.
+pub(crate) const MAX_NAME_CHARS: usize = 200;
+
+/// `400` naming `field` unless `value` has at most [`MAX_NAME_CHARS`] characters: every
+/// name-like field of a create or update body goes through here, so that no caller can store
+/// (and have every list page carry) megabytes of name.
+pub(crate) fn check_name(field: &str, value: &str) -> ApiResult<()> {
+    if value.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::field(
+            field,
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// A write that touched no row of the caller's tenant: the object does not exist.
 pub(crate) fn not_found_if_zero(rows: u64) -> ApiResult<()> {
     if rows == 0 {
@@ -42,5 +59,14 @@ mod tests {
         assert!(matches!(parse_id("42"), Err(ApiError::NotFound)));
         assert!(matches!(not_found_if_zero(0), Err(ApiError::NotFound)));
         assert!(not_found_if_zero(1).is_ok());
+    }
+
+    #[test]
+    fn names_are_capped_in_characters_naming_the_field() {
+        assert!(check_name("name", &"é".repeat(MAX_NAME_CHARS)).is_ok());
+        match check_name("name", &"x".repeat(MAX_NAME_CHARS + 1)) {
+            Err(ApiError::BadRequest { field, .. }) => assert_eq!(field.as_deref(), Some("name")),
+            other => panic!("{other:?}"),
+        }
     }
 }

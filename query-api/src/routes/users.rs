@@ -1,11 +1,20 @@
 //! Users and their roles: list, create, read, update (display name, disabled, password), set
 //! the role (`roles:write`, never one's own), delete (never oneself); and [`insert_user`], shared
 //! with the bootstrap command.
+//!
+//! Revocation takes effect at once, in the transaction of the change: a password change or
+//! reset refuses every access token issued before it (`users.tokens_not_before`) and revokes
+//! every refresh token of the user (all families); disabling and role changes revoke the refresh
+//! tokens too, and every request reads the role and the disabled flag afresh
+//! (`gps_store::principal`); deleting cascades to the user's refresh tokens and API keys.
+//! A tenant always keeps one enabled admin: disabling, demoting or deleting the last one is a 409
+//! `last_admin` ([`keep_an_admin`], serialized per tenant so two admins cannot remove each other
+//! at the same time).
 
 use crate::app::{audit_caller, ApiJson, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::passwords::hash_new_password;
-use crate::routes::{not_found_if_zero, parse_id};
+use crate::passwords::{hash_new_password, revoke_refresh_tokens, store_password};
+use crate::routes::{check_name, not_found_if_zero, parse_id};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -77,6 +86,7 @@ pub async fn insert_user(
     if !email.contains('@') || email.len() > 320 {
         return Err(ApiError::field("email", "must be an email address"));
     }
+    check_name("display_name", display_name)?;
     let phc = hash_new_password(password.to_owned()).await?;
     let id = sqlx::query_scalar(
         "INSERT INTO users (tenant_id, email, display_name, password_hash, role)
@@ -162,33 +172,76 @@ pub(crate) async fn patch_user(
 ) -> ApiResult<Json<UserRow>> {
     caller.require(Permission::UsersWrite)?;
     let id = parse_id(&id)?;
+    if let Some(name) = &body.display_name {
+        check_name("display_name", name)?;
+    }
     let phc = match body.password {
         Some(password) => Some(hash_new_password(password).await?),
         None => None,
     };
+    let password_changed = phc.is_some();
+    let disabling = body.disabled == Some(true);
+    let mut tx = state.pool.begin().await?;
+    if disabling {
+        keep_an_admin(&mut tx, caller.tenant(), id).await?;
+    }
     let done = sqlx::query(
         "UPDATE users SET display_name = coalesce($3, display_name), disabled = coalesce($4, disabled),
-                password_hash = coalesce($5, password_hash), updated_at = now()
+                updated_at = now()
          WHERE id = $1 AND tenant_id = $2",
     )
     .bind(id)
     .bind(caller.tenant())
     .bind(body.display_name)
     .bind(body.disabled)
-    .bind(phc)
-    .execute(&state.pool)
+    .execute(&mut *tx)
     .await?;
     not_found_if_zero(done.rows_affected())?;
+    if let Some(phc) = &phc {
+        store_password(&mut tx, caller.tenant(), id, phc).await?;
+    }
+    if disabling {
+        revoke_refresh_tokens(&mut tx, id).await?;
+    }
+    tx.commit().await?;
     audit_caller(
         &state.pool,
         &caller,
         "users.update",
         "user",
         id,
-        serde_json::json!({}),
+        serde_json::json!({ "password_changed": password_changed, "disabled": body.disabled }),
     )
     .await;
     Ok(Json(fetch_user(&state, &caller, id).await?))
+}
+
+/// Refuse (409 `last_admin`) when `user` is an enabled admin of `tenant` and no other enabled
+/// admin would remain: call it inside the transaction that disables, demotes or deletes the
+/// user, before the change. The tenant row is locked first (`FOR NO KEY UPDATE`, which does not
+/// block inserts referencing the tenant), so concurrent changes of one tenant's admins run one
+/// after the other and each counts what the previous one committed.
+async fn keep_an_admin(tx: &mut sqlx::PgConnection, tenant: Uuid, user: Uuid) -> ApiResult<()> {
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    let (is_admin, others): (bool, i64) = sqlx::query_as(
+        "SELECT coalesce(bool_or(id = $2), false), count(*) FILTER (WHERE id <> $2)
+         FROM users WHERE tenant_id = $1 AND role = 'admin' AND NOT disabled",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_one(&mut *tx)
+    .await?;
+    if is_admin && others == 0 {
+        return Err(ApiError::StateConflict {
+            code: "last_admin",
+            message: "this is the tenant's last enabled admin: make another user admin first"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,22 +263,35 @@ pub(crate) async fn set_role(
         return Err(ApiError::Forbidden("roles:write"));
     }
     let role = parse_role(&body.role)?;
-    let done = sqlx::query(
-        "UPDATE users SET role = $3, updated_at = now() WHERE id = $1 AND tenant_id = $2",
-    )
-    .bind(id)
-    .bind(caller.tenant())
-    .bind(role.as_str())
-    .execute(&state.pool)
-    .await?;
-    not_found_if_zero(done.rows_affected())?;
+    let mut tx = state.pool.begin().await?;
+    if role != Role::Admin {
+        keep_an_admin(&mut tx, caller.tenant(), id).await?;
+    }
+    let before: Option<String> =
+        sqlx::query_scalar("SELECT role FROM users WHERE id = $1 AND tenant_id = $2 FOR UPDATE")
+            .bind(id)
+            .bind(caller.tenant())
+            .fetch_optional(&mut *tx)
+            .await?;
+    let before = before.ok_or(ApiError::NotFound)?;
+    if before != role.as_str() {
+        sqlx::query("UPDATE users SET role = $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await?;
+        // Access tokens carry no authority (the role is read per request); refresh tokens
+        // would keep a session of the old role alive, so they go.
+        revoke_refresh_tokens(&mut tx, id).await?;
+    }
+    tx.commit().await?;
     audit_caller(
         &state.pool,
         &caller,
         "users.set_role",
         "user",
         id,
-        serde_json::json!({ "role": role }),
+        serde_json::json!({ "role": role, "previous": before }),
     )
     .await;
     Ok(Json(fetch_user(&state, &caller, id).await?))
@@ -242,12 +308,16 @@ pub(crate) async fn delete_user(
     if matches!(caller.principal.actor, Actor::User { user_id, .. } if user_id == id) {
         return Err(ApiError::bad_request("you cannot delete yourself"));
     }
+    let mut tx = state.pool.begin().await?;
+    keep_an_admin(&mut tx, caller.tenant(), id).await?;
+    // Cascades to the user's refresh tokens and API keys.
     let done = sqlx::query("DELETE FROM users WHERE id = $1 AND tenant_id = $2")
         .bind(id)
         .bind(caller.tenant())
-        .execute(&state.pool)
+        .execute(&mut *tx)
         .await?;
     not_found_if_zero(done.rows_affected())?;
+    tx.commit().await?;
     audit_caller(
         &state.pool,
         &caller,

@@ -94,6 +94,11 @@ async fn forged_and_stale_tokens_are_refused() {
     assert_eq!(none.status(), 401);
 }
 
+/// An API key expiry the maximum allows (every key must expire).
+pub(crate) fn in_a_month() -> String {
+    (chrono::Utc::now() + chrono::TimeDelta::days(30)).to_rfc3339()
+}
+
 #[tokio::test]
 async fn api_keys_work_until_revoked_or_expired() {
     let api = Api::start().await;
@@ -104,7 +109,7 @@ async fn api_keys_work_until_revoked_or_expired() {
             "post",
             "/v1/api-keys",
             &admin.token,
-            Some(json!({ "name": "ci", "scopes": ["devices:read"] })),
+            Some(json!({ "name": "ci", "scopes": ["devices:read"], "expires_at": in_a_month() })),
         )
         .await;
     assert_eq!(status, 201, "{created}");
@@ -145,7 +150,7 @@ async fn api_keys_work_until_revoked_or_expired() {
             "post",
             "/v1/api-keys",
             &admin.token,
-            Some(json!({ "scopes": ["devices:read"] })),
+            Some(json!({ "scopes": ["devices:read"], "expires_at": in_a_month() })),
         )
         .await;
     let second_key = second["key"].as_str().unwrap().to_owned();
@@ -259,6 +264,33 @@ async fn wrong_passwords_fail_and_are_audited() {
 }
 
 #[tokio::test]
+async fn a_failed_audit_write_is_counted_not_skipped_silently() {
+    let api = Api::start().await;
+    let tenant = api.tenant("audit-lost").await;
+    let user = api.user(tenant, Role::Admin).await;
+    let lost = || {
+        gps_runtime::testing::scrape_metric(
+            &api.client,
+            &api.base,
+            "gps_query_audit_failures_total",
+        )
+    };
+    let before = lost().await;
+    sqlx::query("ALTER TABLE audit_log RENAME TO audit_log_away")
+        .execute(&api.db.pool)
+        .await
+        .unwrap();
+    // The audited action still succeeds; the row it could not write is counted.
+    let (status, body) = api.call("post", "/v1/live/ticket", &user.token, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(lost().await > before);
+    sqlx::query("ALTER TABLE audit_log_away RENAME TO audit_log")
+        .execute(&api.db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn the_login_after_the_limit_gets_429_with_retry_after() {
     let api = Api::start_with(&["--login-rate-limit", "3", "--api-rate-limit", "100000"]).await;
     // A loopback address of its own, so other tests' logins from 127.0.0.1 do not count here.
@@ -302,13 +334,27 @@ async fn live_tickets_are_single_use() {
     let mut redis = gps_runtime::redis_client::connect(&gps_runtime::testing::redis_args())
         .await
         .unwrap();
-    let principal = gps_store::tickets::redeem_ticket(&mut redis, ticket)
+    // The ticket is signed with the key derived from the JWT secret: the wrong key refuses it
+    // (and burns it), the right one redeems it once.
+    let key = gps_store::tickets::TicketKey::derive(&secrecy::SecretString::from(SECRET));
+    let principal = gps_store::tickets::redeem_ticket(&mut redis, &key, ticket)
         .await
         .unwrap();
     assert_eq!(principal.tenant_id, tenant);
-    assert!(gps_store::tickets::redeem_ticket(&mut redis, ticket)
+    assert!(gps_store::tickets::redeem_ticket(&mut redis, &key, ticket)
         .await
         .is_err());
+    let (_, body) = api
+        .call("post", "/v1/live/ticket", &viewer.token, None)
+        .await;
+    let other_key =
+        gps_store::tickets::TicketKey::derive(&secrecy::SecretString::from("another-deployment"));
+    let signed_elsewhere = body["ticket"].as_str().unwrap();
+    assert!(
+        gps_store::tickets::redeem_ticket(&mut redis, &other_key, signed_elsewhere)
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@ use gps_domain::auth::Role;
 use std::collections::HashSet;
 
 const START_MS: i64 = 1_700_000_000_000;
+/// The day after [`START_MS`]: every fixture lies in it, and it is within every range cap.
+const RANGE: &str = "from=1700000000000&to=1700086400000";
 
 #[tokio::test]
 async fn pagination_returns_every_row_exactly_once() {
@@ -20,7 +22,8 @@ async fn pagination_returns_every_row_exactly_once() {
         let mut cursor: Option<String> = None;
         let mut pages = 0;
         loop {
-            let mut path = format!("/v1/devices/{device}/positions?from=0&limit=137&as_of={as_of}");
+            let mut path =
+                format!("/v1/devices/{device}/positions?{RANGE}&limit=137&as_of={as_of}");
             if let Some(c) = &cursor {
                 path.push_str(&format!("&cursor={c}"));
             }
@@ -62,7 +65,7 @@ async fn every_export_format_parses() {
     let analyst = api.user(tenant, Role::Analyst).await;
     let device = api.device(tenant).await;
     api.track(tenant, device, START_MS, 50).await;
-    let base = format!("/v1/devices/{device}/positions?from=0");
+    let base = format!("/v1/devices/{device}/positions?{RANGE}");
 
     let (_, geo) = api
         .call(
@@ -152,7 +155,7 @@ async fn simplification_keeps_endpoints_and_buckets_downsample() {
     let (_, simple) = api
         .call(
             "get",
-            &format!("/v1/devices/{device}/positions?from=0&limit=100000&simplify=5"),
+            &format!("/v1/devices/{device}/positions?{RANGE}&limit=100000&simplify=5"),
             &analyst.token,
             None,
         )
@@ -162,7 +165,7 @@ async fn simplification_keeps_endpoints_and_buckets_downsample() {
     let (_, all) = api
         .call(
             "get",
-            &format!("/v1/devices/{device}/positions?from=0&limit=100000"),
+            &format!("/v1/devices/{device}/positions?{RANGE}&limit=100000"),
             &analyst.token,
             None,
         )
@@ -174,7 +177,7 @@ async fn simplification_keeps_endpoints_and_buckets_downsample() {
     let (_, buckets) = api
         .call(
             "get",
-            &format!("/v1/devices/{device}/positions?from=0&bucket=1m"),
+            &format!("/v1/devices/{device}/positions?{RANGE}&bucket=1m"),
             &analyst.token,
             None,
         )
@@ -194,7 +197,7 @@ async fn summary_matches_the_hand_computed_track() {
     let (status, body) = api
         .call(
             "get",
-            &format!("/v1/devices/{device}/summary?from=0"),
+            &format!("/v1/devices/{device}/summary?{RANGE}"),
             &analyst.token,
             None,
         )
@@ -273,7 +276,7 @@ async fn area_and_latest_accept_a_bbox_across_the_antimeridian() {
         ("-180,-1,-179,1", vec![west.clone()]),
     ] {
         for path in [
-            format!("/v1/positions?bbox={bbox}&from=0"),
+            format!("/v1/positions?bbox={bbox}&{RANGE}"),
             format!("/v1/positions/latest?bbox={bbox}"),
         ] {
             let (status, body) = api.call("get", &path, &analyst.token, None).await;
@@ -285,7 +288,7 @@ async fn area_and_latest_accept_a_bbox_across_the_antimeridian() {
     let (status, body) = api
         .call(
             "get",
-            "/v1/positions?bbox=179,1,-179,-1&from=0",
+            &format!("/v1/positions?bbox=179,1,-179,-1&{RANGE}"),
             &analyst.token,
             None,
         )

@@ -2,7 +2,9 @@
 
 mod auth;
 mod history;
+mod limits;
 mod perf;
 mod rbac;
+mod revocation;
 mod smoke;
 mod support;

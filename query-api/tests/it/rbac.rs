@@ -189,7 +189,7 @@ fn routes() -> Vec<(
         (
             "post",
             "/v1/api-keys",
-            Some(json!({ "scopes": ["devices:read"] })),
+            Some(json!({ "scopes": ["devices:read"], "expires_at": crate::auth::in_a_month() })),
             vec![KeysWrite],
             false,
         ),
@@ -303,7 +303,7 @@ async fn viewer_sees_only_the_devices_of_its_groups() {
     let (status, _) = api
         .call(
             "get",
-            &format!("/v1/devices/{mine}/positions?from=0"),
+            &format!("/v1/devices/{mine}/positions?from=1700000000000&to=1700086400000"),
             &viewer.token,
             None,
         )
@@ -322,7 +322,7 @@ async fn viewer_sees_only_the_devices_of_its_groups() {
     let (_, area) = api
         .call(
             "get",
-            "/v1/positions?bbox=-180,-90,180,90&from=0",
+            "/v1/positions?bbox=-180,-90,180,90&from=1700000000000&to=1700086400000",
             &viewer.token,
             None,
         )

@@ -33,7 +33,15 @@ pub(crate) struct User {
 impl Api {
     /// With rate limits out of the way (tests share 127.0.0.1 and one Redis).
     pub(crate) async fn start() -> Self {
-        Self::start_with(&["--login-rate-limit", "100000", "--api-rate-limit", "100000"]).await
+        Self::start_with(&[
+            "--login-rate-limit",
+            "100000",
+            "--api-rate-limit",
+            "100000",
+            "--refresh-rate-limit",
+            "100000",
+        ])
+        .await
     }
 
     pub(crate) async fn start_with(extra: &[&str]) -> Self {
