@@ -51,8 +51,10 @@ pub const DEFAULT_LIMIT: i64 = 1_000;
 /// Largest page of an area query.
 pub const AREA_MAX_LIMIT: i64 = 10_000;
 /// Rows one database query of a streamed page reads; the connection goes back to the pool
-/// between these reads, whatever the client does.
-pub const PAGE_ROWS: i64 = 5_000;
+/// between these reads, whatever the client does. Each read has a fixed cost: pages of 5,000
+/// made a day of 1 Hz history ~35 % slower than one query, pages of 20,000 ~15 %; two pages
+/// (the one rendering, the one read ahead) of 20,000 rows are a few MiB per export.
+pub const PAGE_ROWS: i64 = 20_000;
 /// Rendered bytes per chunk handed to the socket.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks buffered between the database reader and the socket, per export.
@@ -837,14 +839,20 @@ struct Export {
 }
 
 /// Why an export stopped before its end.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum ExportEnd {
     /// The client closed the connection.
+    #[error("client gone")]
     ClientGone,
     /// The client read nothing for the idle timeout.
+    #[error("client read nothing for {0:?}")]
     Stalled(Duration),
     /// A page query failed.
+    #[error("page query failed: {0}")]
     Database(sqlx::Error),
+    /// A page read ended without an answer (its task panicked).
+    #[error("page read failed: {0}")]
+    Failed(String),
 }
 
 impl Export {
@@ -866,9 +874,9 @@ impl Export {
                         "history export aborted: client not reading"
                     );
                 }
-                Err(ExportEnd::Database(e)) => {
+                Err(failure) => {
                     failed_writer.store(true, Ordering::Release);
-                    tracing::error!(%device, error = %e, "history export failed");
+                    tracing::error!(%device, error = %failure, "history export failed");
                 }
             }
             // `tx` drops here: the body ends after the buffered chunks.
@@ -894,16 +902,20 @@ impl Export {
         let mut out = prologue(self.format, self.device);
         let mut first = true;
         let mut remaining = self.limit;
-        let mut after = self.after;
-        while remaining > 0 {
-            let want = remaining.min(PAGE_ROWS);
-            let reader = self.slot.reader().await;
-            let rows = self
-                .plan
-                .page(&self.pool, after, want)
-                .await
-                .map_err(ExportEnd::Database)?;
-            drop(reader);
+        let mut want = remaining.min(PAGE_ROWS);
+        let mut pending = Some(self.read_page(self.after, want));
+        while let Some(page) = pending.take() {
+            let rows = page.await.map_err(|e| ExportEnd::Failed(e.to_string()))??;
+            remaining -= rows.len() as i64;
+            // The next page is read (on another worker, the database working meanwhile) while
+            // this one renders and drains to the socket: an export costs about one page of
+            // latency, not one per page.
+            if let Some(last) = rows.last() {
+                if rows.len() as i64 == want && remaining > 0 {
+                    want = remaining.min(PAGE_ROWS);
+                    pending = Some(self.read_page(Some((last.received_at, last.fix_time)), want));
+                }
+            }
             for row in &rows {
                 if self.buckets.as_mut().is_none_or(|b| b.admits(row.fix_time)) {
                     render_row(self.format, row, first, &mut out);
@@ -913,16 +925,25 @@ impl Export {
                     self.send(tx, std::mem::take(&mut out)).await?;
                 }
             }
-            remaining -= rows.len() as i64;
-            match rows.last() {
-                Some(last) if rows.len() as i64 == want => {
-                    after = Some((last.received_at, last.fix_time));
-                }
-                _ => break,
-            }
         }
         out.push_str(&epilogue(self.format, self.next.as_deref()));
         self.send(tx, out).await
+    }
+
+    /// Start reading the keyset page of at most `rows` rows after `after`: a reader permit
+    /// (and a pool connection) is held only for the query.
+    fn read_page(
+        &self,
+        after: Option<(DateTime<Utc>, DateTime<Utc>)>,
+        rows: i64,
+    ) -> tokio::task::JoinHandle<Result<Vec<PositionRow>, ExportEnd>> {
+        let (pool, plan, readers) = (self.pool.clone(), self.plan, self.slot.readers.clone());
+        tokio::spawn(async move {
+            let _reader = readers.acquire_owned().await;
+            plan.page(&pool, after, rows)
+                .await
+                .map_err(ExportEnd::Database)
+        })
     }
 
     /// Hand a chunk to the socket, waiting at most the idle timeout for room in the buffer.
