@@ -139,8 +139,12 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             limit: MAX_BODY_BYTES,
         };
     }
-    let text = rejection.body_text();
-    // serde's message names the field (`unknown field \`role\``, `missing field \`email\``).
+    bad_request_naming_serde_field(rejection.body_text())
+}
+
+/// A 400 whose field is the one serde's message names (`unknown field \`role\``,
+/// `missing field \`email\``, `duplicate field \`from\``), if it names one.
+fn bad_request_naming_serde_field(text: String) -> ApiError {
     let field = text
         .split('`')
         .nth(1)
@@ -171,17 +175,7 @@ where
 }
 
 fn query_rejection(rejection: QueryRejection) -> ApiError {
-    let text = rejection.body_text();
-    // serde names the parameter (duplicate field `from`, unknown field `x`).
-    let field = text
-        .split('`')
-        .nth(1)
-        .filter(|_| text.contains("field"))
-        .map(str::to_owned);
-    ApiError::BadRequest {
-        field,
-        message: text,
-    }
+    bad_request_naming_serde_field(rejection.body_text())
 }
 
 /// Fixed-window counter in Redis: the `limit + 1`th call in a window is refused with the seconds
