@@ -206,6 +206,7 @@ impl SessionAudit {
             CloseReason::AccountDisabled
                 | CloseReason::KeyRevoked
                 | CloseReason::CredentialInvalid
+                | CloseReason::CredentialsChanged
                 | CloseReason::PermissionRevoked
         ) {
             self.write(

@@ -9,8 +9,8 @@ use crate::config::OriginPolicy;
 use crate::error::ApiError;
 use axum::http::{header, HeaderMap};
 use gps_domain::auth::{Permission, Principal};
-use gps_store::principal::{current, principal_from_bearer, AuthError, JwtKeys};
-use gps_store::tickets::{redeem_ticket, TicketKey};
+use gps_store::principal::{credential_from_bearer, current, AuthError, JwtKeys};
+use gps_store::tickets::{redeem_ticket_issued, TicketKey};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -36,7 +36,10 @@ impl Via {
     }
 }
 
-/// Check the origin and the credential of an upgrade request.
+/// Check the origin and the credential of an upgrade request. Returns the principal, how it
+/// authenticated, and when its credential was issued (a JWT's `iat`, or when the ticket was
+/// issued; `None` for an API key): the re-check closes the session once the user's credentials
+/// change after that instant.
 pub async fn authenticate(
     pool: &PgPool,
     redis: &ConnectionManager,
@@ -45,7 +48,7 @@ pub async fn authenticate(
     origins: &OriginPolicy,
     headers: &HeaderMap,
     ticket: Option<&str>,
-) -> Result<(Principal, Via), ApiError> {
+) -> Result<(Principal, Via, Option<i64>), ApiError> {
     // Browsers always send Origin on a WebSocket handshake; other clients need not.
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().map_err(|_| ApiError::OriginNotAllowed)?;
@@ -65,16 +68,18 @@ pub async fn authenticate(
     } else {
         Via::Bearer
     };
-    let principal = match (authorization, ticket) {
-        (Some(value), _) => principal_from_bearer(pool, keys, Some(value)).await,
+    let (principal, issued_at) = match (authorization, ticket) {
+        (Some(value), _) => credential_from_bearer(pool, keys, Some(value)).await,
         (None, Some(ticket)) => {
             if ticket.is_empty() || ticket.len() > MAX_TICKET_LEN {
                 return Err(ApiError::Unauthorized("invalid or used ticket"));
             }
             let mut redis = redis.clone();
-            match redeem_ticket(&mut redis, ticket_key, ticket).await {
+            match redeem_ticket_issued(&mut redis, ticket_key, ticket).await {
                 // Issued up to the ticket TTL ago: the account may have changed since.
-                Ok(issued_for) => current(pool, &issued_for).await,
+                Ok(issued) => current(pool, &issued.principal, Some(issued.issued_at))
+                    .await
+                    .map(|principal| (principal, Some(issued.issued_at))),
                 Err(e) => Err(e),
             }
         }
@@ -91,5 +96,5 @@ pub async fn authenticate(
     if !principal.allows(Permission::LiveRead) {
         return Err(ApiError::MissingPermission);
     }
-    Ok((principal, via))
+    Ok((principal, via, issued_at))
 }

@@ -144,7 +144,7 @@ async fn accept(
         connect_limits.per_ip,
     )
     .await?;
-    let (principal, via) = auth::authenticate(
+    let (principal, via, issued_at) = auth::authenticate(
         &state.pool,
         &state.redis,
         &state.keys,
@@ -172,7 +172,10 @@ async fn accept(
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| {
-            tasks.track("connection", serve(socket, state, principal, via, peer))
+            tasks.track(
+                "connection",
+                serve(socket, state, principal, via, issued_at, peer),
+            )
         }))
 }
 
@@ -242,6 +245,7 @@ async fn serve(
     state: AppState,
     principal: Principal,
     via: Via,
+    issued_at: Option<i64>,
     ip: Option<IpAddr>,
 ) {
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
@@ -270,7 +274,9 @@ async fn serve(
         limits,
     )));
     state.router.add_connection(conn.clone());
-    let access = state.sessions.register(conn.clone(), principal.clone());
+    let access = state
+        .sessions
+        .register(conn.clone(), principal.clone(), issued_at);
     state.metrics.connections.inc();
     state.metrics.connections_opened.inc();
     let (actor, actor_id) = principal.audit_actor();
@@ -324,6 +330,7 @@ async fn serve(
             | CloseReason::AccountDisabled
             | CloseReason::KeyRevoked
             | CloseReason::CredentialInvalid
+            | CloseReason::CredentialsChanged
             | CloseReason::PermissionRevoked
             | CloseReason::RateLimited
     ) {

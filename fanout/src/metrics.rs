@@ -49,7 +49,7 @@ pub struct Metrics {
 pub const RECHECK_OUTCOMES: [&str; 4] = ["unchanged", "changed", "revoked", "unavailable"];
 
 /// Close reasons, the bounded label set of `gps_fanout_closes_total`.
-pub const CLOSE_REASONS: [&str; 13] = [
+pub const CLOSE_REASONS: [&str; 14] = [
     "client",
     "too_slow",
     "idle",
@@ -61,6 +61,7 @@ pub const CLOSE_REASONS: [&str; 13] = [
     "account_disabled",
     "key_revoked",
     "credential_invalid",
+    "credentials_changed",
     "permission_revoked",
     "rate_limited",
 ];

@@ -46,6 +46,9 @@ pub enum CloseReason {
     KeyRevoked,
     /// The re-check refused the credential for another reason.
     CredentialInvalid,
+    /// The re-check found the user's password changed or reset after the session's credential
+    /// was issued (`users.tokens_not_before`).
+    CredentialsChanged,
     /// The re-check found the principal without `live:read` (role or key scopes changed).
     PermissionRevoked,
     /// The client kept sending `subscribe` messages over its rate limit.
@@ -67,6 +70,7 @@ impl CloseReason {
             Self::AccountDisabled => "account_disabled",
             Self::KeyRevoked => "key_revoked",
             Self::CredentialInvalid => "credential_invalid",
+            Self::CredentialsChanged => "credentials_changed",
             Self::PermissionRevoked => "permission_revoked",
             Self::RateLimited => "rate_limited",
         }
@@ -84,7 +88,10 @@ impl CloseReason {
             Self::TooSlow => 4008,
             Self::Idle => 4009,
             // 4401 and 4403 mirror HTTP 401 and 403: the credential, or its permission, is gone.
-            Self::AccountDisabled | Self::KeyRevoked | Self::CredentialInvalid => 4401,
+            Self::AccountDisabled
+            | Self::KeyRevoked
+            | Self::CredentialInvalid
+            | Self::CredentialsChanged => 4401,
             Self::PermissionRevoked => 4403,
             Self::RateLimited => 4429,
         }
@@ -104,6 +111,7 @@ impl CloseReason {
             Self::AccountDisabled => "account disabled or deleted",
             Self::KeyRevoked => "api key revoked or expired",
             Self::CredentialInvalid => "credential no longer valid",
+            Self::CredentialsChanged => "credentials changed",
             Self::PermissionRevoked => "live:read permission revoked",
             Self::RateLimited => "too many subscribe requests",
         }

@@ -8,7 +8,8 @@
 //! `users` row on every request (one query), so a role change, disable or delete takes effect on
 //! the next request, and a password change refuses every access token issued before it
 //! (`users.tokens_not_before`). Long-lived sessions (fanout's WebSockets) re-check a principal
-//! they authenticated earlier with [`current`].
+//! they authenticated earlier with [`current`] / [`current_since`], passing when the credential
+//! was issued, so that a password change also ends them.
 
 use crate::credentials::{self, KeyVerdict};
 use gps_domain::auth::{
@@ -113,21 +114,67 @@ pub async fn principal_from_bearer(
     keys: &JwtKeys,
     header_value: Option<&str>,
 ) -> Result<Principal, AuthError> {
+    credential_from_bearer(pool, keys, header_value)
+        .await
+        .map(|(principal, _)| principal)
+}
+
+/// [`principal_from_bearer`], also returning when the credential was issued (a JWT's `iat`,
+/// seconds; `None` for an API key, which a password change does not affect): a session that
+/// outlives the request passes it to [`current_since`] so that a later password change ends it.
+pub async fn credential_from_bearer(
+    pool: &PgPool,
+    keys: &JwtKeys,
+    header_value: Option<&str>,
+) -> Result<(Principal, Option<i64>), AuthError> {
     let token = header_value
         .and_then(auth::bearer_token)
         .ok_or(AuthError::Missing)?;
     if token.starts_with(API_KEY_PREFIX) {
-        return principal_from_api_key(pool, token).await;
+        return Ok((principal_from_api_key(pool, token).await?, None));
     }
     let claims = keys.verify(token)?;
-    let role = current_user_role(pool, claims.tid, claims.sub, Some(claims.iat)).await?;
-    Ok(Principal {
+    let user = user_state(pool, claims.tid, claims.sub).await?;
+    if user.refuses(Some(claims.iat)) {
+        return Err(stale_token());
+    }
+    let principal = Principal {
         tenant_id: claims.tid,
         actor: Actor::User {
             user_id: claims.sub,
-            role,
+            role: user.role,
         },
-    })
+    };
+    Ok((principal, Some(claims.iat)))
+}
+
+/// A principal's present state ([`current_since`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Current {
+    /// The principal as the store has it now (role, key scopes).
+    pub principal: Principal,
+    /// For a user: credentials issued (`iat`, seconds) before this are refused, since the
+    /// password was changed or reset then (`users.tokens_not_before`, whole seconds). `None` for
+    /// an API key, or a user whose password never changed.
+    pub credentials_not_before: Option<i64>,
+}
+
+impl Current {
+    /// Whether a credential issued at `issued_at` (seconds; `None`: not a token, e.g. an API
+    /// key) predates the last credential change, and so is refused.
+    pub fn refuses(&self, issued_at: Option<i64>) -> bool {
+        refuses(self.credentials_not_before, issued_at)
+    }
+}
+
+/// The one freshness rule: `iat` has whole seconds, so a token issued in the same second as the
+/// change still passes, and a login right after a password reset is not refused.
+fn refuses(not_before: Option<i64>, issued_at: Option<i64>) -> bool {
+    matches!((not_before, issued_at), (Some(cutoff), Some(iat)) if iat < cutoff)
+}
+
+fn stale_token() -> AuthError {
+    AuthError::InvalidToken("issued before the account's credentials changed".into())
 }
 
 /// Re-read `principal`'s present state: a user must still exist in its tenant and be enabled,
@@ -136,18 +183,37 @@ pub async fn principal_from_bearer(
 /// scopes. For sessions that outlive a request (a WebSocket): call it periodically and close the
 /// session on `Err` (every variant but [`AuthError::Unavailable`] is a refusal).
 ///
-/// A user principal carries no issue time, so this cannot see a password change; callers that
-/// hold the original JWT should resolve it again with [`principal_from_bearer`] instead.
-pub async fn current(pool: &PgPool, principal: &Principal) -> Result<Principal, AuthError> {
+/// `issued_at` is when the session's credential was issued (a JWT's `iat`, or when a ticket was
+/// issued); a user whose credentials changed after it is refused like a stale token. `None`
+/// skips that check (an API key, or a caller with no issue time).
+pub async fn current(
+    pool: &PgPool,
+    principal: &Principal,
+    issued_at: Option<i64>,
+) -> Result<Principal, AuthError> {
+    let now = current_since(pool, principal).await?;
+    if now.refuses(issued_at) {
+        return Err(stale_token());
+    }
+    Ok(now.principal)
+}
+
+/// [`current`] for many sessions of one principal at once: one query, and the cutoff
+/// ([`Current::credentials_not_before`]) to judge each session's own issue time with
+/// ([`Current::refuses`]).
+pub async fn current_since(pool: &PgPool, principal: &Principal) -> Result<Current, AuthError> {
     match &principal.actor {
         Actor::User { user_id, .. } => {
-            let role = current_user_role(pool, principal.tenant_id, *user_id, None).await?;
-            Ok(Principal {
-                tenant_id: principal.tenant_id,
-                actor: Actor::User {
-                    user_id: *user_id,
-                    role,
+            let user = user_state(pool, principal.tenant_id, *user_id).await?;
+            Ok(Current {
+                principal: Principal {
+                    tenant_id: principal.tenant_id,
+                    actor: Actor::User {
+                        user_id: *user_id,
+                        role: user.role,
+                    },
                 },
+                credentials_not_before: user.not_before,
             })
         }
         Actor::ApiKey { key_id, .. } => {
@@ -157,49 +223,50 @@ pub async fn current(pool: &PgPool, principal: &Principal) -> Result<Principal, 
             if !key.usable(chrono::Utc::now()) {
                 return Err(AuthError::InvalidApiKey);
             }
-            Ok(Principal {
-                tenant_id: key.tenant_id,
-                actor: Actor::ApiKey {
-                    key_id: key.id,
-                    scopes: key.scopes,
+            Ok(Current {
+                principal: Principal {
+                    tenant_id: key.tenant_id,
+                    actor: Actor::ApiKey {
+                        key_id: key.id,
+                        scopes: key.scopes,
+                    },
                 },
+                credentials_not_before: None,
             })
         }
     }
 }
 
-/// The current role of user `user` of `tenant`, in one query: refused when the user no longer
-/// exists in the tenant or is disabled ([`AuthError::Disabled`]), or when `issued_at` (a JWT's
-/// `iat`, seconds) is before the user's credentials last changed.
-async fn current_user_role(
-    pool: &PgPool,
-    tenant: Uuid,
-    user: Uuid,
-    issued_at: Option<i64>,
-) -> Result<Role, AuthError> {
-    // `iat` has whole seconds: a token issued in the same second as the change still passes,
-    // so that a login right after a password reset is not refused.
-    let row: Option<(String, bool, bool)> = sqlx::query_as(
+/// A user's role and credential cutoff ([`user_state`]).
+struct UserState {
+    role: Role,
+    /// `users.tokens_not_before`, truncated to whole seconds.
+    not_before: Option<i64>,
+}
+
+impl UserState {
+    fn refuses(&self, issued_at: Option<i64>) -> bool {
+        refuses(self.not_before, issued_at)
+    }
+}
+
+/// The current role and credential cutoff of user `user` of `tenant`, in one query: refused when
+/// the user no longer exists in the tenant or is disabled ([`AuthError::Disabled`]).
+async fn user_state(pool: &PgPool, tenant: Uuid, user: Uuid) -> Result<UserState, AuthError> {
+    let row: Option<(String, bool, Option<i64>)> = sqlx::query_as(
         "SELECT role, disabled,
-                $3::double precision IS NULL OR tokens_not_before IS NULL
-                OR to_timestamp($3) >= date_trunc('second', tokens_not_before)
+                extract(epoch FROM date_trunc('second', tokens_not_before))::bigint
          FROM users WHERE id = $1 AND tenant_id = $2",
     )
     .bind(user)
     .bind(tenant)
-    .bind(issued_at.map(|t| t as f64))
     .fetch_optional(pool)
     .await?;
-    let Some((role, disabled, fresh)) = row else {
+    let Some((role, disabled, not_before)) = row else {
         return Err(AuthError::Disabled);
     };
     if disabled {
         return Err(AuthError::Disabled);
-    }
-    if !fresh {
-        return Err(AuthError::InvalidToken(
-            "issued before the account's credentials changed".into(),
-        ));
     }
     match role.parse::<Role>() {
         Ok(Role::Device) | Err(_) => {
@@ -207,7 +274,7 @@ async fn current_user_role(
             tracing::warn!(user = %user, role = %role, "user row holds a role no user may act with");
             Err(AuthError::Disabled)
         }
-        Ok(role) => Ok(role),
+        Ok(role) => Ok(UserState { role, not_before }),
     }
 }
 
@@ -274,6 +341,17 @@ mod tests {
         let payload = valid.split('.').nth(1).unwrap();
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
         assert!(k.verify(&none).is_err());
+    }
+
+    #[test]
+    fn credentials_issued_before_the_cutoff_second_are_refused() {
+        // A password never changed, or a credential with no issue time (an API key): no cutoff.
+        assert!(!refuses(None, Some(100)));
+        assert!(!refuses(Some(100), None));
+        // Issued in the cutoff's second or later passes; a second earlier does not.
+        assert!(!refuses(Some(100), Some(100)));
+        assert!(!refuses(Some(100), Some(101)));
+        assert!(refuses(Some(100), Some(99)));
     }
 
     #[tokio::test]

@@ -3,22 +3,29 @@
 //! Redis stores only the ticket's digest as the key, with the principal as the value and a short
 //! TTL.
 //!
-//! The value is signed: `v1.<hex HMAC-SHA256>.<principal JSON>`, the MAC computed with a
+//! The value is signed: `v2.<hex HMAC-SHA256>.<payload JSON>`, the payload being the principal
+//! and when the ticket was issued (`{"principal": .., "issued_at": <unix seconds>}`; `v1` values,
+//! which had no issue time, are refused), the MAC computed with a
 //! [`TicketKey`] derived from the JWT secret over the Redis key and the JSON. Write access to
 //! Redis therefore does not become authentication: a value planted without the key, or copied
 //! under another ticket's key, is refused at redemption (and the attempt logged).
+//!
+//! The issue time travels with the ticket because the session it opens outlives it: the query
+//! API resolved the principal from a valid token when it issued the ticket, so a password change
+//! after that instant must end the session ([`crate::principal::current`]).
 
 use crate::principal::AuthError;
 use gps_domain::auth::{self, Principal};
 use hmac::{Hmac, Mac};
 use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// Redis key prefix of live-view tickets.
 const TICKET_PREFIX: &str = "gps:ticket:";
 /// Version tag of the signed value format.
-const VALUE_VERSION: &str = "v1";
+const VALUE_VERSION: &str = "v2";
 /// Domain separation of the key derivation: the JWT secret signs tokens, this key only tickets.
 const KEY_LABEL: &[u8] = b"gps-live-ticket-key-v1";
 
@@ -73,6 +80,15 @@ impl TicketKey {
     }
 }
 
+/// What a ticket stands for: who, and since when (unix seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Redeemed {
+    /// The principal the ticket was issued for, as it was then.
+    pub principal: Principal,
+    /// When the ticket was issued: the credential's issue time of the session it opens.
+    pub issued_at: i64,
+}
+
 fn redis_key(ticket: &str) -> String {
     format!("{TICKET_PREFIX}{}", auth::secret_digest(ticket))
 }
@@ -86,7 +102,11 @@ pub async fn issue_ticket(
 ) -> Result<String, AuthError> {
     let ticket = format!("gpst_{}", auth::random_token(32));
     let redis_key = redis_key(&ticket);
-    let payload = serde_json::to_string(principal).expect("principal serializes");
+    let payload = serde_json::to_string(&Redeemed {
+        principal: principal.clone(),
+        issued_at: chrono::Utc::now().timestamp(),
+    })
+    .expect("ticket payload serializes");
     redis::cmd("SET")
         .arg(&redis_key)
         .arg(key.seal(&redis_key, &payload))
@@ -105,6 +125,17 @@ pub async fn redeem_ticket(
     key: &TicketKey,
     ticket: &str,
 ) -> Result<Principal, AuthError> {
+    redeem_ticket_issued(redis, key, ticket)
+        .await
+        .map(|redeemed| redeemed.principal)
+}
+
+/// [`redeem_ticket`], also returning when the ticket was issued.
+pub async fn redeem_ticket_issued(
+    redis: &mut ConnectionManager,
+    key: &TicketKey,
+    ticket: &str,
+) -> Result<Redeemed, AuthError> {
     let redis_key = redis_key(ticket);
     let value: Option<String> = redis::cmd("GETDEL")
         .arg(&redis_key)
@@ -149,9 +180,10 @@ mod tests {
         for value in [
             r#"{"tenant_id":"00000000-0000-0000-0000-000000000000"}"#,
             tampered.as_str(),
-            "v1..{}",
-            "v1.zz.{}",
-            "v2.00.{}",
+            "v2..{}",
+            "v2.zz.{}",
+            "v1.00.{}",
+            "v3.00.{}",
             "",
         ] {
             assert_eq!(k.open("gps:ticket:a", value), None, "{value}");

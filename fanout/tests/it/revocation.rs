@@ -1,7 +1,8 @@
 //! Open sessions follow the current state: a disabled or deleted user, or a revoked API key, is
 //! closed with a reason within the re-check interval; a viewer removed from a group stops
-//! receiving the group's devices; a ticket is refused when planted in Redis without the key, or
-//! when its user was disabled after it was issued.
+//! receiving the group's devices; a password change or reset closes the sessions opened before
+//! it (bearer or ticket) and spares those opened after; a ticket is refused when planted in Redis
+//! without the key, or when its user was disabled after it was issued.
 
 use crate::support::*;
 use gps_domain::auth::{Actor, Principal, Role};
@@ -88,6 +89,87 @@ async fn revoked_credentials_are_closed_with_a_reason_within_the_recheck_interva
             .metric("gps_fanout_rechecks_total{outcome=\"revoked\"}")
             .await
             >= 3.0
+    );
+    fanout.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_change_closes_sessions_opened_before_it_within_the_recheck_interval() {
+    let db = TestDb::new().await;
+    let device = seed_device(&db.pool, &format!("password-{}", unique_suffix())).await;
+    let tenant = device.tenant_id;
+    let mut fanout = start(db.clone(), fast_recheck(&db)).await;
+    let addr = fanout.addr;
+
+    // One user with a session by bearer JWT and one by ticket, opened before the change.
+    let (user_id, token) = fanout.user(tenant, Role::Analyst).await;
+    let principal = Principal {
+        tenant_id: tenant,
+        actor: Actor::User {
+            user_id,
+            role: Role::Analyst,
+        },
+    };
+    let mut bearer_ws = fanout.connect(&token).await;
+    subscribe(&mut bearer_ws, json!({"type": "subscribe", "all": true})).await;
+    let ticket = issue_ticket(&mut fanout.redis, &ticket_key(), &principal, 30)
+        .await
+        .unwrap();
+    let mut ticket_ws = connect_with(addr, None, Some(&ticket), None)
+        .await
+        .expect("ticket upgrade succeeds");
+    assert_eq!(recv(&mut ticket_ws).await["type"], "welcome");
+
+    // Issue times have whole seconds, and a credential of the change's own second passes: let
+    // the second turn, then change the password as query-api's change and reset do.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sqlx::query("UPDATE users SET tokens_not_before = clock_timestamp() WHERE id = $1")
+        .bind(user_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let changed = Instant::now();
+
+    // Sessions opened after the change (a fresh login, a fresh ticket) stay open.
+    let fresh_token = fanout.keys.issue(user_id, tenant, Role::Analyst, 600);
+    let mut fresh_bearer_ws = fanout.connect(&fresh_token).await;
+    let fresh_ticket = issue_ticket(&mut fanout.redis, &ticket_key(), &principal, 30)
+        .await
+        .unwrap();
+    let mut fresh_ticket_ws = connect_with(addr, None, Some(&fresh_ticket), None)
+        .await
+        .expect("fresh ticket upgrade succeeds");
+    assert_eq!(recv(&mut fresh_ticket_ws).await["type"], "welcome");
+
+    assert_eq!(
+        close_of(&mut bearer_ws, WITHIN).await,
+        (4401, "credentials changed".to_owned())
+    );
+    assert_eq!(
+        close_of(&mut ticket_ws, WITHIN).await,
+        (4401, "credentials changed".to_owned())
+    );
+    assert!(changed.elapsed() < WITHIN, "{:?}", changed.elapsed());
+
+    // A further sweep over the fresh sessions leaves them open.
+    tokio::time::sleep(Duration::from_secs(RECHECK_SECS + 1)).await;
+    for (i, ws) in [&mut fresh_bearer_ws, &mut fresh_ticket_ws]
+        .into_iter()
+        .enumerate()
+    {
+        send(ws, json!({"type": "ping", "id": i})).await;
+        assert_eq!(recv_type(ws, "pong", WITHIN).await["id"], i);
+    }
+    assert_eq!(
+        fanout
+            .metric("gps_fanout_closes_total{reason=\"credentials_changed\"}")
+            .await,
+        2.0
+    );
+    // The old token itself is refused for a new session.
+    assert_eq!(
+        refused_status(connect_with(addr, Some(&token), None, None).await),
+        401
     );
     fanout.stop().await;
 }

@@ -5,7 +5,8 @@
 use gps_domain::auth::{self, Actor, Principal, Role};
 use gps_runtime::testing::{seed_device, unique_suffix, TestDb};
 use gps_store::principal::{
-    current, principal_from_api_key, principal_from_bearer, AuthError, JwtKeys,
+    credential_from_bearer, current, current_since, principal_from_api_key, principal_from_bearer,
+    AuthError, JwtKeys,
 };
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -66,11 +67,26 @@ async fn a_users_role_and_state_are_read_per_request() {
     set(&db.pool, id, "role = 'viewer'").await;
     assert_eq!(role_of(&resolve().await.unwrap()), Role::Viewer);
     assert_eq!(
-        role_of(&current(&db.pool, &principal).await.unwrap()),
+        role_of(&current(&db.pool, &principal, None).await.unwrap()),
         Role::Viewer
     );
 
-    // Credentials changed after the token was issued: refused; current() cannot see it.
+    // The token's issue time comes back with the principal, for sessions that outlive it.
+    let (_, issued_at) = credential_from_bearer(&db.pool, &keys, Some(&header))
+        .await
+        .unwrap();
+    let iat = keys.verify(&token).unwrap().iat;
+    assert_eq!(issued_at, Some(iat));
+    assert_eq!(
+        current_since(&db.pool, &principal)
+            .await
+            .unwrap()
+            .credentials_not_before,
+        None
+    );
+
+    // Credentials changed after the token was issued: refused, by the request path and by the
+    // re-check of a session opened with it; a check without an issue time cannot see it.
     set(
         &db.pool,
         id,
@@ -78,7 +94,15 @@ async fn a_users_role_and_state_are_read_per_request() {
     )
     .await;
     assert!(matches!(resolve().await, Err(AuthError::InvalidToken(_))));
-    assert!(current(&db.pool, &principal).await.is_ok());
+    assert!(matches!(
+        current(&db.pool, &principal, Some(iat)).await,
+        Err(AuthError::InvalidToken(_))
+    ));
+    let now = current_since(&db.pool, &principal).await.unwrap();
+    assert!(now.refuses(Some(iat)));
+    assert!(!now.refuses(Some(iat + 10)));
+    assert!(current(&db.pool, &principal, Some(iat + 10)).await.is_ok());
+    assert!(current(&db.pool, &principal, None).await.is_ok());
     set(
         &db.pool,
         id,
@@ -90,7 +114,7 @@ async fn a_users_role_and_state_are_read_per_request() {
     set(&db.pool, id, "disabled = true").await;
     assert!(matches!(resolve().await, Err(AuthError::Disabled)));
     assert!(matches!(
-        current(&db.pool, &principal).await,
+        current(&db.pool, &principal, None).await,
         Err(AuthError::Disabled)
     ));
     sqlx::query("DELETE FROM users WHERE id = $1")
@@ -99,7 +123,7 @@ async fn a_users_role_and_state_are_read_per_request() {
         .await
         .unwrap();
     assert!(matches!(
-        current(&db.pool, &principal).await,
+        current(&db.pool, &principal, None).await,
         Err(AuthError::Disabled)
     ));
     // Another tenant's principal naming the same user is nobody.
@@ -107,7 +131,7 @@ async fn a_users_role_and_state_are_read_per_request() {
         tenant_id: Uuid::new_v4(),
         ..principal
     };
-    assert!(current(&db.pool, &elsewhere).await.is_err());
+    assert!(current(&db.pool, &elsewhere, None).await.is_err());
 }
 
 #[tokio::test]
@@ -140,7 +164,7 @@ async fn an_api_key_follows_its_creator() {
     let now = principal_from_api_key(&db.pool, &minted.key).await.unwrap();
     assert_eq!(scopes(&now), ["devices:read"]);
     assert_eq!(
-        scopes(&current(&db.pool, &principal).await.unwrap()),
+        scopes(&current(&db.pool, &principal, None).await.unwrap()),
         ["devices:read"]
     );
 
@@ -151,11 +175,11 @@ async fn an_api_key_follows_its_creator() {
         Err(AuthError::InvalidApiKey)
     ));
     assert!(matches!(
-        current(&db.pool, &principal).await,
+        current(&db.pool, &principal, None).await,
         Err(AuthError::InvalidApiKey)
     ));
     set(&db.pool, creator, "disabled = false").await;
-    assert!(current(&db.pool, &principal).await.is_ok());
+    assert!(current(&db.pool, &principal, None).await.is_ok());
 
     // Revoked: refused by current() as by the rule.
     sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1")
@@ -164,7 +188,7 @@ async fn an_api_key_follows_its_creator() {
         .await
         .unwrap();
     assert!(matches!(
-        current(&db.pool, &principal).await,
+        current(&db.pool, &principal, None).await,
         Err(AuthError::InvalidApiKey)
     ));
     sqlx::query("UPDATE api_keys SET revoked_at = NULL WHERE id = $1")
@@ -186,7 +210,7 @@ async fn an_api_key_follows_its_creator() {
         .unwrap();
     assert_eq!(left, 0, "keys are deleted with their creator");
     assert!(matches!(
-        current(&db.pool, &principal).await,
+        current(&db.pool, &principal, None).await,
         Err(AuthError::InvalidApiKey)
     ));
 }
