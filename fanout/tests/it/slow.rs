@@ -10,10 +10,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::MaybeTlsStream;
 use uuid::Uuid;
 
 const DEVICES: usize = 40;
@@ -22,17 +19,7 @@ const DEVICES: usize = 40;
 async fn slow_client(addr: SocketAddr, token: &str) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let mut request = format!("ws://{addr}/v1/live")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
-        .await
-        .unwrap();
+    let mut ws = connect_on(socket, addr, token).await.unwrap();
     assert_eq!(recv(&mut ws).await["type"], "welcome");
     subscribe(&mut ws, json!({"type": "subscribe", "all": true})).await;
     ws

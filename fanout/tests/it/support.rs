@@ -195,6 +195,15 @@ pub(crate) async fn connect_from(
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::from((from, 0))).unwrap();
+    connect_on(socket, addr, bearer).await
+}
+
+/// Open `/v1/live` with a bearer credential over `socket` (bound or tuned by the caller).
+pub(crate) async fn connect_on(
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+    bearer: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let stream = socket.connect(addr).await.unwrap();
     let mut request = format!("ws://{addr}/v1/live")
         .into_client_request()

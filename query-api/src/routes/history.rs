@@ -635,9 +635,14 @@ struct ExportSlot {
 
 impl ExportSlot {
     /// Wait for a turn to query: hold the permit for the duration of one query.
-    async fn reader(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    /// The permit is owned, so a page read spawned on another task can hold it too.
+    fn reader(
+        &self,
+    ) -> impl std::future::Future<Output = Option<tokio::sync::OwnedSemaphorePermit>> + Send + 'static
+    {
+        let readers = self.readers.clone();
         // `None` only if the semaphore were closed, which it never is.
-        self.readers.acquire().await.ok()
+        async move { readers.acquire_owned().await.ok() }
     }
 }
 
@@ -937,9 +942,9 @@ impl Export {
         after: Option<(DateTime<Utc>, DateTime<Utc>)>,
         rows: i64,
     ) -> tokio::task::JoinHandle<Result<Vec<PositionRow>, ExportEnd>> {
-        let (pool, plan, readers) = (self.pool.clone(), self.plan, self.slot.readers.clone());
+        let (pool, plan, reader) = (self.pool.clone(), self.plan, self.slot.reader());
         tokio::spawn(async move {
-            let _reader = readers.acquire_owned().await;
+            let _reader = reader.await;
             plan.page(&pool, after, rows)
                 .await
                 .map_err(ExportEnd::Database)
