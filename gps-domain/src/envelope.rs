@@ -8,6 +8,7 @@
 //! partition.
 
 use crate::fix::{EpochMillis, Fix, Protocol};
+use crate::status::DeviceStatus;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -29,8 +30,13 @@ pub struct FixEnvelope {
     pub proto: Protocol,
     /// When ingest received the request (UTC ms).
     pub rx: EpochMillis,
-    /// The fixes, in the order the device sent them.
+    /// The fixes, in the order the device sent them. May be empty when `status` is set.
     pub fixes: Vec<Fix>,
+    /// The device's newest status report of this request (a report without a position, or the
+    /// battery/charging/alarm/motion a fix report carried). Optional, so old readers of version
+    /// 1 and old records are unaffected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DeviceStatus>,
 }
 
 /// Why a record could not be read as an envelope.
@@ -45,8 +51,8 @@ pub enum EnvelopeError {
     /// The record is not an envelope at all, or a field has the wrong shape.
     #[error("malformed envelope: {0}")]
     Malformed(#[from] serde_json::Error),
-    /// The envelope carries no fixes.
-    #[error("envelope carries no fixes")]
+    /// The envelope carries neither fixes nor a status report.
+    #[error("envelope carries no fixes and no status")]
     Empty,
 }
 
@@ -73,7 +79,14 @@ impl FixEnvelope {
             proto,
             rx,
             fixes,
+            status: None,
         }
+    }
+
+    /// The same envelope carrying a status report too.
+    pub fn with_status(mut self, status: DeviceStatus) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// The Kafka record key: the device id as hyphenated UUID text.
@@ -97,7 +110,7 @@ impl FixEnvelope {
             return Err(EnvelopeError::UnsupportedVersion { found: version });
         }
         let envelope: FixEnvelope = serde_json::from_slice(payload)?;
-        if envelope.fixes.is_empty() {
+        if envelope.fixes.is_empty() && envelope.status.is_none() {
             return Err(EnvelopeError::Empty);
         }
         Ok(envelope)

@@ -47,6 +47,19 @@ pub struct Fix {
     /// A small bag of extra attributes the protocol carried (e.g. OwnTracks `tid`).
     #[serde(rename = "x", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, serde_json::Value>,
+    /// Whether the device itself called the fix valid (Traccar's `valid=false`, a Teltonika
+    /// record without satellites). An invalid fix is kept in history but never becomes the
+    /// device's live or latest position. Written only when `false` (`"valid":false`).
+    #[serde(default = "valid_default", skip_serializing_if = "is_valid")]
+    pub valid: bool,
+}
+
+fn valid_default() -> bool {
+    true
+}
+
+fn is_valid(valid: &bool) -> bool {
+    *valid
 }
 
 impl Fix {
@@ -64,6 +77,7 @@ impl Fix {
             satellites: None,
             hdop: None,
             attributes: BTreeMap::new(),
+            valid: true,
         }
     }
 }
@@ -80,11 +94,19 @@ pub enum Protocol {
     Owntracks,
     /// The compact binary UDP datagram.
     Udp,
+    /// Teltonika Codec 8 / 8 Extended (UDP or TCP), the vehicle trackers' protocol.
+    Teltonika,
 }
 
 impl Protocol {
     /// Every protocol, for metric label pre-registration.
-    pub const ALL: [Protocol; 4] = [Self::Json, Self::Osmand, Self::Owntracks, Self::Udp];
+    pub const ALL: [Protocol; 5] = [
+        Self::Json,
+        Self::Osmand,
+        Self::Owntracks,
+        Self::Udp,
+        Self::Teltonika,
+    ];
 
     /// Stable lowercase name, used in metrics labels and the database.
     pub fn as_str(self) -> &'static str {
@@ -93,6 +115,7 @@ impl Protocol {
             Self::Osmand => "osmand",
             Self::Owntracks => "owntracks",
             Self::Udp => "udp",
+            Self::Teltonika => "teltonika",
         }
     }
 }
@@ -138,6 +161,68 @@ pub mod units {
     /// m/s to km/h, for encoders that speak OwnTracks' unit (load generator).
     pub fn mps_to_kmh(mps: f64) -> f64 {
         mps / MPS_PER_KMH
+    }
+
+    /// The unit a device reports its speed in on an endpoint whose protocol does not say
+    /// (the OsmAnd endpoint: Traccar Client sends knots, the OsmAnd app and GPSLogger m/s).
+    /// Configured per device, with a per-tenant default; stored as [`SpeedUnit::as_str`].
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+    )]
+    pub enum SpeedUnit {
+        /// Knots, Traccar's unit and the default.
+        #[default]
+        #[serde(rename = "kn")]
+        Knots,
+        /// Metres per second.
+        #[serde(rename = "mps")]
+        MetresPerSecond,
+        /// Kilometres per hour.
+        #[serde(rename = "kmh")]
+        KilometresPerHour,
+        /// Miles per hour.
+        #[serde(rename = "mph")]
+        MilesPerHour,
+    }
+
+    impl SpeedUnit {
+        /// Every unit, in the order documented.
+        pub const ALL: [SpeedUnit; 4] = [
+            Self::Knots,
+            Self::MetresPerSecond,
+            Self::KilometresPerHour,
+            Self::MilesPerHour,
+        ];
+
+        /// The stored and configured name: `kn`, `mps`, `kmh`, `mph`.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Self::Knots => "kn",
+                Self::MetresPerSecond => "mps",
+                Self::KilometresPerHour => "kmh",
+                Self::MilesPerHour => "mph",
+            }
+        }
+
+        /// A speed in this unit, in m/s.
+        pub fn to_mps(self, value: f64) -> f64 {
+            match self {
+                Self::Knots => knots_to_mps(value),
+                Self::MetresPerSecond => value,
+                Self::KilometresPerHour => kmh_to_mps(value),
+                Self::MilesPerHour => value * 0.447_04,
+            }
+        }
+    }
+
+    impl std::str::FromStr for SpeedUnit {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, Self::Err> {
+            Self::ALL
+                .into_iter()
+                .find(|u| u.as_str() == s)
+                .ok_or_else(|| format!("unknown speed unit `{s}` (expected kn, mps, kmh or mph)"))
+        }
     }
 }
 

@@ -13,8 +13,10 @@ pub mod fix;
 pub mod geo;
 pub mod live;
 pub mod reject;
+pub mod status;
 pub mod validation;
 pub mod wire;
 
 pub use envelope::{EnvelopeError, FixEnvelope, ENVELOPE_VERSION};
 pub use fix::{Fix, Protocol};
+pub use status::DeviceStatus;
