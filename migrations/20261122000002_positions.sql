@@ -1,5 +1,5 @@
 -- Position storage. Two paths, chosen once, here, and recorded in gps_storage:
---   * TimescaleDB (when the extension is installed and preloaded): `positions` is a hypertable
+--   * TimescaleDB (when the extension is usable by the migrating role): `positions` is a hypertable
 --     with daily chunks, compression after 7 days, retention after 365 days, and
 --     `positions_hourly` is a continuous aggregate.
 --   * Native PostgreSQL (the fallback, e.g. on Debian where TimescaleDB is not packaged):
@@ -9,6 +9,13 @@
 -- Both paths share one column list (positions_columns below) and the same table, view and
 -- function names, so every query works on both. Set `gps.disable_timescaledb = on` on the
 -- database to force the fallback.
+--
+-- Detection needs no superuser: it never reads `shared_preload_libraries` (a plain role may not,
+-- SQLSTATE 42501 on a server with TimescaleDB). The extension is used when it is already
+-- created in this database, or when `CREATE EXTENSION timescaledb` succeeds here; any error
+-- of that attempt (not preloaded, no right to create it) is caught and the fallback taken, with
+-- a warning naming the reason. This text was corrected on 2026-11-30 (issue 18); the migrator
+-- accepts the checksum of the earlier text for this version (`gps_runtime::db::migrate`).
 
 CREATE TABLE gps_storage (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -39,16 +46,26 @@ DECLARE
         attributes   jsonb,
         PRIMARY KEY (device_id, fix_time)
     $cols$;
-    use_timescale boolean;
+    use_timescale boolean := false;
 BEGIN
-    use_timescale :=
-        EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
-        AND coalesce(current_setting('shared_preload_libraries', true), '') LIKE '%timescaledb%'
-        AND coalesce(current_setting('gps.disable_timescaledb', true), '') <> 'on';
+    IF coalesce(current_setting('gps.disable_timescaledb', true), '') = 'on' THEN
+        RAISE NOTICE 'gps.disable_timescaledb is on: native partitioning';
+    ELSIF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+        use_timescale := true;
+    ELSIF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+        -- A sub-block: its error rolls back only the attempt ("must be preloaded", "permission
+        -- denied to create extension"), and the fallback is taken.
+        BEGIN
+            CREATE EXTENSION IF NOT EXISTS timescaledb;
+            use_timescale := true;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'timescaledb is installed but not usable here (%: %): native partitioning',
+                SQLSTATE, SQLERRM;
+        END;
+    END IF;
 
     IF use_timescale THEN
         -- TimescaleDB path ------------------------------------------------------------------
-        CREATE EXTENSION IF NOT EXISTS timescaledb;
         INSERT INTO gps_storage (mode) VALUES ('timescaledb');
         EXECUTE format('CREATE TABLE positions (%s)', positions_columns);
         PERFORM create_hypertable('positions', 'fix_time',

@@ -2,12 +2,14 @@
 //! body of `POST /v1/fixes` (one fix, a batch of 100), the OsmAnd / Traccar Client parameters
 //! (query string; a form body goes through the same decoder) and its JSON body, an OwnTracks
 //! location message, and the signed UDP datagram (framing, HMAC-SHA256 verification and fix
-//! decoding; one fix and a full datagram). Bodies are built with the device-side encoders from
-//! fixes of a simulated vehicle.
+//! decoding; one fix and a full datagram), and Teltonika Codec 8 / 8 Extended frames (CRC,
+//! records with an FMB unit's permanent IO elements, mapping to fixes and the status; one record
+//! and a 30-record frame as a unit sends after a gap in coverage). Bodies are built with the
+//! device-side encoders from fixes of a simulated vehicle.
 
 use benches::sample_track;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gps_domain::wire::{json, osmand, owntracks, udp};
+use gps_domain::wire::{json, osmand, owntracks, teltonika, udp};
 use gps_domain::Fix;
 use serde_json::json;
 use uuid::Uuid;
@@ -73,9 +75,9 @@ fn osmand_bodies(c: &mut Criterion) {
         b.iter(|| osmand::decode_params(black_box(q.as_bytes()), 1_700_000_000_000).unwrap())
     });
     let body = traccar_json_body(fix);
-    assert_eq!(osmand::decode_json(&body).unwrap().fixes.len(), 1);
+    assert_eq!(osmand::decode_json(&body, 0).unwrap().fixes.len(), 1);
     group.bench_with_input(BenchmarkId::new("traccar_json", 1), &body, |b, body| {
-        b.iter(|| osmand::decode_json(black_box(body)).unwrap())
+        b.iter(|| osmand::decode_json(black_box(body), 1_700_000_000_000).unwrap())
     });
     group.finish();
 }
@@ -94,11 +96,11 @@ fn owntracks_body(c: &mut Criterion) {
     }
     let body = serde_json::to_vec(&message).unwrap();
     assert!(matches!(
-        owntracks::decode(&body).unwrap(),
-        owntracks::OwntracksMessage::Location(_)
+        owntracks::decode(&body, 0).unwrap(),
+        owntracks::OwntracksMessage::Location(..)
     ));
     group.bench_with_input(BenchmarkId::new("decode", 1), &body, |b, body| {
-        b.iter(|| owntracks::decode(black_box(body)).unwrap())
+        b.iter(|| owntracks::decode(black_box(body), 1_700_000_000_000).unwrap())
     });
     group.finish();
 }
@@ -118,11 +120,42 @@ fn udp_datagram(c: &mut Criterion) {
     group.finish();
 }
 
+fn teltonika_frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ingest/teltonika");
+    for n in [1usize, 30] {
+        let records: Vec<_> = fixes(n)
+            .iter()
+            .map(teltonika::AvlRecord::from_fix)
+            .collect();
+        group.throughput(Throughput::Elements(n as u64));
+        for (name, codec) in [
+            ("codec8_tcp", teltonika::Codec::Codec8),
+            ("codec8e_tcp", teltonika::Codec::Codec8Extended),
+        ] {
+            let frame = teltonika::encode_tcp(codec, &records).unwrap();
+            let decoded = teltonika::decode_tcp_frame(&frame).unwrap();
+            assert_eq!(teltonika::report(&decoded).fixes.len(), n);
+            group.bench_with_input(BenchmarkId::new(name, n), &frame, |b, frame| {
+                b.iter(|| {
+                    teltonika::report(&teltonika::decode_tcp_frame(black_box(frame)).unwrap())
+                })
+            });
+        }
+        let datagram =
+            teltonika::encode_udp(0xCAFE, 5, UID, teltonika::Codec::Codec8, &records).unwrap();
+        group.bench_with_input(BenchmarkId::new("codec8_udp", n), &datagram, |b, d| {
+            b.iter(|| teltonika::report(&teltonika::decode_udp(black_box(d)).unwrap().avl))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     json_body,
     osmand_bodies,
     owntracks_body,
-    udp_datagram
+    udp_datagram,
+    teltonika_frames
 );
 criterion_main!(benches);

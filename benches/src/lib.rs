@@ -1,12 +1,16 @@
 //! The benches' shared pieces and the load generator (`loadgen`): device simulation ([`sim`]),
 //! wire encoders ([`wire`]), fleet seeding ([`seed`]), a measured run ([`run`]), the report's
 //! arithmetic and output ([`stats`], [`report`]), the raw ceilings ([`ceiling`]), the
-//! processor-alone drain ([`drain`]), the endless demo stream ([`demo`]) and the fanout's
-//! WebSocket load ([`ws`]).
+//! processor-alone drain ([`drain`]), the endless demo stream ([`demo`]), the fanout's
+//! WebSocket load ([`ws`]), the fault drill ([`drill`]), history reads as the table grows
+//! ([`history_scale`]) and acknowledgement latency at fixed numbers in flight ([`concurrency`]).
 
 pub mod ceiling;
+pub mod concurrency;
 pub mod demo;
 pub mod drain;
+pub mod drill;
+pub mod history_scale;
 pub mod report;
 pub mod run;
 pub mod seed;

@@ -186,13 +186,16 @@ struct SimDevice {
 /// Run the load and return the report.
 pub async fn run(config: RunConfig, env: RunEnv) -> Result<Report, LoadgenError> {
     let run_id = &Uuid::new_v4().simple().to_string()[..8];
-    let fleet = seed::fleet(
+    let mut fleet = seed::fleet(
         &env.pool,
         &format!("loadgen-{run_id}"),
         &format!("lg{run_id}"),
         config.devices,
     )
     .await?;
+    if config.mode == Mode::Teltonika {
+        seed::as_teltonika(&env.pool, &mut fleet).await?;
+    }
     let index_of: Arc<HashMap<Uuid, u32>> = Arc::new(
         fleet
             .devices
@@ -457,11 +460,12 @@ async fn worker(
     let per_request = match config.mode {
         Mode::HttpBatch => config.batch.max(1),
         Mode::Udp => config.batch.clamp(1, wire::UDP_MAX_FIXES),
+        Mode::Teltonika => config.batch.clamp(1, wire::TELTONIKA_MAX_RECORDS),
         _ => 1,
     };
     // UDP has no acknowledgement: a datagram the kernel took counts as acknowledged, and the
     // loss check shows what the network or ingest dropped.
-    let udp = if config.mode == Mode::Udp {
+    let udp = if matches!(config.mode, Mode::Udp | Mode::Teltonika) {
         match tokio::net::UdpSocket::bind("127.0.0.1:0").await {
             Ok(socket) if socket.connect(config.udp_addr).await.is_ok() => Some(socket),
             _ => {
@@ -565,10 +569,12 @@ async fn send(
             .bearer_auth(&dev.device.token)
             .header("content-type", "application/json")
             .body(wire::json_body(&only)),
-        Mode::Osmand => client.post(format!(
-            "{base}/?{}",
-            wire::osmand_query(&dev.device.uid, &only[0])
-        )),
+        Mode::Osmand => client
+            .post(format!(
+                "{base}/?{}",
+                wire::osmand_query(&dev.device.uid, &only[0])
+            ))
+            .bearer_auth(&dev.device.token),
         Mode::Owntracks => client
             .post(format!("{base}/owntracks"))
             .basic_auth(&dev.device.uid, Some(&dev.device.token))
@@ -585,6 +591,17 @@ async fn send(
                 Ok(_) => Ok(()),
                 Err(_) => Err(("udp_send".into(), None)),
             };
+        }
+        Mode::Teltonika => {
+            let packet_id = dev.udp_counter as u16;
+            let datagram = wire::teltonika_datagram(&dev.device.uid, packet_id, &only)
+                .map_err(|_| ("teltonika_unencodable".to_string(), None))?;
+            let socket = udp.ok_or_else(|| ("udp_socket".to_string(), None))?;
+            socket
+                .send(&datagram)
+                .await
+                .map_err(|_| ("udp_send".to_string(), None))?;
+            return teltonika_acknowledged(socket, packet_id, only.len()).await;
         }
     };
     let response = request.send().await.map_err(|e| (error_kind(&e), None))?;
@@ -610,6 +627,29 @@ async fn send(
         .and_then(|v| v.parse::<f64>().ok())
         .map(|s| Duration::from_secs_f64(s.clamp(0.0, 1.0)));
     Err((format!("http_{}", status.as_u16()), retry_after))
+}
+
+/// Wait for the acknowledgement of Teltonika datagram `packet_id` (ingest answers only after
+/// Kafka took it); an answer to an earlier, timed-out datagram is skipped.
+async fn teltonika_acknowledged(
+    socket: &tokio::net::UdpSocket,
+    packet_id: u16,
+    records: usize,
+) -> Result<(), SendError> {
+    let expected = gps_domain::wire::teltonika::udp_ack(packet_id, packet_id as u8, records as u8);
+    let mut ack = [0u8; 16];
+    let wait = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            _ = &mut wait => return Err(("teltonika_no_ack".into(), None)),
+            received = socket.recv(&mut ack) => match received {
+                Ok(n) if ack[..n] == expected => return Ok(()),
+                Ok(_) => continue,
+                Err(_) => return Err(("udp_recv".into(), None)),
+            },
+        }
+    }
 }
 
 async fn poll_database(

@@ -31,7 +31,7 @@ pub struct Fleet {
 
 /// Create (or reuse) tenant `tenant` and upsert `count` devices named `<prefix>-<n>`, rotating
 /// their credentials: tokens are stored only as digests, so a rerun cannot recover the old ones.
-/// Refuses a uid that already belongs to another tenant.
+/// Uids are unique per tenant, so another tenant's devices of the same names are no concern.
 pub async fn fleet(
     pool: &PgPool,
     tenant: &str,
@@ -59,10 +59,9 @@ pub async fn fleet(
         let rows: Vec<(Uuid, String)> = sqlx::query_as(
             "INSERT INTO devices (tenant_id, uid, name, token_hash, udp_key)
              SELECT $1, u, u, h, k FROM UNNEST($2::text[], $3::text[], $4::bytea[]) AS t(u, h, k)
-             ON CONFLICT (uid) DO UPDATE
+             ON CONFLICT (tenant_id, uid) DO UPDATE
                 SET token_hash = EXCLUDED.token_hash, udp_key = EXCLUDED.udp_key,
                     disabled = false, updated_at = now()
-                WHERE devices.tenant_id = EXCLUDED.tenant_id
              RETURNING id, uid",
         )
         .bind(tenant_id)
@@ -90,6 +89,25 @@ pub async fn fleet(
     Ok(Fleet { tenant_id, devices })
 }
 
+/// Turn `fleet` into Teltonika units: each device's uid becomes a 15-digit IMEI derived from its
+/// id, and the device is opted in to uid-only reporting (Teltonika carries no secret).
+pub async fn as_teltonika(pool: &PgPool, fleet: &mut Fleet) -> Result<(), sqlx::Error> {
+    for device in &mut fleet.devices {
+        device.uid = format!("{:015}", device.id.as_u128() % 1_000_000_000_000_000);
+    }
+    let ids: Vec<Uuid> = fleet.devices.iter().map(|d| d.id).collect();
+    let uids: Vec<String> = fleet.devices.iter().map(|d| d.uid.clone()).collect();
+    sqlx::query(
+        "UPDATE devices SET uid = t.u, uid_only = true, updated_at = now()
+         FROM UNNEST($1::uuid[], $2::text[]) AS t(i, u) WHERE devices.id = t.i",
+    )
+    .bind(&ids)
+    .bind(&uids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Create (or reuse) an analyst user of `tenant_id` named `email` that cannot log in with a
 /// password, and mint it an access token valid `ttl_secs` with `keys`.
 pub async fn live_viewer_token(
@@ -103,8 +121,7 @@ pub async fn live_viewer_token(
     let user_id: Uuid = sqlx::query_scalar(
         "INSERT INTO users (tenant_id, email, display_name, password_hash, role)
          VALUES ($1, $2, 'load generator', '!', 'analyst')
-         ON CONFLICT (lower(email)) DO UPDATE SET disabled = false, updated_at = now()
-         WHERE users.tenant_id = EXCLUDED.tenant_id
+         ON CONFLICT (tenant_id, lower(email)) DO UPDATE SET disabled = false, updated_at = now()
          RETURNING id",
     )
     .bind(tenant_id)

@@ -19,6 +19,11 @@ pub enum Mode {
     Owntracks,
     /// Binary UDP datagrams (several fixes per datagram).
     Udp,
+    /// Teltonika Codec 8 over UDP (`--udp-addr` = ingest's Teltonika port, 8085), `--batch`
+    /// records per datagram, each answered by the device acknowledgement after Kafka took it.
+    /// Null Island faults become status-only records (no fix to quarantine): run with
+    /// `--bad-rate 0`.
+    Teltonika,
 }
 
 impl Mode {
@@ -36,6 +41,7 @@ impl Mode {
             Self::Osmand => "osmand",
             Self::Owntracks => "owntracks",
             Self::Udp => "udp",
+            Self::Teltonika => "teltonika",
         }
     }
 }
@@ -69,6 +75,21 @@ pub fn udp_datagram(
     gps_domain::wire::udp::encode(device, counter, fixes, key)
 }
 
+/// Most records one Teltonika datagram carries here (an FMB unit sends up to about 50).
+pub const TELTONIKA_MAX_RECORDS: usize = 50;
+
+/// A Teltonika Codec 8 UDP datagram of `fixes` from `imei`, channel packet id `packet_id`, as an
+/// FMB unit sends it (speed in km/h, position in 1e-7 degrees, its permanent IO elements).
+pub fn teltonika_datagram(
+    imei: &str,
+    packet_id: u16,
+    fixes: &[Fix],
+) -> Result<Vec<u8>, gps_domain::wire::teltonika::TeltonikaError> {
+    use gps_domain::wire::teltonika::{encode_udp, AvlRecord, Codec};
+    let records: Vec<_> = fixes.iter().map(AvlRecord::from_fix).collect();
+    encode_udp(packet_id, packet_id as u8, imei, Codec::Codec8, &records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +100,17 @@ mod tests {
         assert!(osmand_query("d", &fix).contains("timestamp=1700000000"));
         assert!(Mode::Osmand.second_resolution() && Mode::Owntracks.second_resolution());
         assert!(!Mode::HttpBatch.second_resolution() && !Mode::Udp.second_resolution());
+    }
+
+    #[test]
+    fn teltonika_datagrams_carry_the_imei_and_every_record() {
+        let fixes: Vec<Fix> = (0..TELTONIKA_MAX_RECORDS as i64)
+            .map(|i| Fix::new(1_700_000_000_000 + i, 52.5, 13.4))
+            .collect();
+        let d = teltonika_datagram("352093086403655", 7, &fixes).unwrap();
+        let packet = gps_domain::wire::teltonika::decode_udp(&d).unwrap();
+        assert_eq!((packet.imei, packet.packet_id), ("352093086403655", 7));
+        assert_eq!(packet.avl.records.len(), TELTONIKA_MAX_RECORDS);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct Config {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// `TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client of the per-IP connect limit.
+    #[command(flatten)]
+    pub client_ip: gps_runtime::client_ip::ClientIpArgs,
     /// Browser origins allowed to open `/v1/live` (comma separated, exact `scheme://host[:port]`,
     /// or `*`). Requests without an `Origin` header (non-browser clients) are always allowed.
     #[arg(
@@ -220,6 +223,8 @@ pub struct Settings {
     pub recheck_interval: Duration,
     /// Connect rate limits.
     pub connect_limits: ConnectLimits,
+    /// The reverse proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
+    pub trusted_proxies: gps_runtime::client_ip::TrustedProxies,
 }
 
 impl Config {
@@ -312,6 +317,7 @@ impl Config {
                 per_ip: self.connect_limit_per_ip,
                 per_principal: self.connect_limit_per_principal,
             },
+            trusted_proxies: self.client_ip.trusted_proxies.clone(),
         })
     }
 }

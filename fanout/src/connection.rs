@@ -104,7 +104,13 @@ pub async fn live(
     params: Result<Query<LiveParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let peer = peer.ok().map(|ConnectInfo(addr)| addr.ip());
+    // The client behind trusted proxies (`TRUSTED_PROXIES`); otherwise the TCP peer.
+    let peer = peer.ok().map(|ConnectInfo(addr)| {
+        state
+            .settings
+            .trusted_proxies
+            .client_ip(addr.ip(), &headers)
+    });
     match accept(state.clone(), peer, headers, params, upgrade).await {
         Ok(response) => response,
         Err(e) => {
@@ -696,6 +702,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, conn: &ConnShared, 
     let fix_sent = metrics.messages_sent.with_label_values(&["fix"]);
     let snapshot_sent = metrics.messages_sent.with_label_values(&["snapshot"]);
     let control_sent = metrics.messages_sent.with_label_values(&["control"]);
+    let status_sent = metrics.messages_sent.with_label_values(&["status"]);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     'session: loop {
         loop {
@@ -722,6 +729,10 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, conn: &ConnShared, 
                         snapshot_sent.inc();
                         let text = protocol::snapshot_message(id.as_ref(), truncated, &entries);
                         (Message::Text(text.into()), None)
+                    }
+                    Outgoing::Status(status) => {
+                        status_sent.inc();
+                        (Message::Text(status.message().into()), None)
                     }
                     Outgoing::Text(text) => {
                         control_sent.inc();

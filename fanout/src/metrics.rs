@@ -185,7 +185,7 @@ impl Metrics {
         for kind in ["device", "bbox", "all"] {
             metrics.subscriptions.with_label_values(&[kind]);
         }
-        for kind in ["fix", "snapshot", "control"] {
+        for kind in ["fix", "status", "snapshot", "control"] {
             metrics.messages_sent.with_label_values(&[kind]);
         }
         for outcome in RECHECK_OUTCOMES {

@@ -6,12 +6,16 @@
 //! blocks); a connection's memory is bounded by `queue_hard_limit` messages; sequence numbers are
 //! assigned when a message leaves the queue, and a coalesced (skipped) fix still consumes its
 //! number, so a client sees a jump in `seq` exactly where fixes of that device were skipped.
+//! A device status follows the same admission rules as a fix (capacity, grace, hard limit), and
+//! coalesces the same way: a newer status of a device replaces its queued one. It has no `seq`
+//! and is not counted as lagged: each status is the device's whole state, so the newest one
+//! loses nothing.
 //!
 //! The grace clock is tokio's ([`tokio::time::Instant`]), so tests drive it with
 //! `tokio::time::pause`/`advance` instead of sleeping.
 
 use crate::metrics::Metrics;
-use crate::protocol::EncodedFix;
+use crate::protocol::{EncodedFix, EncodedStatus};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -128,6 +132,8 @@ pub enum Item {
         /// How many sequence numbers were consumed by coalesced fixes before it.
         skipped: u64,
     },
+    /// A device status (the newest queued one of its device).
+    Status(Arc<EncodedStatus>),
     /// A ready JSON control message (ack, error, pong, gap).
     Text(String),
     /// A snapshot; sequence numbers are assigned when it leaves the queue.
@@ -153,6 +159,8 @@ pub enum Outgoing {
         /// The fix.
         fix: Arc<EncodedFix>,
     },
+    /// A device status.
+    Status(Arc<EncodedStatus>),
     /// A control message.
     Text(String),
     /// A snapshot with a sequence number per position.
@@ -168,6 +176,13 @@ pub enum Outgoing {
     Lagged(u64),
     /// A heartbeat ping.
     Ping,
+}
+
+/// Which kind of live item a push is (fixes are counted and sequenced, statuses are not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Live {
+    Fix,
+    Status,
 }
 
 #[derive(Debug, Default)]
@@ -237,16 +252,57 @@ impl ConnShared {
 
     /// Queue a live fix, coalescing or closing when the client is behind. Never blocks.
     pub fn push_fix(&self, fix: &Arc<EncodedFix>) {
+        let new = || Item::Fix {
+            fix: fix.clone(),
+            skipped: 0,
+        };
+        // Keep only the newest fix of the device: fold the new one into its latest queued fix.
+        let fold = |item: &mut Item| match item {
+            Item::Fix { fix: f, skipped } if f.device == fix.device => {
+                *skipped += 1;
+                if fix.fix_time >= f.fix_time {
+                    *f = fix.clone();
+                }
+                true
+            }
+            _ => false,
+        };
+        self.push_live(Live::Fix, new, fold);
+    }
+
+    /// Queue a device status by the same rules as a fix; a newer status of the device replaces
+    /// its queued one. Never blocks.
+    pub fn push_status(&self, status: &Arc<EncodedStatus>) {
+        let fold = |item: &mut Item| match item {
+            Item::Status(queued) if queued.device == status.device => {
+                if status.rank >= queued.rank {
+                    *queued = status.clone();
+                }
+                true
+            }
+            _ => false,
+        };
+        self.push_live(Live::Status, || Item::Status(status.clone()), fold);
+    }
+
+    /// The one admission rule of live items: queued while under capacity; once behind, folded
+    /// into a queued item of the same device (`fold` says whether it found one) or queued up to
+    /// the hard limit, and the client closed past the limit or the grace.
+    fn push_live(
+        &self,
+        kind: Live,
+        new: impl FnOnce() -> Item,
+        mut fold: impl FnMut(&mut Item) -> bool,
+    ) {
         let mut ob = self.lock();
         if ob.closing.is_some() {
-            self.metrics.dropped.with_label_values(&["closing"]).inc();
+            if kind == Live::Fix {
+                self.metrics.dropped.with_label_values(&["closing"]).inc();
+            }
             return;
         }
         if ob.items.len() < self.limits.capacity {
-            ob.items.push_back(Item::Fix {
-                fix: fix.clone(),
-                skipped: 0,
-            });
+            ob.items.push_back(new());
             drop(ob);
             self.notify.notify_one();
             return;
@@ -257,23 +313,13 @@ impl ConnShared {
             self.close_locked(&mut ob, CloseReason::TooSlow);
             return;
         }
-        // Keep only the newest fix of the device: fold the new one into its latest queued fix.
-        let queued = ob.items.iter_mut().rev().find_map(|item| match item {
-            Item::Fix { fix: f, skipped } if f.device == fix.device => Some((f, skipped)),
-            _ => None,
-        });
-        if let Some((queued_fix, skipped)) = queued {
-            *skipped += 1;
-            if fix.fix_time >= queued_fix.fix_time {
-                *queued_fix = fix.clone();
+        if ob.items.iter_mut().rev().any(&mut fold) {
+            if kind == Live::Fix {
+                ob.coalesced_pending += 1;
+                self.metrics.coalesced.inc();
             }
-            ob.coalesced_pending += 1;
-            self.metrics.coalesced.inc();
         } else if ob.items.len() < self.limits.hard_limit {
-            ob.items.push_back(Item::Fix {
-                fix: fix.clone(),
-                skipped: 0,
-            });
+            ob.items.push_back(new());
         } else {
             self.close_locked(&mut ob, CloseReason::TooSlow);
             return;
@@ -316,14 +362,19 @@ impl ConnShared {
         self.notify.notify_one();
     }
 
-    /// Drop queued live fixes of devices for which `keep` is false (the client may no longer
-    /// see them); returns how many were dropped.
+    /// Drop queued live fixes and statuses of devices for which `keep` is false (the client
+    /// may no longer see them); returns how many fixes were dropped.
     pub fn purge_fixes(&self, keep: impl Fn(Uuid) -> bool) -> usize {
         let mut ob = self.lock();
-        let before = ob.items.len();
-        ob.items
-            .retain(|item| !matches!(item, Item::Fix { fix, .. } if !keep(fix.device)));
-        let purged = before - ob.items.len();
+        let mut purged = 0;
+        ob.items.retain(|item| match item {
+            Item::Fix { fix, .. } if !keep(fix.device) => {
+                purged += 1;
+                false
+            }
+            Item::Status(status) => keep(status.device),
+            _ => true,
+        });
         self.metrics
             .dropped
             .with_label_values(&["revoked"])
@@ -387,6 +438,7 @@ impl ConnShared {
                     *seq += 1 + skipped;
                     Outgoing::Fix { seq: *seq, fix }
                 }
+                Item::Status(status) => Outgoing::Status(status),
                 Item::Text(text) => Outgoing::Text(text),
                 Item::Snapshot {
                     id,
@@ -453,6 +505,21 @@ mod tests {
         ))
     }
 
+    fn status(device: Uuid, t: i64) -> Arc<EncodedStatus> {
+        Arc::new(EncodedStatus::from_live(&gps_domain::live::LiveStatus {
+            device,
+            uid: "d".into(),
+            last_seen: t,
+            status_time: Some(t),
+            battery_pct: Some(t as f64),
+            charging: None,
+            motion: None,
+            alarm: None,
+            alarm_time: None,
+            attributes: Default::default(),
+        }))
+    }
+
     fn drain(c: &ConnShared) -> Vec<Outgoing> {
         let mut out = Vec::new();
         assert!(c.pop_batch(usize::MAX, &mut out));
@@ -498,6 +565,76 @@ mod tests {
             Outgoing::Fix { seq, .. } => assert_eq!(*seq, 4),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn statuses_coalesce_per_device_without_touching_fix_sequences_or_lagged() {
+        let c = conn(2, 4, Duration::from_secs(60));
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        c.push_fix(&fix(a, 1));
+        c.push_status(&status(a, 5));
+        c.push_status(&status(a, 7)); // behind: replaces a@5
+        c.push_status(&status(a, 6)); // older than the queued one: folded, not kept
+        c.push_status(&status(b, 1)); // another device: queued up to the hard limit
+        assert_eq!(c.queued(), 3);
+        let out = drain(&c);
+        assert!(
+            !out.iter().any(|o| matches!(o, Outgoing::Lagged(_))),
+            "{out:?}"
+        );
+        let kept: Vec<(Uuid, i64)> = out
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Status(s) => Some((s.device, s.rank.0)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kept, [(a, 7), (b, 1)]);
+        assert!(matches!(&out[0], Outgoing::Fix { seq: 1, .. }), "{out:?}");
+        c.push_fix(&fix(a, 2));
+        assert!(
+            matches!(&drain(&c)[0], Outgoing::Fix { seq: 2, .. }),
+            "statuses take no seq"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn statuses_obey_the_hard_limit_and_the_grace_like_fixes() {
+        let c = conn(1, 2, GRACE);
+        c.push_status(&status(Uuid::new_v4(), 1));
+        c.push_status(&status(Uuid::new_v4(), 1));
+        assert_eq!(c.close_reason(), None);
+        c.push_status(&status(Uuid::new_v4(), 1));
+        assert_eq!(
+            c.close_reason(),
+            Some(CloseReason::TooSlow),
+            "past the hard limit"
+        );
+
+        let c = conn(1, 100, GRACE);
+        let d = Uuid::new_v4();
+        c.push_status(&status(d, 1));
+        c.push_status(&status(d, 2)); // over capacity: starts the clock
+        tokio::time::advance(GRACE + Duration::from_millis(1)).await;
+        c.push_status(&status(d, 3));
+        assert_eq!(
+            c.close_reason(),
+            Some(CloseReason::TooSlow),
+            "behind past the grace"
+        );
+    }
+
+    #[test]
+    fn purging_a_device_drops_its_queued_statuses_too() {
+        let c = conn(10, 20, Duration::from_secs(60));
+        let (keep, drop) = (Uuid::new_v4(), Uuid::new_v4());
+        c.push_status(&status(keep, 1));
+        c.push_status(&status(drop, 1));
+        c.push_fix(&fix(drop, 1));
+        assert_eq!(c.purge_fixes(|d| d == keep), 1);
+        let out = drain(&c);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(&out[0], Outgoing::Status(s) if s.device == keep));
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //!
 //! A fix is encoded once per Redis message into an [`EncodedFix`] body shared by every subscriber;
 //! each connection only splices its own per-device sequence number in front of it, so the cost of
-//! a fix sent to many clients is one JSON encoding plus a copy per client.
+//! a fix sent to many clients is one JSON encoding plus a copy per client. A device status is
+//! encoded once into a whole `status` message ([`EncodedStatus`]): it carries no sequence number
+//! (it is a state, not a stream: the newest replaces the older).
 
 use gps_domain::fix::{EpochMillis, Fix};
 use gps_domain::geo::{BBox, BBoxError};
-use gps_domain::live::LiveFix;
+use gps_domain::live::{LiveFix, LiveStatus};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
@@ -352,6 +354,70 @@ impl EncodedFix {
     }
 }
 
+/// One device status ready to send: the whole `status` message, shared by every subscriber.
+#[derive(Debug)]
+pub struct EncodedStatus {
+    /// Device id.
+    pub device: Uuid,
+    /// How new it is: (status time, alarm time, last seen), compared in that order; a newer
+    /// status replaces an older one still queued for a slow client.
+    pub rank: (EpochMillis, EpochMillis, EpochMillis),
+    text: Box<str>,
+}
+
+#[derive(Serialize)]
+struct StatusFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    device_id: Uuid,
+    uid: &'a str,
+    last_seen: EpochMillis,
+    status_time: Option<EpochMillis>,
+    battery_pct: Option<f64>,
+    charging: Option<bool>,
+    motion: Option<bool>,
+    alarm: Option<&'a str>,
+    alarm_time: Option<EpochMillis>,
+    attributes: &'a std::collections::BTreeMap<String, Value>,
+}
+
+impl EncodedStatus {
+    /// `{"type":"status","device_id":..,"uid":..,"last_seen":..,...}` for a status as published
+    /// live; every field is present (`null` when the device did not say).
+    pub fn from_live(live: &LiveStatus) -> Self {
+        let frame = StatusFrame {
+            kind: "status",
+            device_id: live.device,
+            uid: &live.uid,
+            last_seen: live.last_seen,
+            status_time: live.status_time,
+            battery_pct: live.battery_pct,
+            charging: live.charging,
+            motion: live.motion,
+            alarm: live.alarm.as_deref(),
+            alarm_time: live.alarm_time,
+            attributes: &live.attributes,
+        };
+        // A struct of plain fields serializes; non-finite floats become null.
+        let text = serde_json::to_string(&frame).unwrap_or_else(|_| "{}".to_owned());
+        let never = EpochMillis::MIN;
+        Self {
+            device: live.device,
+            rank: (
+                live.status_time.unwrap_or(never),
+                live.alarm_time.unwrap_or(never),
+                live.last_seen,
+            ),
+            text: text.into(),
+        }
+    }
+
+    /// The message text.
+    pub fn message(&self) -> &str {
+        &self.text
+    }
+}
+
 /// `{"type":"fix","seq":N,...}`.
 pub fn fix_message(seq: u64, fix: &EncodedFix) -> String {
     let mut out = String::with_capacity(fix.body.len() + 32);
@@ -605,6 +671,37 @@ mod tests {
         assert_eq!(snapshot["count"], 2);
         assert_eq!(snapshot["positions"][1]["seq"], 1);
         assert_eq!(snapshot["positions"][0]["fix"]["lat"], 48.5);
+    }
+
+    #[test]
+    fn a_status_message_carries_every_field() {
+        let mut live = LiveStatus {
+            device: Uuid::from_u128(7),
+            uid: "phone".into(),
+            last_seen: 30,
+            status_time: Some(20),
+            battery_pct: Some(f64::NAN),
+            charging: Some(true),
+            motion: None,
+            alarm: Some("sos".into()),
+            alarm_time: Some(10),
+            attributes: Default::default(),
+        };
+        live.attributes.insert("rssi".into(), json!(-70));
+        let encoded = EncodedStatus::from_live(&live);
+        let message: Value = serde_json::from_str(encoded.message()).unwrap();
+        assert_eq!(message["type"], "status");
+        assert_eq!(message["device_id"], Uuid::from_u128(7).to_string());
+        assert_eq!(message["uid"], "phone");
+        assert_eq!(message["last_seen"], 30);
+        assert_eq!(message["status_time"], 20);
+        assert_eq!(message["battery_pct"], Value::Null, "NaN is not JSON");
+        assert_eq!(message["charging"], true);
+        assert_eq!(message["motion"], Value::Null);
+        assert_eq!(message["alarm"], "sos");
+        assert_eq!(message["alarm_time"], 10);
+        assert_eq!(message["attributes"]["rssi"], -70);
+        assert_eq!(encoded.rank, (20, 10, 30));
     }
 
     #[test]

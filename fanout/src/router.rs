@@ -2,13 +2,17 @@
 //! the connections subscribed to it, plus a list of the tenant's "wide" subscribers (bounding
 //! boxes or all devices). Routing a fix costs one hash lookup per tenant and device, plus one
 //! check per wide subscriber of the same tenant: never a scan of unrelated connections.
+//!
+//! A device status goes where a fix of the device would, by the same visibility rule, except to
+//! bounding-box subscriptions: a status has no position to place in a box, so a connection gets
+//! it when it names the device (directly or through a group) or subscribes to `all`.
 
 use crate::metrics::Metrics;
 use crate::outbox::{ConnShared, Item};
-use crate::protocol::EncodedFix;
+use crate::protocol::{EncodedFix, EncodedStatus};
 use gps_domain::auth::Visibility;
 use gps_domain::geo::BBox;
-use gps_domain::live::LiveFix;
+use gps_domain::live::{LiveFix, LiveStatus};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -196,6 +200,41 @@ impl Router {
         deliveries
     }
 
+    /// Queue each status for every connection that names its device or subscribes to every
+    /// device it may see; returns the deliveries.
+    pub fn dispatch_statuses(&self, tenant: Uuid, statuses: &[LiveStatus]) -> usize {
+        let index = self.read();
+        let Some(routes) = index.tenants.get(&tenant) else {
+            return 0;
+        };
+        let mut deliveries = 0;
+        for live in statuses {
+            let direct = routes
+                .devices
+                .get(&live.device)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut encoded: Option<Arc<EncodedStatus>> = None;
+            let mut encode = || {
+                encoded
+                    .get_or_insert_with(|| Arc::new(EncodedStatus::from_live(live)))
+                    .clone()
+            };
+            for conn in direct {
+                conn.push_status(&encode());
+                deliveries += 1;
+            }
+            for wide in &routes.wide {
+                let sees = wide.all && wide.visibility.contains(tenant, live.device);
+                if sees && !direct.iter().any(|c| c.id == wide.conn.id) {
+                    wide.conn.push_status(&encode());
+                    deliveries += 1;
+                }
+            }
+        }
+        deliveries
+    }
+
     /// Queue a control message on every connection.
     pub fn broadcast(&self, text: &str) {
         for conn in self.read().conns.values() {
@@ -261,6 +300,96 @@ mod tests {
             rx: 0,
             fix: Fix::new(1, lat, lon),
         }
+    }
+
+    fn status_of(device: Uuid) -> LiveStatus {
+        LiveStatus {
+            device,
+            uid: "d".into(),
+            last_seen: 1,
+            status_time: Some(1),
+            battery_pct: None,
+            charging: None,
+            motion: None,
+            alarm: Some("sos".into()),
+            alarm_time: Some(1),
+            attributes: Default::default(),
+        }
+    }
+
+    fn statuses_of(conn: &ConnShared) -> Vec<Uuid> {
+        let mut out = Vec::new();
+        conn.pop_batch(usize::MAX, &mut out);
+        out.into_iter()
+            .filter_map(|o| match o {
+                Outgoing::Status(status) => Some(status.device),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn statuses_reach_who_names_the_device_or_sees_all_of_it_never_a_box() {
+        let (router, metrics) = setup();
+        let tenant = Uuid::new_v4();
+        let (d1, d2) = (Uuid::new_v4(), Uuid::new_v4());
+        let by_device = conn(1, tenant, &metrics);
+        let by_bbox = conn(2, tenant, &metrics);
+        let viewer_all = conn(3, tenant, &metrics);
+        let other_tenant = conn(4, Uuid::new_v4(), &metrics);
+        let named_and_all = conn(5, tenant, &metrics);
+        router.update(&by_device, &[d1], &[], None);
+        let wide = |c: &Arc<ConnShared>, all, bboxes, visibility| WideSub {
+            conn: c.clone(),
+            all,
+            bboxes,
+            visibility: Arc::new(visibility),
+        };
+        router.update(
+            &by_bbox,
+            &[],
+            &[],
+            Some(wide(
+                &by_bbox,
+                false,
+                vec![BBox::new(-180.0, -90.0, 180.0, 90.0).unwrap()],
+                Visibility::AllOfTenant(tenant),
+            )),
+        );
+        router.update(
+            &viewer_all,
+            &[],
+            &[],
+            Some(wide(
+                &viewer_all,
+                true,
+                vec![],
+                Visibility::Only(HashSet::from([d2])),
+            )),
+        );
+        router.update(&other_tenant, &[d1, d2], &[], None);
+        router.update(
+            &named_and_all,
+            &[d1],
+            &[],
+            Some(wide(
+                &named_and_all,
+                true,
+                vec![],
+                Visibility::AllOfTenant(tenant),
+            )),
+        );
+        let statuses = [status_of(d1), status_of(d2)];
+        assert_eq!(router.dispatch_statuses(tenant, &statuses), 4);
+        assert_eq!(statuses_of(&by_device), vec![d1]);
+        assert!(statuses_of(&by_bbox).is_empty(), "a status has no position");
+        assert_eq!(
+            statuses_of(&viewer_all),
+            vec![d2],
+            "only what the viewer may see"
+        );
+        assert!(statuses_of(&other_tenant).is_empty());
+        assert_eq!(statuses_of(&named_and_all), vec![d1, d2], "d1 once");
     }
 
     fn devices_of(conn: &ConnShared) -> Vec<Uuid> {

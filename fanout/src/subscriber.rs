@@ -163,6 +163,7 @@ fn handle(message: &redis::Msg, router: &Router, metrics: &Metrics) {
         return;
     }
     router.dispatch(tenant, &batch.fixes, received);
+    router.dispatch_statuses(tenant, &batch.statuses);
 }
 
 /// Up to 25% random extra delay, so that many fanouts do not reconnect in lockstep.

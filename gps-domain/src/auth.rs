@@ -89,6 +89,10 @@ impl Role {
                 PositionsExport,
                 LiveRead,
                 FixesWrite,
+                GeofencesRead,
+                GeofencesWrite,
+                EventsRead,
+                WebhooksWrite,
             ],
             Self::Manager => &[
                 DevicesRead,
@@ -98,6 +102,10 @@ impl Role {
                 PositionsRead,
                 PositionsExport,
                 LiveRead,
+                GeofencesRead,
+                GeofencesWrite,
+                EventsRead,
+                WebhooksWrite,
             ],
             Self::Analyst => &[
                 DevicesRead,
@@ -105,8 +113,17 @@ impl Role {
                 PositionsRead,
                 PositionsExport,
                 LiveRead,
+                GeofencesRead,
+                EventsRead,
             ],
-            Self::Viewer => &[DevicesRead, GroupsRead, PositionsRead, LiveRead],
+            Self::Viewer => &[
+                DevicesRead,
+                GroupsRead,
+                PositionsRead,
+                LiveRead,
+                GeofencesRead,
+                EventsRead,
+            ],
             Self::Device => &[FixesWrite],
         }
     }
@@ -173,11 +190,19 @@ pub enum Permission {
     LiveRead,
     /// `fixes:write` (ingest)
     FixesWrite,
+    /// `geofences:read`
+    GeofencesRead,
+    /// `geofences:write`
+    GeofencesWrite,
+    /// `events:read` (a group-scoped role: its groups' devices' events only)
+    EventsRead,
+    /// `webhooks:write` (webhooks and their delivery log)
+    WebhooksWrite,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 18] = [
         Self::UsersRead,
         Self::UsersWrite,
         Self::RolesWrite,
@@ -192,6 +217,10 @@ impl Permission {
         Self::PositionsExport,
         Self::LiveRead,
         Self::FixesWrite,
+        Self::GeofencesRead,
+        Self::GeofencesWrite,
+        Self::EventsRead,
+        Self::WebhooksWrite,
     ];
 
     /// The `resource:action` name.
@@ -211,6 +240,10 @@ impl Permission {
             Self::PositionsExport => "positions:export",
             Self::LiveRead => "live:read",
             Self::FixesWrite => "fixes:write",
+            Self::GeofencesRead => "geofences:read",
+            Self::GeofencesWrite => "geofences:write",
+            Self::EventsRead => "events:read",
+            Self::WebhooksWrite => "webhooks:write",
         }
     }
 }

@@ -4,12 +4,15 @@
 //! Channel per tenant: [`channel_for`] (`gps.live.<tenant uuid>`), so fanout can subscribe with
 //! one pattern ([`CHANNEL_PATTERN`]) and a tenant's traffic never reaches another tenant's
 //! routing table. One Redis message carries every accepted fix of one tenant from one database
-//! batch ([`LiveBatch`]), because a PUBLISH per fix would cost more than the write itself.
+//! batch ([`LiveBatch`]), because a PUBLISH per fix would cost more than the write itself, and
+//! every device status the batch changed ([`LiveStatus`]). A fix the device called invalid is
+//! never published live.
 //! [`LiveBatch::decode`] reads only [`LIVE_VERSION`], as `FixEnvelope::decode` reads only its own.
 //! Documented in `docs/live.md`.
 
 use crate::fix::{EpochMillis, Fix, Protocol};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// Version of the live message this build writes and reads.
@@ -66,7 +69,42 @@ pub struct LiveFix {
     pub fix: Fix,
 }
 
-/// The accepted fixes of one tenant from one committed database batch.
+/// One device's status as a committed batch left it (the whole stored row, not a delta), as
+/// published live. Published only when the batch moved the status or the alarm forward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveStatus {
+    /// Device id.
+    pub device: Uuid,
+    /// The device's own identifier.
+    pub uid: String,
+    /// When the device was last heard from: the newest of its status report and fix times
+    /// (UTC ms).
+    pub last_seen: EpochMillis,
+    /// Time of the newest status report (UTC ms); the fields below but the alarm are its.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_time: Option<EpochMillis>,
+    /// Battery level, percent 0..100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_pct: Option<f64>,
+    /// Whether the device is charging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charging: Option<bool>,
+    /// Whether the device says it is moving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub motion: Option<bool>,
+    /// The newest alarm the device raised (a later report without one does not clear it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
+    /// Time of the report that raised [`LiveStatus::alarm`] (UTC ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm_time: Option<EpochMillis>,
+    /// Other things the newest report carried.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+/// The accepted fixes of one tenant from one committed database batch, and the device statuses
+/// it changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveBatch {
     /// Message version, [`LIVE_VERSION`].
@@ -75,16 +113,27 @@ pub struct LiveBatch {
     pub tenant: Uuid,
     /// The fixes, in commit order; a device's fixes are in fix-time order.
     pub fixes: Vec<LiveFix>,
+    /// The statuses the batch changed, at most one per device. Absent when empty, so a reader
+    /// of version 1 that predates statuses reads the fixes as before (unknown keys are ignored).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<LiveStatus>,
 }
 
 impl LiveBatch {
-    /// A batch for one tenant.
+    /// A batch of fixes for one tenant.
     pub fn new(tenant: Uuid, fixes: Vec<LiveFix>) -> Self {
         Self {
             v: LIVE_VERSION,
             tenant,
             fixes,
+            statuses: Vec::new(),
         }
+    }
+
+    /// The same batch carrying `statuses` too.
+    pub fn with_statuses(mut self, statuses: Vec<LiveStatus>) -> Self {
+        self.statuses = statuses;
+        self
     }
 
     /// Serialize for PUBLISH.
@@ -138,6 +187,43 @@ mod tests {
             }],
         );
         assert_eq!(LiveBatch::decode(&batch.encode()).unwrap(), batch);
+        assert!(
+            !String::from_utf8(batch.encode())
+                .unwrap()
+                .contains("statuses"),
+            "no statuses, no key"
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip_and_a_batch_may_carry_only_statuses() {
+        let mut status = LiveStatus {
+            device: Uuid::new_v4(),
+            uid: "359".into(),
+            last_seen: 9,
+            status_time: Some(8),
+            battery_pct: Some(71.0),
+            charging: Some(true),
+            motion: None,
+            alarm: Some("sos".into()),
+            alarm_time: Some(7),
+            attributes: BTreeMap::new(),
+        };
+        status
+            .attributes
+            .insert("rssi".into(), serde_json::json!(-70));
+        let batch = LiveBatch::new(Uuid::new_v4(), Vec::new()).with_statuses(vec![status]);
+        assert_eq!(LiveBatch::decode(&batch.encode()).unwrap(), batch);
+        // A reader that knows nothing of statuses (no such field) still reads the message.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldBatch {
+            v: u32,
+            tenant: Uuid,
+            fixes: Vec<LiveFix>,
+        }
+        let old: OldBatch = serde_json::from_slice(&batch.encode()).unwrap();
+        assert!(old.fixes.is_empty());
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub enum RejectReason {
     MalformedRecord,
     /// The record is an envelope of a version this build does not read.
     UnsupportedVersion,
-    /// The envelope carries no fixes.
+    /// The envelope carries neither fixes nor a status report (a status report alone is kept
+    /// as the device's status, not rejected).
     EmptyEnvelope,
 }
 

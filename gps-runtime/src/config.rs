@@ -57,6 +57,10 @@ pub struct KafkaArgs {
     /// Quarantine topic for rejected fixes.
     #[arg(long = "rejected-topic", env = "KAFKA_REJECTED_TOPIC", default_value = DEFAULT_REJECTED_TOPIC)]
     pub rejected_topic: String,
+    /// Any librdkafka property, from `KAFKA_PROPERTY_<name>=value` environment variables (see
+    /// [`crate::kafka::KafkaProperties`]); secret values are redacted in `Debug`.
+    #[arg(skip = crate::kafka::KafkaProperties::from_env())]
+    pub properties: crate::kafka::KafkaProperties,
 }
 
 impl KafkaArgs {
@@ -66,6 +70,7 @@ impl KafkaArgs {
             brokers: DEFAULT_KAFKA_BROKERS.into(),
             fixes_topic: DEFAULT_FIXES_TOPIC.into(),
             rejected_topic: DEFAULT_REJECTED_TOPIC.into(),
+            properties: crate::kafka::KafkaProperties::default(),
         }
     }
 }

@@ -64,15 +64,33 @@ pub async fn connect_with(args: &DatabaseArgs, session: Session) -> Result<PgPoo
         .map_err(|e| unreachable(e.to_string()))
 }
 
+/// Migrations whose text was corrected after release, with the SHA-384 (hex) of the text a
+/// database may have applied before. Migrations are append-only; an entry here is the one
+/// exception, for a migration that failed on some servers and so could not be fixed by a later
+/// one. The correction must leave the schema of every database that applied the earlier text
+/// as it is: only servers where the earlier text failed take another path.
+///
+/// - `20261122000002` (positions): the TimescaleDB detection read `shared_preload_libraries`,
+///   which a role without `pg_read_all_settings` may not read on a server with TimescaleDB
+///   installed, so the migration failed there (issue 18). Where it succeeded, the corrected
+///   detection picks the same storage path.
+const CORRECTED_MIGRATIONS: &[(i64, &str)] = &[(
+    20261122000002,
+    "373318d8d4264196e65110de4fb6209200f7f0d5b67eda6ed7e6aa06a60c53a2a275f35bfa3b759a8807998367dc321c",
+)];
+
 /// Apply every pending migration (idempotent). Migrations may run longer than a pool's
 /// statement timeout (an index over a large table): they run on one connection with the
 /// timeout lifted, restored (`RESET` returns to the session's start value) before the
-/// connection goes back to the pool, or the connection is closed.
+/// connection goes back to the pool, or the connection is closed. A database that applied the
+/// earlier text of a corrected migration ([`CORRECTED_MIGRATIONS`]) has its recorded checksum
+/// moved to the corrected text first; any other checksum mismatch still stops the migrator.
 pub async fn migrate(pool: &PgPool) -> Result<(), RuntimeError> {
     let mut conn = pool.acquire().await?;
     sqlx::query("SET statement_timeout = 0")
         .execute(&mut *conn)
         .await?;
+    accept_corrected_migrations(&mut conn).await?;
     // `run_direct` (what `run` calls): `run(&mut *conn)` is not `Send` in a spawned future.
     let outcome = MIGRATOR.run_direct(&mut *conn).await;
     if sqlx::query("RESET statement_timeout")
@@ -83,6 +101,39 @@ pub async fn migrate(pool: &PgPool) -> Result<(), RuntimeError> {
         drop(conn.detach());
     }
     outcome?;
+    Ok(())
+}
+
+/// Record the corrected text's checksum for every migration of [`CORRECTED_MIGRATIONS`] that
+/// this database applied in its earlier text (idempotent; a no-op on a new database).
+async fn accept_corrected_migrations(conn: &mut sqlx::PgConnection) -> Result<(), RuntimeError> {
+    let tracked: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !tracked {
+        return Ok(());
+    }
+    for (version, earlier) in CORRECTED_MIGRATIONS {
+        let Some(migration) = MIGRATOR.iter().find(|m| m.version == *version) else {
+            continue;
+        };
+        let updated = sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = $1
+             WHERE version = $2 AND encode(checksum, 'hex') = $3",
+        )
+        .bind(&*migration.checksum)
+        .bind(version)
+        .bind(earlier)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if updated > 0 {
+            tracing::info!(
+                version,
+                "migration applied in its earlier text; checksum moved to the corrected text"
+            );
+        }
+    }
     Ok(())
 }
 

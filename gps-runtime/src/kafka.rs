@@ -1,13 +1,16 @@
-//! Kafka plumbing: the client settings every service shares, topic creation, and a reachability
+//! Kafka plumbing: the client settings every service shares (with any librdkafka property
+//! passed through the environment, [`KafkaProperties`]), topic creation, and a reachability
 //! probe for `/readyz` and start-up errors.
 
-use crate::config::KafkaArgs;
+use crate::config::{ConfigError, KafkaArgs};
 use crate::RuntimeError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use std::sync::Once;
 use std::time::Duration;
 
 /// Partitions of the fixes topic (keyed by device).
@@ -15,7 +18,159 @@ pub const FIXES_PARTITIONS: i32 = 8;
 /// Partitions of the quarantine topic.
 pub const REJECTED_PARTITIONS: i32 = 1;
 
-/// Base client settings: brokers and a client id.
+/// The prefix of the environment variables that pass a librdkafka property through.
+pub const PROPERTY_ENV_PREFIX: &str = "KAFKA_PROPERTY_";
+
+/// Words that mark a property's value as secret: never logged, never in an error.
+const SECRET_WORDS: [&str; 4] = ["password", "secret", "key", "token"];
+
+/// One librdkafka property from the environment.
+#[derive(Clone, PartialEq, Eq)]
+struct Property {
+    /// The librdkafka name (`security.protocol`).
+    name: String,
+    /// Its value, as given.
+    value: String,
+    /// The environment variable it came from, for error messages.
+    env_var: String,
+}
+
+/// Any librdkafka property, set through the environment for the producers, consumers and admin
+/// clients of every service: `KAFKA_PROPERTY_<name>=value`. The name is taken as written when
+/// it has a dot or a lowercase letter (`KAFKA_PROPERTY_security.protocol=SASL_SSL`); an
+/// all-uppercase name is lowercased with `_` read as `.` and `__` as `_`
+/// (`KAFKA_PROPERTY_SASL_MECHANISMS=SCRAM-SHA-512`, `KAFKA_PROPERTY_LOG__LEVEL=7`).
+///
+/// Applied after the base settings of [`client_config`] (so they may override
+/// `bootstrap.servers` or `log_level`) and before the settings each service sets for its
+/// guarantees (`acks`, `enable.idempotence`, `enable.auto.commit`, `group.id`, ...), which
+/// always win. Values of properties whose name contains `password`, `secret`, `key` or
+/// `token` are never logged or shown: `Debug` and [`KafkaProperties::redacted`] print `***`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(Vec<Property>);
+
+impl KafkaProperties {
+    /// The properties of the process environment.
+    pub fn from_env() -> Self {
+        Self::from_vars(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// The properties among `vars` (name, value), sorted by name. Variables without the prefix,
+    /// or with nothing after it, are ignored.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut properties: Vec<Property> = vars
+            .into_iter()
+            .filter_map(|(env_var, value)| {
+                let name = property_name(env_var.strip_prefix(PROPERTY_ENV_PREFIX)?)?;
+                Some(Property {
+                    name,
+                    value,
+                    env_var,
+                })
+            })
+            .collect();
+        properties.sort_by(|a, b| (&a.name, &a.env_var).cmp(&(&b.name, &b.env_var)));
+        Self(properties)
+    }
+
+    /// No property given.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `(name, value)` pairs, values in clear (for the client configuration only).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|p| (p.name.as_str(), p.value.as_str()))
+    }
+
+    /// `(name, value)` pairs with secret values replaced by `***`: what may be logged.
+    pub fn redacted(&self) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .map(|p| {
+                let value = if is_secret(&p.name) {
+                    "***".to_owned()
+                } else {
+                    p.value.clone()
+                };
+                (p.name.clone(), value)
+            })
+            .collect()
+    }
+
+    /// Check every property against librdkafka (names and values, no connection made): an
+    /// unknown name, a bad value or a property given twice is refused, naming the environment
+    /// variable and the property (never a secret value).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            field: "KAFKA_PROPERTY_*",
+            reason,
+        };
+        for pair in self.0.windows(2) {
+            if pair[0].name == pair[1].name {
+                return Err(invalid(format!(
+                    "property \"{}\" is set twice ({} and {})",
+                    pair[0].name, pair[0].env_var, pair[1].env_var
+                )));
+            }
+        }
+        for property in &self.0 {
+            let mut config = ClientConfig::new();
+            config.set(&property.name, &property.value);
+            if let Err(error) = config.create_native_config() {
+                let why = match error {
+                    // librdkafka's text quotes a refused value: keep it out for secrets.
+                    KafkaError::ClientConfig(_, _, _, _) if is_secret(&property.name) => {
+                        "invalid value".to_owned()
+                    }
+                    KafkaError::ClientConfig(_, desc, _, _) => desc,
+                    other => other.to_string(),
+                };
+                return Err(invalid(format!(
+                    "{}: librdkafka refuses property \"{}\": {why}",
+                    property.env_var, property.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.redacted()).finish()
+    }
+}
+
+/// The librdkafka name of `KAFKA_PROPERTY_<suffix>`, `None` for an empty suffix.
+fn property_name(suffix: &str) -> Option<String> {
+    if suffix.is_empty() {
+        return None;
+    }
+    if suffix.contains('.') || suffix.chars().any(|c| c.is_ascii_lowercase()) {
+        return Some(suffix.to_owned());
+    }
+    Some(
+        suffix
+            .to_ascii_lowercase()
+            .split("__")
+            .map(|part| part.replace('_', "."))
+            .collect::<Vec<_>>()
+            .join("_"),
+    )
+}
+
+/// Whether the value of property `name` is a secret.
+fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|word| name.contains(word))
+}
+
+/// Base client settings: brokers, a client id, then the properties of the environment
+/// ([`KafkaProperties`], logged once per process with secrets redacted).
 pub fn client_config(args: &KafkaArgs, client_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -23,6 +178,15 @@ pub fn client_config(args: &KafkaArgs, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         // Keep librdkafka's own logging quiet unless asked; errors surface through our calls.
         .set("log_level", "3");
+    for (name, value) in args.properties.iter() {
+        config.set(name, value);
+    }
+    static LOGGED: Once = Once::new();
+    if !args.properties.is_empty() {
+        LOGGED.call_once(|| {
+            tracing::info!(properties = ?args.properties, "kafka properties from the environment");
+        });
+    }
     config
 }
 
@@ -62,8 +226,11 @@ pub async fn ensure_standard_topics(args: &KafkaArgs) -> Result<(), RuntimeError
     .await
 }
 
-/// Fetch cluster metadata within `timeout`: proves a broker answers.
+/// Fetch cluster metadata within `timeout`: proves a broker answers. Properties from the
+/// environment that librdkafka refuses fail first, naming the property
+/// ([`KafkaProperties::check`]), rather than as an unreachable broker.
 pub async fn probe(args: &KafkaArgs, timeout: Duration) -> Result<(), RuntimeError> {
+    args.properties.check()?;
     let config = client_config(args, "gps-probe");
     let brokers = args.brokers.clone();
     tokio::task::spawn_blocking(move || {
@@ -99,4 +266,116 @@ pub async fn partition_count(args: &KafkaArgs, topic: &str) -> Result<Option<usi
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))??;
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn properties(vars: &[(&str, &str)]) -> KafkaProperties {
+        KafkaProperties::from_vars(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+    }
+
+    #[test]
+    fn env_names_map_to_librdkafka_names() {
+        let props = properties(&[
+            ("KAFKA_PROPERTY_security.protocol", "SASL_SSL"),
+            ("KAFKA_PROPERTY_SASL_MECHANISMS", "SCRAM-SHA-512"),
+            ("KAFKA_PROPERTY_LOG__LEVEL", "7"),
+            ("KAFKA_PROPERTY_socket_keepalive_enable", "true"),
+            ("KAFKA_PROPERTY_", "ignored"),
+            ("KAFKA_BROKERS", "ignored:9092"),
+            ("PATH", "/bin"),
+        ]);
+        let names: Vec<(&str, &str)> = props.iter().collect();
+        assert_eq!(
+            names,
+            [
+                ("log_level", "7"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("security.protocol", "SASL_SSL"),
+                // Lowercase: taken as written.
+                ("socket_keepalive_enable", "true"),
+            ]
+        );
+    }
+
+    #[test]
+    fn secret_values_are_redacted_everywhere_they_could_be_shown() {
+        let props = properties(&[
+            ("KAFKA_PROPERTY_SASL_PASSWORD", "hunter2"),
+            ("KAFKA_PROPERTY_sasl.oauthbearer.client.secret", "s3cr3t"),
+            ("KAFKA_PROPERTY_ssl.key.password", "pem-pass"),
+            (
+                "KAFKA_PROPERTY_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
+                "https://idp/token",
+            ),
+            ("KAFKA_PROPERTY_SASL_USERNAME", "gps"),
+        ]);
+        let debug = format!("{props:?}");
+        for secret in ["hunter2", "s3cr3t", "pem-pass", "https://idp/token"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("\"sasl.username\": \"gps\""), "{debug}");
+        assert!(debug.contains("\"sasl.password\": \"***\""), "{debug}");
+        let redacted = props.redacted();
+        assert!(redacted.iter().all(|(_, v)| v == "***" || v == "gps"));
+        // The client gets the real values.
+        assert!(props
+            .iter()
+            .any(|(n, v)| n == "sasl.password" && v == "hunter2"));
+    }
+
+    #[test]
+    fn properties_are_checked_by_librdkafka_naming_the_property() {
+        // SASL_SSL needs librdkafka built with OpenSSL (rdkafka feature `ssl`).
+        let ok = properties(&[
+            ("KAFKA_PROPERTY_security.protocol", "SASL_PLAINTEXT"),
+            ("KAFKA_PROPERTY_SASL_MECHANISMS", "PLAIN"),
+            ("KAFKA_PROPERTY_SASL_PASSWORD", "x"),
+        ])
+        .check();
+        assert!(ok.is_ok(), "{ok:?}");
+
+        let err = properties(&[("KAFKA_PROPERTY_no.such.thing", "1")])
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KAFKA_PROPERTY_no.such.thing"), "{err}");
+        assert!(err.contains("\"no.such.thing\""), "{err}");
+
+        let err = properties(&[("KAFKA_PROPERTY_SECURITY_PROTOCOL", "carrier-pigeon")])
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"security.protocol\""), "{err}");
+
+        let err = properties(&[
+            ("KAFKA_PROPERTY_security.protocol", "SSL"),
+            ("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_SSL"),
+        ])
+        .check()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set twice"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_secret_value_is_not_repeated_in_the_error() {
+        // A secret-named property with a value librdkafka refuses (not a number).
+        let err = properties(&[(
+            "KAFKA_PROPERTY_sasl.oauthbearer.token.refresh.ms",
+            "abc-xyz",
+        )])
+        .check();
+        if let Err(err) = err {
+            assert!(!err.to_string().contains("abc-xyz"), "{err}");
+        }
+        let err = properties(&[("KAFKA_PROPERTY_ssl.key.password.nope", "abc-xyz")])
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("abc-xyz"), "{err}");
+        assert!(err.contains("ssl.key.password.nope"), "{err}");
+    }
 }

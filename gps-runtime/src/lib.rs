@@ -11,6 +11,7 @@
 //! Only plumbing lives here: credentials, principals, tickets and visibility (application rules
 //! over shared tables) are `gps-store`'s, over the pure types of `gps-domain`.
 
+pub mod client_ip;
 pub mod config;
 pub mod db;
 pub mod http_error;
@@ -22,6 +23,7 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod write_timeout;
 
 /// Errors of the runtime plumbing.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,9 @@ pub enum RuntimeError {
         /// What went wrong.
         reason: String,
     },
+    /// A configuration value is refused (e.g. a `KAFKA_PROPERTY_*` librdkafka rejects).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     /// Applying the migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -190,9 +190,21 @@ pub async fn serve(
     router: Router,
     shutdown: crate::shutdown::Shutdown,
 ) -> std::io::Result<()> {
+    serve_with_write_timeout(listener, router, shutdown, None).await
+}
+
+/// [`serve`], with connections reset when a pending write makes no progress for
+/// `write_timeout` (a client that stopped reading; see [`crate::write_timeout`]).
+pub async fn serve_with_write_timeout(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: crate::shutdown::Shutdown,
+    write_timeout: Option<std::time::Duration>,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
+    let listener = crate::write_timeout::WriteTimeoutListener::new(listener, write_timeout);
+    let listener = listener.tap_io(|io| {
+        if let Err(e) = io.get_ref().set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });

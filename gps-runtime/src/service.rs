@@ -244,6 +244,22 @@ impl Service {
         self.critical(task, crate::ops::serve(listener, router, shutdown))
     }
 
+    /// [`Service::serve`] with a write timeout: a connection whose pending write makes no
+    /// progress for `write_timeout` is reset ([`crate::write_timeout`]).
+    pub fn serve_with_write_timeout(
+        &self,
+        task: &'static str,
+        listener: TcpListener,
+        router: axum::Router,
+        write_timeout: Duration,
+    ) -> &Self {
+        let shutdown = self.tasks.shutdown.clone();
+        self.critical(
+            task,
+            crate::ops::serve_with_write_timeout(listener, router, shutdown, Some(write_timeout)),
+        )
+    }
+
     /// Wait until shutdown (a signal or a critical task's end), cancel every task, and wait at
     /// most `drain` for all of them. Returns the first critical failure, if any.
     pub async fn run(self, drain: Duration) -> Result<(), RuntimeError> {

@@ -1,5 +1,6 @@
-//! Device and API-key credentials: the one device lookup (by ingest-token digest, uid or id: one
-//! column list, one row type) and the one API-key rule, shared by ingest (behind its TTL cache)
+//! Device and API-key credentials: the one device lookup (by ingest-token digest, tenant and
+//! uid, or id; and the uid-only devices by uid: one column list, one row type, the settings
+//! resolved by the `device_identity` view) and the one API-key rule, shared by ingest (behind its TTL cache)
 //! and by principal resolution in the query API and fanout.
 //!
 //! The API-key rule is [`ApiKeyRecord::verify`], a pure function of the fetched row and `now`:
@@ -19,25 +20,60 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use gps_domain::auth::{digests_equal, scopes_allow, secret_digest, Permission};
+use gps_domain::fix::units::SpeedUnit;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// A device as the services need it to accept its fixes.
+/// A device as the services need it to accept its fixes, with its settings already resolved
+/// against its tenant's defaults (the `device_identity` view: device value, else tenant default,
+/// else built-in default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
     /// Device id (Kafka key).
     pub id: Uuid,
     /// Owning tenant.
     pub tenant_id: Uuid,
-    /// The device's own uid.
+    /// The device's own uid (unique within its tenant).
     pub uid: String,
     /// Disabled devices are refused like unknown ones.
     pub disabled: bool,
     /// HMAC key for UDP, when the device has one.
     pub udp_key: Option<[u8; 32]>,
+    /// Effective: whether the device may report by its uid alone, without a token (an explicit
+    /// opt-in of the device, else its tenant's `uid_only_devices`, else false).
+    pub uid_only: bool,
+    /// Effective: the unit the OsmAnd endpoint reads this device's `speed` in (the device's
+    /// setting, else its tenant's `osmand_speed_unit`, else knots).
+    pub speed_unit: SpeedUnit,
+    /// The OwnTracks payload-encryption secret, when the device has one.
+    pub payload_secret: Option<PayloadSecret>,
 }
 
-/// The `devices` row behind a [`DeviceRecord`].
+/// A device's OwnTracks payload-encryption secret (the app's "encryption key"). Its `Debug`
+/// never shows the value, so a logged record cannot leak it; read it with
+/// [`PayloadSecret::expose`] only where it is used.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PayloadSecret(String);
+
+impl PayloadSecret {
+    /// Wrap a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself, as configured.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PayloadSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PayloadSecret(redacted)")
+    }
+}
+
+/// The `device_identity` row behind a [`DeviceRecord`].
 #[derive(sqlx::FromRow)]
 struct DeviceRow {
     id: Uuid,
@@ -45,6 +81,9 @@ struct DeviceRow {
     uid: String,
     disabled: bool,
     udp_key: Option<Vec<u8>>,
+    uid_only: bool,
+    speed_unit: String,
+    payload_secret: Option<String>,
 }
 
 impl From<DeviceRow> for DeviceRecord {
@@ -58,16 +97,21 @@ impl From<DeviceRow> for DeviceRecord {
             udp_key: row
                 .udp_key
                 .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok()),
+            uid_only: row.uid_only,
+            // The column is CHECKed to the known units and the view falls back to knots.
+            speed_unit: row.speed_unit.parse().unwrap_or_default(),
+            payload_secret: row.payload_secret.map(PayloadSecret),
         }
     }
 }
 
-/// The one column list of a device lookup, completed by a `WHERE` condition on `$1`. A static
-/// string per lookup keeps each one a single prepared statement.
+/// The one column list of a device lookup, completed by a `WHERE` condition on `$1` (and `$2`).
+/// A static string per lookup keeps each one a single prepared statement.
 macro_rules! select_device_where {
     ($condition:literal) => {
         concat!(
-            "SELECT id, tenant_id, uid, disabled, udp_key FROM devices WHERE ",
+            "SELECT id, tenant_id, uid, disabled, udp_key, uid_only, speed_unit, payload_secret
+             FROM device_identity WHERE ",
             $condition
         )
     };
@@ -78,8 +122,9 @@ macro_rules! select_device_where {
 pub enum DeviceKey<'a> {
     /// By the SHA-256 hex digest of its ingest token ([`secret_digest`]); never the token itself.
     TokenDigest(&'a str),
-    /// By its uid (unique across tenants).
-    Uid(&'a str),
+    /// By its uid within a tenant (uids are unique per tenant only): a gateway naming its
+    /// tenant's devices. Devices reporting by uid alone are [`uid_only_devices`]' business.
+    TenantUid(Uuid, &'a str),
     /// By its id.
     Id(Uuid),
 }
@@ -93,14 +138,28 @@ pub async fn device(
         DeviceKey::TokenDigest(digest) => {
             sqlx::query_as::<_, DeviceRow>(select_device_where!("token_hash = $1")).bind(digest)
         }
-        DeviceKey::Uid(uid) => {
-            sqlx::query_as::<_, DeviceRow>(select_device_where!("uid = $1")).bind(uid)
+        DeviceKey::TenantUid(tenant, uid) => {
+            sqlx::query_as::<_, DeviceRow>(select_device_where!("tenant_id = $1 AND uid = $2"))
+                .bind(tenant)
+                .bind(uid)
         }
         DeviceKey::Id(id) => {
             sqlx::query_as::<_, DeviceRow>(select_device_where!("id = $1")).bind(id)
         }
     };
     Ok(query.fetch_optional(pool).await?.map(DeviceRecord::from))
+}
+
+/// The devices with uid `uid` whose effective `uid_only` is true, disabled or not, at most two:
+/// a protocol that carries nothing but the uid may use the device only when exactly one
+/// matches (two means two tenants opted the same uid in, and neither can be told apart).
+pub async fn uid_only_devices(pool: &PgPool, uid: &str) -> Result<Vec<DeviceRecord>, sqlx::Error> {
+    let rows: Vec<DeviceRow> =
+        sqlx::query_as(select_device_where!("uid = $1 AND uid_only LIMIT 2"))
+            .bind(uid)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(DeviceRecord::from).collect())
 }
 
 /// How often at most `api_keys.last_used_at` is written per key: keeps the hot path read-only.

@@ -2,8 +2,8 @@
 //! applies the same rule: device and API-key credentials ([`credentials`]), the principal behind
 //! a bearer credential ([`principal`]), single-use live tickets ([`tickets`]), which devices a
 //! principal may read ([`visibility`]), the bounding-box predicate over stored positions
-//! ([`geo`]), the `positions` / `last_positions` row codec ([`positions`]), and the audit log's
-//! one insert with its failure count ([`audit`]).
+//! ([`geo`]), the `positions` / `last_positions` row codec ([`positions`]), the `device_status`
+//! row ([`status`]), and the audit log's one insert with its failure count ([`audit`]).
 //!
 //! Pure rules and types (roles, permissions, `Principal`, `Visibility`, `BBox`) live in
 //! `gps-domain`; this crate adds only the queries around them. Tenancy rule: every lookup is
@@ -15,5 +15,6 @@ pub mod credentials;
 pub mod geo;
 pub mod positions;
 pub mod principal;
+pub mod status;
 pub mod tickets;
 pub mod visibility;

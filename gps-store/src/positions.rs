@@ -1,5 +1,6 @@
-//! The `positions` / `last_positions` row codec: the one column list ([`COLUMNS`], in table
-//! order; `last_positions` is `LIKE positions` plus `updated_at`), the one type of a fix on its
+//! The `positions` / `last_positions` row codec: the one column list ([`COLUMNS`], in
+//! `positions` order; `last_positions` is `LIKE positions` plus `updated_at`, with `valid` added
+//! to both later, so always name the columns), the one type of a fix on its
 //! way in ([`StoredFix`], written by the processor and published live), the bulk encoders the
 //! processor writes with (binary `COPY`, [`encode_copy`], and one array per column,
 //! [`Columns`]), and the one read struct every reader maps a row with ([`PositionRow`], into a
@@ -20,7 +21,7 @@ use uuid::Uuid;
 macro_rules! columns {
     () => {
         "tenant_id, device_id, fix_time, received_at, lat, lon, altitude_m, speed_mps, \
-         heading_deg, accuracy_m, battery_pct, satellites, hdop, protocol, attributes"
+         heading_deg, accuracy_m, battery_pct, satellites, hdop, protocol, attributes, valid"
     };
 }
 
@@ -28,15 +29,15 @@ macro_rules! columns {
 pub const COLUMNS: &str = columns!();
 
 /// Number of [`COLUMNS`] (the field count of each binary COPY row).
-const COLUMN_COUNT: i16 = 15;
+const COLUMN_COUNT: i16 = 16;
 
-/// The rows of a [`Columns`] bound as `$1..$15`, as a query over them with [`COLUMNS`].
+/// The rows of a [`Columns`] bound as `$1..$16`, as a query over them with [`COLUMNS`].
 pub const UNNEST_ROWS: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::float8[], \
      $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::float8[], \
-     $12::int2[], $13::float8[], $14::text[], $15::text[]::jsonb[]) AS r(",
+     $12::int2[], $13::float8[], $14::text[], $15::text[]::jsonb[], $16::bool[]) AS r(",
     columns!(),
     ")"
 );
@@ -60,7 +61,7 @@ pub fn columns_of(alias: &str) -> String {
 /// fixes about 7 % and the latest positions of 10,000 devices about 15 % (release, measured).
 /// A [`PositionRow`] read through them has a nil tenant and device and no attributes.
 pub const TRACK_COLUMNS: &str = "fix_time, received_at, lat, lon, altitude_m, speed_mps, \
-     heading_deg, accuracy_m, battery_pct, satellites, hdop, protocol";
+     heading_deg, accuracy_m, battery_pct, satellites, hdop, protocol, valid";
 
 /// [`TRACK_COLUMNS`] qualified with a table alias, for joins.
 pub fn track_columns_of(alias: &str) -> String {
@@ -142,6 +143,9 @@ pub struct PositionRow {
     /// [`TRACK_COLUMNS`]).
     #[sqlx(default)]
     pub attributes: Option<serde_json::Value>,
+    /// Whether the device called the fix valid ([`Fix::valid`]); always `true` in
+    /// `last_positions`, which never holds an invalid fix.
+    pub valid: bool,
 }
 
 impl PositionRow {
@@ -165,6 +169,7 @@ impl PositionRow {
         fix.battery_pct = self.battery_pct;
         fix.satellites = self.satellites.and_then(|s| u16::try_from(s).ok());
         fix.hdop = self.hdop;
+        fix.valid = self.valid;
         if let Some(serde_json::Value::Object(map)) = &self.attributes {
             fix.attributes = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         }
@@ -216,6 +221,7 @@ pub struct Columns {
     hdop: Vec<Option<f64>>,
     protocol: Vec<&'static str>,
     attributes: Vec<Option<String>>,
+    valid: Vec<bool>,
 }
 
 impl Columns {
@@ -238,6 +244,7 @@ impl Columns {
             hdop: Vec::with_capacity(n),
             protocol: Vec::with_capacity(n),
             attributes: Vec::with_capacity(n),
+            valid: Vec::with_capacity(n),
         };
         for row in rows {
             let f = &row.fix;
@@ -256,11 +263,12 @@ impl Columns {
             c.hdop.push(f.hdop);
             c.protocol.push(row.protocol.as_str());
             c.attributes.push(attributes_json(f));
+            c.valid.push(f.valid);
         }
         c
     }
 
-    /// The fifteen arrays as the arguments `$1..$15`, in [`COLUMNS`] order.
+    /// The sixteen arrays as the arguments `$1..$16`, in [`COLUMNS`] order.
     pub fn into_arguments(self) -> Result<PgArguments, sqlx::Error> {
         let mut args = PgArguments::default();
         let add = |result: Result<(), BoxDynError>| result.map_err(sqlx::Error::Encode);
@@ -279,6 +287,7 @@ impl Columns {
         add(args.add(self.hdop))?;
         add(args.add(self.protocol))?;
         add(args.add(self.attributes))?;
+        add(args.add(self.valid))?;
         Ok(args)
     }
 }
@@ -328,6 +337,8 @@ pub fn encode_copy(rows: &[StoredFix]) -> Vec<u8> {
             }
             None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
         }
+        buf.extend_from_slice(&1i32.to_be_bytes());
+        buf.push(u8::from(f.valid));
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
     buf
@@ -380,11 +391,11 @@ mod tests {
         assert_eq!(column_names().count(), COLUMN_COUNT as usize);
         assert!(column_names().all(|c| !c.is_empty() && !c.contains(' ')));
         assert!(columns_of("lp").starts_with("lp.tenant_id, lp.device_id, lp.fix_time"));
-        assert!(columns_of("lp").ends_with("lp.protocol, lp.attributes"));
-        // The UNNEST query names the columns in the same order as its fifteen parameters.
+        assert!(columns_of("lp").ends_with("lp.protocol, lp.attributes, lp.valid"));
+        // The UNNEST query names the columns in the same order as its sixteen parameters.
         assert_eq!(UNNEST_ROWS.matches(COLUMNS).count(), 2);
-        assert!(UNNEST_ROWS.contains("$15::"));
-        assert!(!UNNEST_ROWS.contains("$16"));
+        assert!(UNNEST_ROWS.contains("$16::bool[]"));
+        assert!(!UNNEST_ROWS.contains("$17"));
         assert_eq!(
             copy_into("positions_staging"),
             format!("COPY positions_staging ({COLUMNS}) FROM STDIN (FORMAT binary)")
@@ -397,7 +408,7 @@ mod tests {
         let expected: Vec<&str> = column_names().filter(|c| !skipped.contains(c)).collect();
         assert_eq!(TRACK_COLUMNS.split(", ").collect::<Vec<_>>(), expected);
         assert!(track_columns_of("lp").starts_with("lp.fix_time, lp.received_at"));
-        assert!(track_columns_of("lp").ends_with("lp.hdop, lp.protocol"));
+        assert!(track_columns_of("lp").ends_with("lp.hdop, lp.protocol, lp.valid"));
     }
 
     #[test]
@@ -412,6 +423,14 @@ mod tests {
         let fix_time = &bytes[19 + 2 + 40 + 4..19 + 2 + 40 + 12];
         assert_eq!(i64::from_be_bytes(fix_time.try_into().unwrap()), 1000);
         assert_eq!(encode_copy(&[]).len(), 19 + 2);
+        // The last field of a row is `valid`: one byte after its length.
+        let mut invalid = Fix::new(PG_EPOCH_MS + 1, 1.0, 2.0);
+        invalid.valid = false;
+        let bytes = encode_copy(&[stored(invalid)]);
+        assert_eq!(
+            &bytes[bytes.len() - 2 - 5..bytes.len() - 2],
+            &[0, 0, 0, 1, 0]
+        );
     }
 
     #[test]
@@ -421,12 +440,13 @@ mod tests {
         with.attributes.insert("tid".into(), "ab".into());
         let with = encode_copy(&[stored(with)]);
         let json = br#"{"tid":"ab"}"#;
-        // The NULL (-1) becomes a length, the jsonb version byte and the text.
+        // The NULL (-1) becomes a length, the jsonb version byte and the text (then `valid`).
         assert_eq!(with.len(), plain.len() + 1 + json.len());
-        let at = with.len() - 2 - json.len() - 1 - 4;
+        let end = with.len() - 2 - 5;
+        let at = end - json.len() - 1 - 4;
         assert_eq!(&with[at..at + 4], &(json.len() as i32 + 1).to_be_bytes());
         assert_eq!(with[at + 4], 1);
-        assert_eq!(&with[at + 5..with.len() - 2], json);
+        assert_eq!(&with[at + 5..end], json);
     }
 
     #[test]
@@ -456,6 +476,7 @@ mod tests {
             hdop: fix.hdop,
             protocol: "json".into(),
             attributes: Some(serde_json::json!({ "charge": true })),
+            valid: true,
         };
         assert_eq!(row.fix(), fix);
         assert_eq!(row.key(), (Uuid::from_u128(7), fix.fix_time));
@@ -477,6 +498,7 @@ mod tests {
         assert_eq!(columns.tenant.len(), 3);
         assert_eq!(columns.protocol, vec!["udp"; 3]);
         assert_eq!(columns.attributes, vec![None; 3]);
+        assert_eq!(columns.valid, vec![true; 3]);
         assert!(columns.into_arguments().is_ok());
     }
 }

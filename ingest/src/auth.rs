@@ -5,6 +5,11 @@
 //! a key revoked, expired or whose creating user was disabled or deleted (the store's API-key
 //! rule), is refused at the latest one TTL later.
 //!
+//! Device identity on the report protocols (OsmAnd / Traccar Client, OwnTracks, Teltonika) is
+//! one rule, [`AuthCache::device_for_report`]: a device proves its reported uid with its own
+//! token, and only a device opted in to uid-only mode (itself or its tenant), unambiguous across
+//! tenants, may report by its uid alone. Callers answer every refusal alike.
+//!
 //! Found and unknown answers live in separate maps, so a flood of unknown credentials can only
 //! evict other unknown ones, never a real device's entry. A credential found valid stays *known*
 //! for a grace period after its entry expired (`--auth-known-grace-ms`): a known device is
@@ -31,6 +36,12 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 pub use gps_store::credentials::{ApiKeyRecord, DeviceRecord};
+
+/// How often at most an ambiguous uid-only uid is logged ([`AuthCache::device_for_report`]).
+const AMBIGUITY_LOG_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How many ambiguous uids are remembered as logged.
+const AMBIGUITY_LOG_CAPACITY: usize = 1024;
 
 /// The credential store could not answer (database down): a 503, not a 401.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +171,9 @@ pub struct AuthCache {
     negative_ttl: Duration,
     grace: Duration,
     by_token: Lookups<String, DeviceRecord>,
-    by_uid: Lookups<String, DeviceRecord>,
+    uid_only: Lookups<String, DeviceRecord>,
+    by_tenant_uid: Lookups<(Uuid, String), DeviceRecord>,
+    ambiguous_logged: TtlMap<String, ()>,
     by_id: Lookups<Uuid, DeviceRecord>,
     keys: Lookups<String, ApiKeyRecord>,
 }
@@ -180,7 +193,9 @@ impl AuthCache {
             negative_ttl: Duration::from_millis(args.negative_ttl_ms),
             grace: Duration::from_millis(args.known_grace_ms),
             by_token: Lookups::new(args.capacity),
-            by_uid: Lookups::new(args.capacity),
+            uid_only: Lookups::new(args.capacity),
+            by_tenant_uid: Lookups::new(args.capacity),
+            ambiguous_logged: TtlMap::new(AMBIGUITY_LOG_CAPACITY),
             by_id: Lookups::new(args.capacity),
             keys: Lookups::new(args.capacity),
         }
@@ -239,12 +254,6 @@ impl AuthCache {
             .is_some_and(|d| !d.disabled)
     }
 
-    /// Whether the enabled device with uid `uid` is known (no database).
-    pub fn knows_uid(&self, uid: &str) -> bool {
-        self.known(&self.by_uid, &uid.to_owned())
-            .is_some_and(|d| !d.disabled)
-    }
-
     /// Whether the API key presented as `presented` names a key record found recently (no
     /// database; the secret is checked by [`AuthCache::api_key`]).
     pub fn knows_api_key(&self, presented: &str) -> bool {
@@ -295,11 +304,74 @@ impl AuthCache {
         Ok(found.filter(|d| !d.disabled))
     }
 
-    /// The enabled device with uid `uid`.
-    pub async fn device_by_uid(&self, uid: &str) -> Result<Option<Arc<DeviceRecord>>, Unavailable> {
+    /// The enabled device a report protocol (OsmAnd / Traccar Client, OwnTracks, Teltonika)
+    /// speaks for: the one rule of device identity on every protocol whose message names the
+    /// device by its uid.
+    ///
+    /// - With a `credential` (the device's ingest token): the device whose token it is, and only
+    ///   if its uid is the reported `uid` (a token speaks for its own device only).
+    /// - Without one: the device with that uid whose effective `uid_only` is true (an explicit
+    ///   opt-in of the device or its tenant), and only when exactly one such device exists across
+    ///   tenants; two are ambiguous (logged once per uid and hour) and name none.
+    ///
+    /// A disabled device is `None` like an unknown one, so callers give the one answer for
+    /// unknown, unauthorised and disabled. Both paths are cached alike (the TTL, the shorter
+    /// negative TTL), so the answer's timing tells no more than the cache already does.
+    pub async fn device_for_report(
+        &self,
+        uid: &str,
+        credential: Option<&str>,
+    ) -> Result<Option<Arc<DeviceRecord>>, Unavailable> {
+        let found = match credential {
+            Some(token) => self.device_by_token(token).await?,
+            None => {
+                self.cached(&self.uid_only, uid.to_owned(), || async {
+                    let mut matches = credentials::uid_only_devices(&self.pool, uid).await?;
+                    if matches.len() > 1 {
+                        self.log_ambiguous(uid);
+                        return Ok(None);
+                    }
+                    Ok(matches.pop())
+                })
+                .await?
+            }
+        };
+        Ok(found.filter(|d| !d.disabled && d.uid == uid))
+    }
+
+    /// Whether [`AuthCache::device_for_report`] would find an enabled device for this report
+    /// in the cache (no database): such requests pass the per-source limit on unknown
+    /// credentials.
+    pub fn knows_report(&self, uid: &str, credential: Option<&str>) -> bool {
+        let known = match credential {
+            Some(token) => self.known(&self.by_token, &secret_digest(token)),
+            None => self.known(&self.uid_only, &uid.to_owned()),
+        };
+        known.is_some_and(|d| !d.disabled && d.uid == uid)
+    }
+
+    /// Log once per uid and hour that two tenants opted the same uid into uid-only mode (the
+    /// uid only: it is what the devices send in clear anyway).
+    fn log_ambiguous(&self, uid: &str) {
+        if self.ambiguous_logged.get(&uid.to_owned()).is_none() {
+            self.ambiguous_logged
+                .insert(uid.to_owned(), (), AMBIGUITY_LOG_INTERVAL);
+            tracing::warn!(
+                uid,
+                "uid-only device uid is opted in by more than one tenant; refusing its reports"
+            );
+        }
+    }
+
+    /// The enabled device of `tenant` with uid `uid` (a gateway naming its tenant's devices).
+    pub async fn device_by_tenant_uid(
+        &self,
+        tenant: Uuid,
+        uid: &str,
+    ) -> Result<Option<Arc<DeviceRecord>>, Unavailable> {
         let found = self
-            .cached(&self.by_uid, uid.to_owned(), || {
-                credentials::device(&self.pool, DeviceKey::Uid(uid))
+            .cached(&self.by_tenant_uid, (tenant, uid.to_owned()), || {
+                credentials::device(&self.pool, DeviceKey::TenantUid(tenant, uid))
             })
             .await?;
         Ok(found.filter(|d| !d.disabled))
@@ -444,6 +516,40 @@ impl SourceLimiter {
     }
 }
 
+/// The name of the URL-encoded parameter that carries a device token on the report protocols
+/// (`?token=…` in a Traccar Client server URL, an OsmAnd URL template or a GPSLogger custom URL;
+/// or a form field).
+pub const TOKEN_PARAM: &str = "token";
+
+/// Take the device token off URL-encoded parameters (a query string or a form body): the value
+/// of the first non-empty [`TOKEN_PARAM`] (less a trailing `/`), and the parameters without any
+/// `token` pair, the others byte for byte. The decoder only ever sees the rest, so a token never becomes a fix
+/// attribute (stored, relayed to dashboards) and the query string is never logged with it.
+pub fn take_token_param(encoded: &[u8]) -> (Option<String>, Vec<u8>) {
+    let mut token = None;
+    let mut rest = Vec::with_capacity(encoded.len());
+    for pair in encoded.split(|b| *b == b'&') {
+        let parsed: Option<Vec<(String, String)>> = serde_urlencoded::from_bytes(pair).ok();
+        if let Some([(key, value)]) = parsed.as_deref() {
+            if key == TOKEN_PARAM {
+                // Tokens are URL-safe base64 (never a `/`): a trailing `/` is the Flutter Traccar
+                // Client's, which appends one to a server URL without a path
+                // (`http://host:8080?token=…` becomes `…?token=…/`).
+                let value = value.trim_end_matches('/');
+                if token.is_none() && !value.is_empty() {
+                    token = Some(value.to_owned());
+                }
+                continue;
+            }
+        }
+        if !rest.is_empty() {
+            rest.push(b'&');
+        }
+        rest.extend_from_slice(pair);
+    }
+    (token, rest)
+}
+
 /// Seconds for a `Retry-After` header: `wait` rounded up, at least 1.
 pub fn retry_after_secs(wait: Duration) -> u32 {
     (wait.as_secs_f64().ceil() as u32).max(1)
@@ -543,6 +649,29 @@ mod tests {
     fn assert_retry_after_rounds_up() {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(2_001)), 3);
+    }
+
+    #[test]
+    fn the_token_parameter_is_taken_off_and_the_rest_kept_byte_for_byte() {
+        let (token, rest) = take_token_param(b"id=abc&lat=1.5&token=dvt_x%2By&lon=2&token=other");
+        assert_eq!(token.as_deref(), Some("dvt_x+y"));
+        assert_eq!(rest, b"id=abc&lat=1.5&lon=2");
+        let (token, rest) = take_token_param(b"token=secret");
+        assert_eq!(
+            (token.as_deref(), rest.as_slice()),
+            (Some("secret"), &b""[..])
+        );
+        let (token, _) = take_token_param(b"token=gpsd_abc-_9/");
+        assert_eq!(
+            token.as_deref(),
+            Some("gpsd_abc-_9"),
+            "a client's trailing slash"
+        );
+        // An empty token is no token; a key merely containing the name is not it.
+        let (token, rest) = take_token_param(b"token=&tokens=1&id=a%26b");
+        assert_eq!((token, rest.as_slice()), (None, &b"tokens=1&id=a%26b"[..]));
+        let (token, rest) = take_token_param(b"");
+        assert_eq!((token, rest.as_slice()), (None, &b""[..]));
     }
 
     #[tokio::test(start_paused = true)]

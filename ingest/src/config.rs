@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ingest",
-    about = "GPS ingest: devices in over HTTP and UDP, into Kafka"
+    about = "GPS ingest: devices in over HTTP, UDP and Teltonika TCP/UDP, into Kafka"
 )]
 pub struct Config {
     /// HTTP listen address (device endpoints, /metrics, /healthz, /readyz).
@@ -39,6 +39,55 @@ pub struct Config {
     pub producer: ProducerArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub teltonika: TeltonikaArgs,
+    /// Load shedding while the store is behind (`crate::overload`).
+    #[command(flatten)]
+    pub overload: crate::overload::OverloadArgs,
+    /// `TRUSTED_PROXIES`: whose `X-Forwarded-For` names the source of the per-IP limits.
+    #[command(flatten)]
+    pub client_ip: gps_runtime::client_ip::ClientIpArgs,
+}
+
+/// The Teltonika listeners (Codec 8 / 8 Extended, `docs/teltonika.md`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TeltonikaArgs {
+    /// Teltonika listen address: TCP and UDP on the same port (the device's "Domain"/"Port").
+    #[arg(
+        long = "teltonika-addr",
+        env = "INGEST_TELTONIKA_ADDR",
+        default_value = "127.0.0.1:8085"
+    )]
+    pub addr: SocketAddr,
+    /// Do not listen for Teltonika devices at all.
+    #[arg(long = "teltonika-disabled", env = "INGEST_TELTONIKA_DISABLED")]
+    pub disabled: bool,
+    /// A TCP session that sends nothing for this long is closed, seconds (the device reconnects
+    /// when it has records to send).
+    #[arg(long = "teltonika-idle-timeout-secs", env = "INGEST_TELTONIKA_IDLE_TIMEOUT_SECS",
+          default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
+    /// Largest AVL data field accepted in one TCP frame, bytes; a larger one closes the session.
+    /// Bounds each session's buffer (FMB units send at most a few kB per frame).
+    #[arg(long = "teltonika-max-frame-bytes", env = "INGEST_TELTONIKA_MAX_FRAME_BYTES",
+          default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(64..=65_535))]
+    pub max_frame_bytes: u32,
+    /// Most open Teltonika TCP sessions; further connections are closed at once.
+    #[arg(long = "teltonika-max-connections", env = "INGEST_TELTONIKA_MAX_CONNECTIONS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+    /// Most Teltonika UDP datagrams being looked up or produced at once; further ones are
+    /// dropped unanswered (`busy`), and the device resends.
+    #[arg(long = "teltonika-udp-max-inflight", env = "INGEST_TELTONIKA_UDP_MAX_INFLIGHT",
+          default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub udp_max_inflight: u32,
+}
+
+impl TeltonikaArgs {
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
 }
 
 /// Request limits.
@@ -75,6 +124,15 @@ pub struct ProducerArgs {
         default_value_t = 20
     )]
     pub linger_ms: u32,
+    /// Requests in flight above which the lingering producer is used; at most half as many and
+    /// requests take the immediate one (`linger.ms=0`) again, answered in one broker round trip.
+    /// 0 keeps every request on the lingering producer.
+    #[arg(
+        long = "kafka-immediate-max-inflight",
+        env = "INGEST_KAFKA_IMMEDIATE_MAX_INFLIGHT",
+        default_value_t = 64
+    )]
+    pub immediate_max_inflight: u32,
     /// Largest batch per partition, bytes (`batch.size`).
     #[arg(
         long = "kafka-batch-bytes",
@@ -229,6 +287,11 @@ impl Config {
                 "INGEST_UDP_MAX_LOOKUPS",
                 "must be below DATABASE_MAX_CONNECTIONS, so UDP lookups never take the whole pool",
             );
+        }
+        if !(self.overload.tenant_floor_per_sec.is_finite()
+            && self.overload.tenant_floor_per_sec > 0.0)
+        {
+            problems.push("INGEST_SHED_TENANT_FLOOR_PER_SEC", "must be a positive number");
         }
         if self.kafka.fixes_topic.is_empty() {
             problems.push("KAFKA_FIXES_TOPIC", "must not be empty");

@@ -3,14 +3,17 @@
 //!
 //! `run` takes bound listeners so that tests can bind port 0 and call it directly.
 //! Modules: [`config`], [`error`], [`metrics`], [`auth`] (credential cache), [`producer`]
-//! (Kafka), [`http`] (one module per protocol), [`udp`].
+//! (Kafka), [`overload`] (shedding while the store is behind), [`http`] (one module per protocol),
+//! [`udp`], [`teltonika`] (Codec 8/8E, TCP and UDP).
 
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod overload;
 pub mod producer;
+pub mod teltonika;
 pub mod udp;
 
 pub use config::Config;
@@ -27,11 +30,23 @@ use tokio::net::{TcpListener, UdpSocket};
 
 /// Run ingest on the given listeners until `shutdown` fires (or a listener fails), then stop
 /// accepting, let open requests finish (at most `--request-timeout-ms`), flush the producer
-/// (at most `--flush-timeout-ms`) and return.
+/// (at most `--flush-timeout-ms`) and return. Without Teltonika listeners: see [`run_with`].
 pub async fn run(
     config: Config,
     http: TcpListener,
     udp: UdpSocket,
+    shutdown: Shutdown,
+) -> Result<(), IngestError> {
+    run_with(config, http, udp, None, shutdown).await
+}
+
+/// [`run`], serving Teltonika devices too when `teltonika` listeners are given (the binary binds
+/// them on `INGEST_TELTONIKA_ADDR` unless `INGEST_TELTONIKA_DISABLED`).
+pub async fn run_with(
+    config: Config,
+    http: TcpListener,
+    udp: UdpSocket,
+    teltonika: Option<teltonika::TeltonikaListeners>,
     shutdown: Shutdown,
 ) -> Result<(), IngestError> {
     config.validate()?;
@@ -39,7 +54,18 @@ pub async fn run(
     gps_runtime::kafka::probe(&config.kafka, Duration::from_secs(10)).await?;
     let registry = prometheus::Registry::new();
     let metrics = metrics::Metrics::new(&registry);
-    let producer = FixProducer::new(&config.kafka, &config.producer, metrics.clone())?;
+    let mut producer = FixProducer::new(&config.kafka, &config.producer, metrics.clone())?;
+    let shed_guard = overload::Overload::new(&config.overload, &registry);
+    let lag_monitor = if shed_guard.enabled() {
+        producer = producer.with_overload(shed_guard.clone());
+        Some(overload::LagMonitor::new(
+            &config.kafka,
+            &config.overload.group(),
+            Duration::from_secs(5),
+        )?)
+    } else {
+        None
+    };
     let auth = Arc::new(auth::AuthCache::new(pool.clone(), &config.auth));
     let readiness = Readiness::new().postgres(&pool).kafka(&config.kafka);
     tracing::info!(http = %http.local_addr()?, udp = %udp.local_addr()?, topic = %config.kafka.fixes_topic, "ingest listening");
@@ -49,6 +75,13 @@ pub async fn run(
         auth.clone(),
         producer.clone(),
         metrics.clone(),
+        &config.auth,
+    );
+    let teltonika_ingest = teltonika::TeltonikaIngest::new(
+        auth.clone(),
+        producer.clone(),
+        metrics.clone(),
+        &config.teltonika,
         &config.auth,
     );
     let state = http::AppState {
@@ -61,6 +94,7 @@ pub async fn run(
             config.auth.unknown_burst,
             config.auth.capacity,
         )),
+        trusted_proxies: config.client_ip.trusted_proxies.clone(),
     };
     let router = http::router(
         state,
@@ -79,6 +113,26 @@ pub async fn run(
                 service.token(),
             ),
         );
+    if let Some(monitor) = lag_monitor {
+        service.background(
+            "store-lag",
+            monitor.run(shed_guard, config.overload.poll_interval(), service.token()),
+        );
+    }
+    if let Some(listeners) = teltonika {
+        tracing::info!(tcp = %listeners.tcp.local_addr()?, udp = %listeners.udp.local_addr()?, "teltonika listening");
+        service
+            .critical(
+                "teltonika-tcp",
+                teltonika_ingest
+                    .clone()
+                    .serve_tcp(listeners.tcp, service.tasks()),
+            )
+            .critical(
+                "teltonika-udp",
+                teltonika_ingest.serve_udp(listeners.udp, service.tasks()),
+            );
+    }
     // An open request ends within its timeout, which bounds its wait for Kafka too.
     let stopped = service
         .run(Duration::from_millis(config.limits.request_timeout_ms))

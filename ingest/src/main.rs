@@ -14,6 +14,18 @@ async fn main() -> anyhow::Result<()> {
     let udp = tokio::net::UdpSocket::bind(config.udp_addr)
         .await
         .with_context(|| format!("cannot bind UDP {} (INGEST_UDP_ADDR)", config.udp_addr))?;
-    ingest::run(config, http, udp, shutdown).await?;
+    let teltonika = if config.teltonika.disabled {
+        None
+    } else {
+        let addr = config.teltonika.addr;
+        Some(
+            ingest::teltonika::TeltonikaListeners::bind(addr)
+                .await
+                .with_context(|| {
+                    format!("cannot bind TCP and UDP {addr} (INGEST_TELTONIKA_ADDR)")
+                })?,
+        )
+    };
+    ingest::run_with(config, http, udp, teltonika, shutdown).await?;
     Ok(())
 }

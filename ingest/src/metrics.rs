@@ -1,6 +1,7 @@
 //! Ingest metrics, all in the service's own registry: fixes received / accepted / refused by
 //! protocol and reason (`rate_limited` among them), request and produce latency, producer queue
-//! depth, UDP drops by reason, UDP device lookups by outcome.
+//! depth, UDP drops by reason, UDP device lookups by outcome, Teltonika packets by transport and
+//! outcome and open Teltonika sessions.
 //! Labels are bounded (protocol, reason, status class); never a device id.
 
 use gps_domain::Protocol;
@@ -17,6 +18,9 @@ pub struct Metrics {
     pub fixes_received: IntCounterVec,
     /// Fixes acknowledged by Kafka, by protocol.
     pub fixes_accepted: IntCounterVec,
+    /// Device status reports (battery, charging, alarm, motion, last seen) acknowledged by
+    /// Kafka, by protocol.
+    pub statuses_accepted: IntCounterVec,
     /// Fixes or requests refused, by protocol and reason.
     pub fixes_refused: IntCounterVec,
     /// HTTP requests by protocol and status code.
@@ -27,12 +31,18 @@ pub struct Metrics {
     pub produce_seconds: Histogram,
     /// Records waiting in the producer (queued or in flight).
     pub producer_queue_depth: IntGauge,
+    /// Requests by producer lane (`immediate`: no linger, few in flight; `batching`: lingering).
+    pub produce_path: IntCounterVec,
     /// UDP datagrams received.
     pub udp_datagrams: prometheus::IntCounter,
     /// UDP datagrams dropped, by reason.
     pub udp_dropped: IntCounterVec,
     /// UDP device-id lookups run off the receive loop, by outcome (found, unknown, failed).
     pub udp_lookups: IntCounterVec,
+    /// Teltonika packets by transport (tcp, udp) and outcome (`acked` or the refusal reason).
+    pub teltonika_packets: IntCounterVec,
+    /// Open Teltonika TCP sessions.
+    pub teltonika_connections: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -60,6 +70,11 @@ impl Metrics {
             fixes_accepted: counter(
                 "gps_ingest_fixes_accepted_total",
                 "Fixes acknowledged by Kafka",
+                &["protocol"],
+            ),
+            statuses_accepted: counter(
+                "gps_ingest_statuses_accepted_total",
+                "Device status reports acknowledged by Kafka",
                 &["protocol"],
             ),
             fixes_refused: counter(
@@ -103,6 +118,11 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            produce_path: counter(
+                "gps_ingest_produce_path_total",
+                "Requests by Kafka producer lane (immediate: no linger; batching: lingering)",
+                &["path"],
+            ),
             udp_datagrams: register(
                 registry,
                 prometheus::IntCounter::new(
@@ -121,10 +141,27 @@ impl Metrics {
                 "UDP device-id lookups run off the receive loop, by outcome",
                 &["outcome"],
             ),
+            teltonika_packets: counter(
+                "gps_ingest_teltonika_packets_total",
+                "Teltonika packets by transport and outcome (acked or the refusal reason)",
+                &["transport", "outcome"],
+            ),
+            teltonika_connections: register(
+                registry,
+                IntGauge::new(
+                    "gps_ingest_teltonika_connections",
+                    "Open Teltonika TCP sessions",
+                )
+                .expect("valid metric"),
+            ),
         };
+        for path in ["immediate", "batching"] {
+            metrics.produce_path.with_label_values(&[path]);
+        }
         for p in Protocol::ALL {
             metrics.fixes_received.with_label_values(&[p.as_str()]);
             metrics.fixes_accepted.with_label_values(&[p.as_str()]);
+            metrics.statuses_accepted.with_label_values(&[p.as_str()]);
         }
         metrics
     }

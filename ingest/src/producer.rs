@@ -3,17 +3,34 @@
 //! only after its delivery future resolved; a full queue or a broker that does not acknowledge
 //! within the delivery timeout is a [`ProduceError`] (HTTP answers 503 with `Retry-After`, UDP
 //! drops and counts), never a silent drop. Fixes are counted accepted or refused here, for every
-//! protocol alike.
+//! protocol alike, and every request passes the overload guard here ([`crate::overload`]): a
+//! tenant shed while the store is behind gets the same 503 / counted drop, reason `overloaded`.
+//!
+//! **Two lanes, no linger tax at low load.** librdkafka's `linger.ms` is fixed per producer,
+//! and `flush()` only ignores it for the duration of the (blocking) call, so a `flush(0)` after
+//! a send does not reliably push it out. Ingest keeps two producers instead: the *immediate*
+//! lane (`linger.ms=0`), used while few requests are in flight, answers a lone request in one
+//! broker round trip; the *batching* lane (`--kafka-linger-ms`) takes over when more than
+//! `--kafka-immediate-max-inflight` requests are in flight, and hands back once they are at
+//! most half that (hysteresis, so the choice does not flap). Each request's records all go
+//! through one lane. Order across lanes does not matter: a device's next request is sent after
+//! the previous one was answered (acknowledged, so already in the log), and two requests of one
+//! device in flight at the same time have no order to keep in the first place. UDP datagrams,
+//! enqueued without waiting for their acknowledgement, always take the batching lane, so one
+//! device's datagrams keep their arrival order.
 
 use crate::auth::DeviceRecord;
 use crate::config::ProducerArgs;
 use crate::metrics::Metrics;
+use crate::overload::Overload;
+use gps_domain::status::DeviceStatus;
 use gps_domain::{Fix, FixEnvelope, Protocol};
 use gps_runtime::config::KafkaArgs;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -49,77 +66,34 @@ pub enum ProduceFailure {
     /// The producer was dropped with the record in flight.
     #[error("kafka producer shut down")]
     ShutDown,
+    /// Shed: the store is behind and this tenant sends more than its share.
+    #[error("shed: the store is behind")]
+    Overloaded,
 }
 
 impl ProduceError {
     /// The metric `reason` label of the refused fixes.
     pub fn reason(&self) -> &'static str {
-        "unavailable"
+        match self.failure {
+            ProduceFailure::Overloaded => "overloaded",
+            _ => "unavailable",
+        }
     }
 }
 
-/// The fixes producer (cheap to clone).
-///
-/// The idempotent producer keeps a producer id and per-partition sequence numbers. When records
-/// time out while the broker is away, a restarted broker can refuse the producer's next
-/// sequence for good (tansu answers `UNKNOWN_SERVER_ERROR`; Kafka `OUT_OF_ORDER_SEQUENCE_NUMBER`
-/// or `UNKNOWN_PRODUCER_ID`). Such errors make the producer replace itself with a fresh one (a new
-/// producer id), so devices get 503 while it happens and ingest recovers without a restart.
-#[derive(Clone)]
-pub struct FixProducer {
-    producer: Arc<RwLock<FutureProducer>>,
+/// One Kafka producer and what it takes to replace it.
+struct Lane {
+    producer: RwLock<FutureProducer>,
     config: ClientConfig,
-    last_rebuild: Arc<Mutex<Instant>>,
-    topic: String,
-    delivery_timeout: Duration,
-    retry_after_secs: u32,
-    metrics: Metrics,
+    last_rebuild: Mutex<Instant>,
 }
 
-impl std::fmt::Debug for FixProducer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FixProducer")
-            .field("topic", &self.topic)
-            .finish()
-    }
-}
-
-/// An enqueued record whose acknowledgement is still pending.
-struct Pending {
-    delivery: DeliveryFuture,
-    started: Instant,
-}
-
-impl FixProducer {
-    /// Create the producer (no broker round trip yet).
-    pub fn new(
-        kafka: &KafkaArgs,
-        args: &ProducerArgs,
-        metrics: Metrics,
-    ) -> Result<Self, KafkaError> {
-        let mut config = gps_runtime::kafka::client_config(kafka, "gps-ingest");
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", args.delivery_timeout_ms.to_string())
-            .set("linger.ms", args.linger_ms.to_string())
-            .set("batch.size", args.batch_bytes.to_string())
-            .set("compression.type", &args.compression)
-            .set(
-                "queue.buffering.max.messages",
-                args.queue_max_messages.to_string(),
-            )
-            // Notice a dead broker quickly instead of waiting for TCP to give up.
-            .set("socket.connection.setup.timeout.ms", "3000")
-            .set("reconnect.backoff.max.ms", "1000");
+impl Lane {
+    fn new(config: ClientConfig) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: Arc::new(RwLock::new(config.create()?)),
+            producer: RwLock::new(config.create()?),
             config,
-            last_rebuild: Arc::new(Mutex::new(Instant::now())),
-            topic: kafka.fixes_topic.clone(),
-            delivery_timeout: args.delivery_timeout(),
-            retry_after_secs: args.retry_after_secs,
-            metrics,
+            last_rebuild: Mutex::new(Instant::now()),
         })
     }
 
@@ -171,6 +145,164 @@ impl FixProducer {
             )
         ) || self.current().client().fatal_error().is_some()
     }
+}
+
+/// Which lane the next request takes: requests in flight, with hysteresis.
+struct LanePolicy {
+    in_flight: AtomicUsize,
+    batching: AtomicBool,
+    /// More in flight than this: batch.
+    high: usize,
+    /// At most this many in flight: back to immediate.
+    low: usize,
+}
+
+/// A request in flight; leaving the scope counts it out.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl LanePolicy {
+    fn new(high: usize) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            batching: AtomicBool::new(false),
+            high,
+            low: high / 2,
+        }
+    }
+
+    /// Count a request in and say whether it should batch.
+    fn enter(&self) -> (InFlight<'_>, bool) {
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let batching = if n > self.high {
+            self.batching.store(true, Ordering::Relaxed);
+            true
+        } else if n <= self.low {
+            self.batching.store(false, Ordering::Relaxed);
+            false
+        } else {
+            self.batching.load(Ordering::Relaxed)
+        };
+        (InFlight(&self.in_flight), batching)
+    }
+}
+
+/// The fixes producer (cheap to clone).
+///
+/// The idempotent producer keeps a producer id and per-partition sequence numbers. When records
+/// time out while the broker is away, a restarted broker can refuse the producer's next
+/// sequence for good (tansu answers `UNKNOWN_SERVER_ERROR`; Kafka `OUT_OF_ORDER_SEQUENCE_NUMBER`
+/// or `UNKNOWN_PRODUCER_ID`). Such errors make the producer replace itself with a fresh one (a new
+/// producer id), so devices get 503 while it happens and ingest recovers without a restart.
+#[derive(Clone)]
+pub struct FixProducer {
+    /// `linger.ms=0`, while few requests are in flight; `None` when the batching lane does not
+    /// linger anyway or the immediate lane is turned off.
+    immediate: Option<Arc<Lane>>,
+    /// `linger.ms=--kafka-linger-ms`.
+    batching: Arc<Lane>,
+    policy: Arc<LanePolicy>,
+    overload: Option<Overload>,
+    topic: String,
+    delivery_timeout: Duration,
+    retry_after_secs: u32,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for FixProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FixProducer")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+/// An enqueued record whose acknowledgement is still pending.
+struct Pending {
+    delivery: DeliveryFuture,
+    started: Instant,
+    lane: Arc<Lane>,
+}
+
+impl FixProducer {
+    /// Create the producer (no broker round trip yet).
+    pub fn new(
+        kafka: &KafkaArgs,
+        args: &ProducerArgs,
+        metrics: Metrics,
+    ) -> Result<Self, KafkaError> {
+        let mut config = gps_runtime::kafka::client_config(kafka, "gps-ingest");
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", args.delivery_timeout_ms.to_string())
+            .set("batch.size", args.batch_bytes.to_string())
+            .set("compression.type", &args.compression)
+            .set(
+                "queue.buffering.max.messages",
+                args.queue_max_messages.to_string(),
+            )
+            // Notice a dead broker quickly instead of waiting for TCP to give up.
+            .set("socket.connection.setup.timeout.ms", "3000")
+            .set("reconnect.backoff.max.ms", "1000");
+        let mut batching = config.clone();
+        batching.set("linger.ms", args.linger_ms.to_string());
+        let immediate = if args.linger_ms > 0 && args.immediate_max_inflight > 0 {
+            let mut immediate = config;
+            immediate.set("linger.ms", "0");
+            Some(Arc::new(Lane::new(immediate)?))
+        } else {
+            None
+        };
+        Ok(Self {
+            immediate,
+            batching: Arc::new(Lane::new(batching)?),
+            policy: Arc::new(LanePolicy::new(args.immediate_max_inflight as usize)),
+            overload: None,
+            topic: kafka.fixes_topic.clone(),
+            delivery_timeout: args.delivery_timeout(),
+            retry_after_secs: args.retry_after_secs,
+            metrics,
+        })
+    }
+
+    /// Shed by `overload` while the store is behind.
+    pub fn with_overload(mut self, overload: Overload) -> Self {
+        self.overload = Some(overload);
+        self
+    }
+
+    /// The lane of a request, counted in flight until the returned guard is dropped.
+    fn lane(&self) -> (Option<InFlight<'_>>, Arc<Lane>) {
+        let Some(immediate) = &self.immediate else {
+            return (None, self.batching.clone());
+        };
+        let (in_flight, batching) = self.policy.enter();
+        let path = if batching { "batching" } else { "immediate" };
+        self.metrics.produce_path.with_label_values(&[path]).inc();
+        let lane = if batching { &self.batching } else { immediate };
+        (Some(in_flight), lane.clone())
+    }
+
+    /// Pass `fixes` of `tenant` through the overload guard, or count them refused.
+    fn admit(&self, protocol: Protocol, tenant: uuid::Uuid, fixes: usize) -> Result<(), ProduceError> {
+        let Some(overload) = &self.overload else {
+            return Ok(());
+        };
+        overload.admit(tenant, fixes).map_err(|shed| {
+            let error = ProduceError {
+                failure: ProduceFailure::Overloaded,
+                retry_after_secs: shed.retry_after_secs,
+            };
+            self.count(protocol, fixes as u64, Err(&error));
+            error
+        })
+    }
 
     fn error(&self, failure: ProduceFailure) -> ProduceError {
         ProduceError {
@@ -191,16 +323,19 @@ impl FixProducer {
         }
     }
 
-    /// Build the envelope of one device's fixes, received at `received_at_ms`, and enqueue it
-    /// without waiting: fails at once when the producer queue is full.
+    /// Build the envelope of one device's fixes (and status report, if any), received at
+    /// `received_at_ms`, and enqueue it without waiting: fails at once when the producer queue
+    /// is full.
     fn enqueue(
         &self,
+        lane: &Arc<Lane>,
         device: &DeviceRecord,
         protocol: Protocol,
         received_at_ms: i64,
         fixes: Vec<Fix>,
+        status: Option<DeviceStatus>,
     ) -> Result<Pending, ProduceError> {
-        let envelope = FixEnvelope::new(
+        let mut envelope = FixEnvelope::new(
             device.tenant_id,
             device.id,
             device.uid.clone(),
@@ -208,13 +343,15 @@ impl FixProducer {
             received_at_ms,
             fixes,
         );
+        envelope.status = status;
         let key = envelope.key();
         let payload = envelope.encode();
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        match self.current().send_result(record) {
+        match lane.current().send_result(record) {
             Ok(delivery) => Ok(Pending {
                 delivery,
                 started: Instant::now(),
+                lane: lane.clone(),
             }),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(self.error(ProduceFailure::QueueFull))
@@ -234,8 +371,16 @@ impl FixProducer {
         fixes: Vec<Fix>,
     ) -> Result<impl Future<Output = ()> + Send + 'static, ProduceError> {
         let count = fixes.len() as u64;
+        self.admit(protocol, device.tenant_id, fixes.len())?;
         let pending = self
-            .enqueue(device, protocol, gps_domain::fix::now_millis(), fixes)
+            .enqueue(
+                &self.batching,
+                device,
+                protocol,
+                gps_domain::fix::now_millis(),
+                fixes,
+                None,
+            )
             .inspect_err(|e| self.count(protocol, count, Err(e)))?;
         let producer = self.clone();
         Ok(async move {
@@ -259,16 +404,62 @@ impl FixProducer {
     ) -> Result<usize, ProduceError> {
         let received_at_ms = gps_domain::fix::now_millis();
         let total: usize = batches.iter().map(|(_, fixes)| fixes.len()).sum();
+        // One request is one tenant's (its device's, or its gateway key's).
+        if let Some((device, _)) = batches.first() {
+            self.admit(protocol, device.tenant_id, total)?;
+        }
+        let (_in_flight, lane) = self.lane();
         let outcome = async {
             let pending = batches
                 .into_iter()
-                .map(|(device, fixes)| self.enqueue(&device, protocol, received_at_ms, fixes))
+                .map(|(device, fixes)| {
+                    self.enqueue(&lane, &device, protocol, received_at_ms, fixes, None)
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let acks = futures::future::join_all(pending.into_iter().map(|p| self.acknowledged(p)));
             acks.await.into_iter().collect::<Result<(), _>>()
         }
         .await;
         self.count(protocol, total as u64, outcome.as_ref().map(|_| ()));
+        outcome.map(|()| total)
+    }
+
+    /// Produce one device's report received now: its fixes and its status report (a report
+    /// without a position has no fix and a status; an envelope carrying neither is not
+    /// produced), and wait until Kafka acknowledged it; returns the number of fixes.
+    pub async fn produce_report(
+        &self,
+        protocol: Protocol,
+        device: &DeviceRecord,
+        fixes: Vec<Fix>,
+        status: Option<DeviceStatus>,
+    ) -> Result<usize, ProduceError> {
+        if fixes.is_empty() && status.is_none() {
+            return Ok(0);
+        }
+        let total = fixes.len();
+        let has_status = status.is_some();
+        self.admit(protocol, device.tenant_id, total)?;
+        let (_in_flight, lane) = self.lane();
+        let outcome = async {
+            let pending = self.enqueue(
+                &lane,
+                device,
+                protocol,
+                gps_domain::fix::now_millis(),
+                fixes,
+                status,
+            )?;
+            self.acknowledged(pending).await
+        }
+        .await;
+        self.count(protocol, total as u64, outcome.as_ref().map(|_| ()));
+        if outcome.is_ok() && has_status {
+            self.metrics
+                .statuses_accepted
+                .with_label_values(&[protocol.as_str()])
+                .inc();
+        }
         outcome.map(|()| total)
     }
 
@@ -289,14 +480,14 @@ impl FixProducer {
                 Ok(())
             }
             Ok(Ok(Err((e, _)))) => {
-                if self.needs_rebuild(&e) {
-                    self.rebuild(&e);
+                if pending.lane.needs_rebuild(&e) {
+                    pending.lane.rebuild(&e);
                 }
                 Err(self.error(ProduceFailure::Delivery(e)))
             }
             Ok(Err(_canceled)) => Err(self.error(ProduceFailure::ShutDown)),
             Err(_elapsed) => {
-                self.rebuild(&KafkaError::MessageProduction(
+                pending.lane.rebuild(&KafkaError::MessageProduction(
                     RDKafkaErrorCode::MessageTimedOut,
                 ));
                 Err(self.error(ProduceFailure::TimedOut))
@@ -306,11 +497,23 @@ impl FixProducer {
 
     /// Records queued or in flight.
     pub fn queue_depth(&self) -> i32 {
-        self.current().in_flight_count()
+        self.lanes().map(|lane| lane.current().in_flight_count()).sum()
     }
 
-    /// Flush everything queued, waiting at most `timeout` (blocking: call from a blocking task).
+    /// Flush everything queued, waiting at most `timeout` per lane (blocking: call from a
+    /// blocking task).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.current().flush(timeout)
+        // Every lane is flushed, even after one failed.
+        let mut outcome = Ok(());
+        for lane in self.lanes() {
+            if let Err(e) = lane.current().flush(timeout) {
+                outcome = Err(e);
+            }
+        }
+        outcome
+    }
+
+    fn lanes(&self) -> impl Iterator<Item = &Arc<Lane>> {
+        self.immediate.iter().chain(std::iter::once(&self.batching))
     }
 }

@@ -31,6 +31,10 @@ pub trait BatchSource {
         false
     }
 
+    /// The batch's database transaction committed with this outcome (before it is published
+    /// and [`BatchSource::done`]): the group source tracks freshness here.
+    fn stored(&mut self, _outcome: &BatchOutcome) {}
+
     /// `batch` is stored, its rejects acknowledged and its new fixes published: record the
     /// progress (the group source commits the offsets).
     fn done(&mut self, batch: &[InRecord]) -> impl Future<Output = ()> + Send;
@@ -172,6 +176,8 @@ pub struct BatchTotals {
     pub stored: u64,
     /// Duplicates (already stored, or repeated in the log).
     pub duplicates: u64,
+    /// Device statuses moved forward.
+    pub statuses: u64,
     /// Rejected fixes and records, by reason code.
     pub rejected: BTreeMap<String, u64>,
 }
@@ -180,6 +186,7 @@ impl BatchTotals {
     fn add(&mut self, records: usize, outcome: &BatchOutcome) {
         self.records += records as u64;
         self.stored += outcome.stored.len() as u64;
+        self.statuses += outcome.statuses.len() as u64;
         self.duplicates += outcome.duplicates.total() as u64;
         for (reason, count) in &outcome.rejected {
             *self.rejected.entry(reason.as_str().to_owned()).or_default() += *count as u64;
@@ -235,9 +242,10 @@ async fn batch_loop<S: BatchSource, P: BatchStage>(
                 );
                 return Ok(totals);
             };
+            source.stored(&outcome);
             // Live only after the database commit; the offsets only after both.
             if let Some(publisher) = sinks.publisher {
-                publisher.publish_stored(&outcome.stored);
+                publisher.publish(&outcome);
             }
             source.done(&batch).await;
             totals.add(batch.len(), &outcome);

@@ -36,6 +36,8 @@ pub struct Config {
     #[command(flatten)]
     pub batch: BatchArgs,
     #[command(flatten)]
+    pub member: MemberArgs,
+    #[command(flatten)]
     pub upkeep: UpkeepArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -55,6 +57,7 @@ impl Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8084)),
             group_id: "gps-processor".into(),
             batch: BatchArgs::default(),
+            member: MemberArgs::default(),
             upkeep: UpkeepArgs::default(),
             database: DatabaseArgs::local(),
             kafka: KafkaArgs::local(),
@@ -189,6 +192,80 @@ impl BatchArgs {
     }
 }
 
+/// Membership of the consumer group and its watchdog (`watchdog`): what a dead or stuck member
+/// costs the others.
+#[derive(Debug, Clone, Args)]
+pub struct MemberArgs {
+    /// Static group membership: this instance's `group.instance.id`, stable across its
+    /// restarts and unique in the group (e.g. a StatefulSet pod name). A restart in place then
+    /// takes its partitions back at once, but a member that stops for good keeps them until its
+    /// session times out, and on tansu 0.6 two static members starting together did not
+    /// settle (docs/processor.md). Unset: dynamic membership (the default).
+    #[arg(long = "instance-id", env = "PROCESSOR_INSTANCE_ID", global = true)]
+    pub instance_id: Option<String>,
+    /// `session.timeout.ms`: how long the broker waits for a silent member before its
+    /// partitions may move.
+    #[arg(long = "session-timeout-ms", env = "PROCESSOR_SESSION_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1_000..=300_000), global = true)]
+    pub session_timeout_ms: u32,
+    /// A partition with lag whose committed offset has not moved for this long is stalled;
+    /// stalled partitions this instance does not own make it rejoin the group. Longer than the
+    /// session timeout, so a dead member has left the group by then.
+    #[arg(long = "stall-secs", env = "PROCESSOR_STALL_SECS", default_value_t = 12, value_parser = clap::value_parser!(u64).range(2..=3_600), global = true)]
+    pub stall_secs: u64,
+    /// How often the watchdog reads the group's committed offsets and the high watermarks,
+    /// milliseconds.
+    #[arg(long = "watch-interval-ms", env = "PROCESSOR_WATCH_INTERVAL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=60_000), global = true)]
+    pub watch_interval_ms: u64,
+}
+
+impl Default for MemberArgs {
+    fn default() -> Self {
+        Self {
+            instance_id: None,
+            session_timeout_ms: 10_000,
+            stall_secs: 12,
+            watch_interval_ms: 2_000,
+        }
+    }
+}
+
+impl MemberArgs {
+    /// The stall threshold as a duration.
+    pub fn stall(&self) -> Duration {
+        Duration::from_secs(self.stall_secs)
+    }
+
+    /// The watch interval as a duration.
+    pub fn watch_interval(&self) -> Duration {
+        Duration::from_millis(self.watch_interval_ms)
+    }
+
+    /// Settings that parse but do not fit together.
+    pub fn check(&self) -> Result<(), gps_runtime::config::ConfigError> {
+        if self.stall().as_millis() <= u128::from(self.session_timeout_ms) {
+            return Err(gps_runtime::config::ConfigError::Invalid {
+                field: "PROCESSOR_STALL_SECS",
+                reason: format!(
+                    "{} s must be longer than PROCESSOR_SESSION_TIMEOUT_MS ({} ms): a rejoin \
+                     before a dead member's session ends cannot take its partitions",
+                    self.stall_secs, self.session_timeout_ms
+                ),
+            });
+        }
+        if self
+            .instance_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(gps_runtime::config::ConfigError::Invalid {
+                field: "PROCESSOR_INSTANCE_ID",
+                reason: "empty: unset it for dynamic membership".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Partition upkeep (native partitioning only; TimescaleDB manages its chunks).
 #[derive(Debug, Clone, Args)]
 pub struct UpkeepArgs {
@@ -257,6 +334,26 @@ mod tests {
         let err = Config::try_parse_from(["processor", "replay", "--from-time", "yesterday"])
             .unwrap_err();
         assert!(err.to_string().contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn the_stall_threshold_must_outlast_the_session() {
+        let config = Config::try_parse_from(["processor"]).unwrap();
+        assert!(config.member.check().is_ok());
+        assert_eq!(config.member.instance_id, None);
+        let config = Config::try_parse_from([
+            "processor",
+            "--stall-secs",
+            "10",
+            "--session-timeout-ms",
+            "10000",
+        ])
+        .unwrap();
+        let err = config.member.check().unwrap_err().to_string();
+        assert!(err.contains("PROCESSOR_STALL_SECS"), "{err}");
+        let config = Config::try_parse_from(["processor", "--instance-id", " "]).unwrap();
+        let err = config.member.check().unwrap_err().to_string();
+        assert!(err.contains("PROCESSOR_INSTANCE_ID"), "{err}");
     }
 
     #[test]

@@ -12,11 +12,18 @@
 //! Rebalances ([`ProcessorContext`]): on revoke, offsets of finished batches that are not yet
 //! committed are committed in the callback; records of revoked partitions still waiting in the
 //! batch are dropped (their new owner reads them from the committed offset).
+//!
+//! Membership: dynamic by default, static (`group.instance.id`) when `PROCESSOR_INSTANCE_ID`
+//! is set. Each member runs a [`Watchdog`] (`watchdog.rs`) that rejoins the group when
+//! partitions nobody makes progress on are left behind by a dead member.
 
 use crate::batches::BatchSource;
+use crate::config::MemberArgs;
 use crate::error::{ProcessorError, Severity};
 use crate::metrics::Metrics;
-use crate::plan::InRecord;
+use crate::plan::{BatchOutcome, InRecord};
+use crate::watchdog::{self, ConsumerMetrics, NewestStored, Watchdog};
+use prometheus::IntGauge;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -24,9 +31,9 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
-use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,46 +42,48 @@ use std::time::Duration;
 struct Assignment {
     /// Bumped on every revoke; the loop re-checks its batch when it changes.
     generation: u64,
+    /// When the assignment last changed (revoke or assign), `None` before the first.
+    changed_at: Option<std::time::Instant>,
     /// Partitions of the fixes topic currently assigned.
     assigned: HashSet<i32>,
     /// Offsets of finished batches whose commit has not succeeded yet.
     pending: BTreeMap<i32, i64>,
 }
 
-/// The consumer context: rebalance callbacks and statistics (consumer lag).
-struct ProcessorContext {
-    state: Arc<Mutex<Assignment>>,
-    metrics: Metrics,
-    topic: String,
+/// The assignment as the rebalance callbacks leave it, shared with the loop and the watchdog.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedAssignment(Arc<Mutex<Assignment>>);
+
+impl SharedAssignment {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Assignment> {
+        // A panic while holding this lock would already have aborted the batch; keep going.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The partitions assigned now and how long ago the assignment last changed (zero before
+    /// the first assignment).
+    pub(crate) fn snapshot(&self) -> (HashSet<i32>, Duration) {
+        let state = self.lock();
+        let age = state.changed_at.map_or(Duration::ZERO, |at| at.elapsed());
+        (state.assigned.clone(), age)
+    }
 }
 
-fn lock(state: &Mutex<Assignment>) -> std::sync::MutexGuard<'_, Assignment> {
-    // A panic while holding this lock would already have aborted the batch; keep going.
-    state.lock().unwrap_or_else(|e| e.into_inner())
+/// The consumer context: rebalance callbacks (lag is read by the watchdog).
+pub(crate) struct ProcessorContext {
+    state: SharedAssignment,
+    metrics: Metrics,
+    assigned: IntGauge,
+    topic: String,
 }
 
 impl ProcessorContext {
     fn lock(&self) -> std::sync::MutexGuard<'_, Assignment> {
-        lock(&self.state)
+        self.state.lock()
     }
 }
 
-impl ClientContext for ProcessorContext {
-    fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let assigned = self.lock().assigned.clone();
-        for (partition, stats) in &topic.partitions {
-            if *partition >= 0 && assigned.contains(partition) && stats.consumer_lag >= 0 {
-                self.metrics
-                    .consumer_lag
-                    .with_label_values(&[&partition.to_string()])
-                    .set(stats.consumer_lag);
-            }
-        }
-    }
-}
+impl ClientContext for ProcessorContext {}
 
 impl ConsumerContext for ProcessorContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -84,9 +93,11 @@ impl ConsumerContext for ProcessorContext {
                 let pending = {
                     let mut state = self.lock();
                     state.generation += 1;
+                    state.changed_at = Some(std::time::Instant::now());
                     for p in &revoked {
                         state.assigned.remove(p);
                     }
+                    self.assigned.set(state.assigned.len() as i64);
                     std::mem::take(&mut state.pending)
                 };
                 // Commit what is done before the partitions go to another instance.
@@ -114,7 +125,9 @@ impl ConsumerContext for ProcessorContext {
             let added: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
             let mut state = self.lock();
             state.generation += 1;
+            state.changed_at = Some(std::time::Instant::now());
             state.assigned.extend(added.iter().copied());
+            self.assigned.set(state.assigned.len() as i64);
             tracing::info!(partitions = ?added, "partitions assigned");
         }
     }
@@ -168,15 +181,18 @@ pub(crate) async fn pause_after(error: KafkaError) -> Result<(), ProcessorError>
 }
 
 /// The group consumer of the service.
-type GroupConsumer = StreamConsumer<ProcessorContext>;
+pub(crate) type GroupConsumer = StreamConsumer<ProcessorContext>;
 
 /// The service's batch source: the fixes topic, read in the processor's consumer group.
 pub struct GroupSource {
     consumer: Arc<GroupConsumer>,
-    state: Arc<Mutex<Assignment>>,
+    state: SharedAssignment,
     topic: String,
     /// The assignment generation the batch in hand was collected under.
     generation: u64,
+    /// Ingest receive time of the newest fix stored, for the freshness gauge.
+    newest_stored: NewestStored,
+    metrics: ConsumerMetrics,
 }
 
 impl std::fmt::Debug for GroupSource {
@@ -188,39 +204,64 @@ impl std::fmt::Debug for GroupSource {
 }
 
 impl GroupSource {
-    /// Join `group_id` and subscribe to the fixes topic of `kafka`.
+    /// Join `group_id` (statically when `member` names an instance id) and subscribe to the
+    /// fixes topic of `kafka`. Returns the source and its watchdog, whose metrics are
+    /// registered in `registry`; the caller runs [`Watchdog::run`].
     pub fn subscribe(
         kafka: &gps_runtime::config::KafkaArgs,
         group_id: &str,
+        member: &MemberArgs,
         fetch_wait_ms: u32,
         metrics: Metrics,
-    ) -> Result<Self, ProcessorError> {
-        let state = Arc::new(Mutex::new(Assignment::default()));
+        registry: &prometheus::Registry,
+    ) -> Result<(Self, Watchdog), ProcessorError> {
+        let state = SharedAssignment::default();
+        let consumer_metrics = ConsumerMetrics::new(registry);
         let context = ProcessorContext {
             state: state.clone(),
-            metrics,
+            metrics: metrics.clone(),
+            assigned: consumer_metrics.assigned.clone(),
             topic: kafka.fixes_topic.clone(),
         };
-        let consumer: GroupConsumer =
-            consumer_config(kafka, "gps-processor", group_id, fetch_wait_ms)
-                .set("session.timeout.ms", "10000")
-                .set("heartbeat.interval.ms", "1000")
-                .set("statistics.interval.ms", "5000")
-                .create_with_context(context)?;
+        let mut config = consumer_config(kafka, "gps-processor", group_id, fetch_wait_ms);
+        config
+            .set("session.timeout.ms", member.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", "1000");
+        if let Some(instance) = &member.instance_id {
+            config.set("group.instance.id", instance);
+        }
+        let consumer: GroupConsumer = config.create_with_context(context)?;
         consumer.subscribe(&[&kafka.fixes_topic])?;
-        Ok(Self {
-            consumer: Arc::new(consumer),
+        let consumer = Arc::new(consumer);
+        let newest_stored = NewestStored::default();
+        let watchdog = Watchdog {
+            consumer: consumer.clone(),
+            state: state.clone(),
+            kafka: kafka.clone(),
+            group_id: group_id.to_owned(),
+            stall: member.stall(),
+            interval: member.watch_interval(),
+            metrics: consumer_metrics.clone(),
+            lag: metrics,
+            health: watchdog::Health::default(),
+            newest_stored: newest_stored.clone(),
+        };
+        let source = Self {
+            consumer,
             state,
             topic: kafka.fixes_topic.clone(),
             generation: 0,
-        })
+            newest_stored,
+            metrics: consumer_metrics,
+        };
+        Ok((source, watchdog))
     }
 
     /// Commit the pending offsets synchronously (on a blocking thread: the call waits for the
     /// broker). Failures are logged and left pending; the next commit or the revoke retries
     /// them.
     async fn commit(&self) {
-        let pending = lock(&self.state).pending.clone();
+        let pending = self.state.lock().pending.clone();
         if pending.is_empty() {
             return;
         }
@@ -230,7 +271,7 @@ impl GroupSource {
             tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await;
         match result {
             Ok(Ok(())) => {
-                let mut state = lock(&self.state);
+                let mut state = self.state.lock();
                 for (p, o) in pending {
                     if state.pending.get(&p) == Some(&o) {
                         state.pending.remove(&p);
@@ -260,7 +301,7 @@ impl BatchSource for GroupSource {
     }
 
     fn prune(&mut self, batch: &mut Vec<InRecord>) -> bool {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         if state.generation == self.generation {
             return false;
         }
@@ -276,9 +317,20 @@ impl BatchSource for GroupSource {
         true
     }
 
+    fn stored(&mut self, outcome: &BatchOutcome) {
+        let Some(newest) = outcome.stored.iter().map(|s| s.received).max() else {
+            return;
+        };
+        let newest = self
+            .newest_stored
+            .fetch_max(newest, Ordering::Relaxed)
+            .max(newest);
+        watchdog::update_freshness(&self.metrics.freshness, newest);
+    }
+
     async fn done(&mut self, batch: &[InRecord]) {
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             for r in batch {
                 let next = state.pending.entry(r.partition).or_insert(r.offset + 1);
                 *next = (*next).max(r.offset + 1);

@@ -5,8 +5,9 @@
 //! [`writer`] and quarantines in one go; [`batches`] is the one batch loop (fill, run with
 //! retries, publish, commit) over a batch source: the consumer group of the service
 //! ([`consumer`]) or a bounded range of the log ([`replay`]). [`publisher`] sends newly stored
-//! fixes to Redis after the commit; [`upkeep`] maintains daily partitions when TimescaleDB is
-//! absent. `run` takes a bound listener so tests can bind port 0 and call it.
+//! valid fixes and changed device statuses to Redis after the commit; [`upkeep`] maintains daily partitions when TimescaleDB is
+//! absent; [`watchdog`] watches the group's progress (lag, stalls, freshness, readiness) and
+//! rejoins the group when a dead member left partitions behind. `run` takes a bound listener so tests can bind port 0 and call it.
 
 pub mod batches;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod publisher;
 pub mod replay;
 pub mod upkeep;
+pub mod watchdog;
 pub mod writer;
 
 pub use config::{Command, Config, ReplayArgs, WriteMode};
@@ -61,17 +63,23 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), ProcessorError> {
+    config
+        .member
+        .check()
+        .map_err(gps_runtime::RuntimeError::from)?;
     let (pool, storage) = open_database(&config).await?;
     gps_runtime::kafka::probe(&config.kafka, Duration::from_secs(10)).await?;
     gps_runtime::kafka::ensure_standard_topics(&config.kafka).await?;
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry);
-    let mut source = GroupSource::subscribe(
+    let (mut source, watchdog) = GroupSource::subscribe(
         &config.kafka,
         &config.group_id,
+        &config.member,
         config.batch.fetch_wait_ms,
         metrics.clone(),
+        &registry,
     )?;
     let rejects = RejectSink::new(&config.kafka)?;
     let mut pipeline = Pipeline::from_config(
@@ -82,11 +90,15 @@ pub async fn run(
         metrics.clone(),
     );
     let (publisher, publish_task) = Publisher::new(config.redis.clone(), metrics.clone());
-    let readiness = Readiness::new().postgres(&pool).kafka(&config.kafka);
+    // Redis is not needed now: an outage only delays the live view (counted, announced).
+    let readiness = Readiness::new()
+        .postgres(&pool)
+        .kafka(&config.kafka)
+        .with("consumer", watchdog.readiness_check());
     let addr = listener
         .local_addr()
         .map_err(gps_runtime::RuntimeError::from)?;
-    tracing::info!(%addr, group = %config.group_id, topic = %config.kafka.fixes_topic, ?storage, "processor listening");
+    tracing::info!(%addr, group = %config.group_id, instance = ?config.member.instance_id, topic = %config.kafka.fixes_topic, ?storage, "processor listening");
 
     let service = Service::new("processor", shutdown);
     let stop = service.token();
@@ -96,7 +108,8 @@ pub async fn run(
             listener,
             ops::router("processor", registry, readiness),
         )
-        .background("publisher", publish_task);
+        .background("publisher", publish_task)
+        .background("watchdog", watchdog.run(stop.clone()));
     if storage == StorageMode::Partitioned {
         let drops = pipeline.writer().partition_drops();
         let upkeep = upkeep::run(

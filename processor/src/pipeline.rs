@@ -185,16 +185,19 @@ impl Pipeline {
         );
         log_rejects(&plan);
         self.metrics.batch_fixes.observe(plan.rows.len() as f64);
-        let (written, sent) = tokio::join!(self.writer.write(&plan.rows), async {
-            match &self.rejects {
-                Some(sink) if !plan.rejects.is_empty() => sink.send_all(&plan.rejects).await,
-                _ => Ok(()),
+        let (written, sent) = tokio::join!(
+            self.writer.write(&plan.rows, &plan.statuses, &plan.seen),
+            async {
+                match &self.rejects {
+                    Some(sink) if !plan.rejects.is_empty() => sink.send_all(&plan.rejects).await,
+                    _ => Ok(()),
+                }
             }
-        });
+        );
         sent?;
-        let inserted = written?;
+        let written = written?;
         // Committed: now the caches and counters may learn from it.
-        let outcome = plan.settle(&mut self.caches, &inserted);
+        let outcome = plan.settle(&mut self.caches, &written);
         self.count(records.len(), &outcome);
         Ok(outcome)
     }

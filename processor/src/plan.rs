@@ -10,14 +10,27 @@
 //! writing and quarantining after; only once the database has committed does
 //! [`BatchPlan::settle`] teach the caches, so a failed batch can be classified again from the
 //! same state.
+//!
+//! Two kinds of report are not positions to trust:
+//! - a fix the device itself called invalid (`Fix::valid == false`) passes the per-fix rules and
+//!   is stored as history, but never touches the speed check's track: it is never the latest or
+//!   live position, so it must not become the reference either (the writer and the publisher
+//!   leave it out of `last_positions` and the live stream);
+//! - a device status report ([`gps_domain::DeviceStatus`], with or without fixes) is made fit for
+//!   storage ([`sanitize_status`]) and folded per device into one [`StatusChange`]: the newest
+//!   report, and separately the newest alarm. Both are max-registers (newer replaces, first wins
+//!   on a tie), the same rule the writer applies against the stored row, so cutting the log
+//!   into batches differently gives the same stored status.
 
 use crate::dedupe::{DedupeCache, DeviceCache};
 use gps_domain::fix::EpochMillis;
+use gps_domain::live::LiveStatus;
 use gps_domain::reject::{RejectReason, RejectRecord, SourcePosition};
-use gps_domain::validation::{Thresholds, Track};
-use gps_domain::FixEnvelope;
+use gps_domain::validation::{validate, Thresholds, Track, MIN_FIX_TIME};
+use gps_domain::{DeviceStatus, FixEnvelope};
 use gps_store::positions::{FixKey, StoredFix};
-use std::collections::{HashMap, HashSet};
+use gps_store::status::StatusRow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -65,10 +78,11 @@ impl InRecord {
         }
     }
 
-    /// Fixes carried (1 for an unreadable record, which still costs a reject).
+    /// Fixes carried (1 for an unreadable record, which still costs a reject, and for a
+    /// status report without fixes, which still costs a write).
     pub fn weight(&self) -> usize {
         match &self.body {
-            Ok(envelope) => envelope.fixes.len(),
+            Ok(envelope) => envelope.fixes.len().max(1),
             Err(_) => 1,
         }
     }
@@ -111,24 +125,153 @@ impl Duplicates {
     }
 }
 
+/// Longest alarm name kept, in characters (devices name alarms in a word: `sos`, `lowBattery`).
+pub const MAX_ALARM_CHARS: usize = 64;
+
+/// What one batch says about one device's status: its newest status report and its newest
+/// alarm (which may come from an older report of the batch than the newest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    /// Tenant of the device.
+    pub tenant: Uuid,
+    /// Device id.
+    pub device: Uuid,
+    /// The device's own identifier (for the live message).
+    pub uid: Arc<str>,
+    /// The newest report, made fit for storage ([`sanitize_status`]); its own `alarm` is not
+    /// used (see `alarm`).
+    pub report: DeviceStatus,
+    /// The newest alarm of the batch and the time of the report that raised it.
+    pub alarm: Option<(String, EpochMillis)>,
+}
+
+impl StatusChange {
+    fn new(tenant: Uuid, device: Uuid, uid: Arc<str>, report: DeviceStatus) -> Self {
+        let alarm = report.alarm.clone().map(|a| (a, report.time));
+        Self {
+            tenant,
+            device,
+            uid,
+            report,
+            alarm,
+        }
+    }
+
+    /// Fold a later-arriving report in: the newer report replaces the older (the first wins a
+    /// tie), and the newer alarm replaces the older, each on its own.
+    fn fold(&mut self, report: DeviceStatus) {
+        if let Some(alarm) = &report.alarm {
+            if self.alarm.as_ref().is_none_or(|(_, at)| report.time > *at) {
+                self.alarm = Some((alarm.clone(), report.time));
+            }
+        }
+        if report.time > self.report.time {
+            self.report = report;
+        }
+    }
+}
+
+/// When a device was last heard from through the fixes of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Tenant of the device.
+    pub tenant: Uuid,
+    /// Device id.
+    pub device: Uuid,
+    /// The newest stored fix's time, but never after its receive time (a report cannot be made
+    /// after it arrived; fix times may run ahead by the clock-skew tolerance).
+    pub at: EpochMillis,
+}
+
+/// A status report made fit for storage, received at `rx`: a time after `rx` (a clock ahead) or
+/// before 2000 (no clock) becomes `rx`; a battery level that is not a number in 0..=100 is
+/// dropped; the alarm loses NUL characters and surrounding space and is cut to
+/// [`MAX_ALARM_CHARS`] (an empty one is none); attributes holding NUL characters (which
+/// PostgreSQL text and jsonb refuse) are dropped. Never panics; the result always fits the
+/// `device_status` row.
+pub fn sanitize_status(status: &DeviceStatus, rx: EpochMillis) -> DeviceStatus {
+    let time = if status.time > rx || status.time < MIN_FIX_TIME {
+        rx
+    } else {
+        status.time
+    };
+    let battery_pct = status
+        .battery_pct
+        .filter(|b| b.is_finite() && (0.0..=100.0).contains(b));
+    let alarm = status
+        .alarm
+        .as_deref()
+        .map(|a| {
+            a.chars()
+                .filter(|c| *c != '\0')
+                .collect::<String>()
+                .trim()
+                .chars()
+                .take(MAX_ALARM_CHARS)
+                .collect::<String>()
+        })
+        .filter(|a| !a.is_empty());
+    let attributes: BTreeMap<String, serde_json::Value> = status
+        .attributes
+        .iter()
+        .filter(|(key, value)| !key.contains('\0') && !holds_nul(value))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    DeviceStatus {
+        time,
+        battery_pct,
+        charging: status.charging,
+        alarm,
+        motion: status.motion,
+        attributes,
+    }
+}
+
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 /// What to do with one batch.
 #[derive(Debug, Default)]
 pub struct BatchPlan {
-    /// Fixes to write, distinct keys, in arrival order.
+    /// Fixes to write, distinct keys, in arrival order (valid and invalid ones: only the valid
+    /// ones may become `last_positions` or go live).
     pub rows: Vec<StoredFix>,
     /// One reject record per refused fix and per unreadable record, in arrival order.
     pub rejects: Vec<RejectRecord>,
     /// Duplicates dropped before the database (`database` is still 0).
     pub duplicates: Duplicates,
-    /// Each device's speed-check state after this batch (devices with a fix judged in it).
+    /// Each device's speed-check state after this batch (devices with a valid fix judged in it).
     pub tracks: HashMap<Uuid, Track>,
+    /// One status change per device with a status report in the batch, in order of first
+    /// appearance.
+    pub statuses: Vec<StatusChange>,
+    /// When each device with a row in [`BatchPlan::rows`] was last heard from through them.
+    pub seen: Vec<Seen>,
+}
+
+/// What the database committed for a batch: the fix keys that were new, and the status rows it
+/// moved forward (as they are now).
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Keys of the rows newly stored.
+    pub inserted: HashSet<FixKey>,
+    /// Status rows the batch changed (status or alarm moved forward).
+    pub statuses: Vec<StatusRow>,
 }
 
 /// What one batch did, once committed.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
-    /// Newly stored fixes (not duplicates), for the live publish.
+    /// Newly stored fixes (not duplicates), for the live publish (which skips invalid ones).
     pub stored: Vec<StoredFix>,
+    /// Device statuses the batch changed, with their tenants, for the live publish.
+    pub statuses: Vec<(Uuid, LiveStatus)>,
     /// Fixes (and unreadable records) quarantined, by reason.
     pub rejected: HashMap<RejectReason, usize>,
     /// Duplicates dropped.
@@ -136,9 +279,11 @@ pub struct BatchOutcome {
 }
 
 /// Judge every fix of `records`, in order: validate it against its tenant's thresholds (the
-/// default for a tenant missing from `thresholds`) and the device's track (as this batch left
-/// it, else the cache's), and drop what is known to be stored or repeated in the batch.
-/// `topic` and `now` go into the reject records.
+/// default for a tenant missing from `thresholds`) and, when the device called it valid, the
+/// device's track (as this batch left it, else the cache's), and drop what is known to be stored
+/// or repeated in the batch. Fold each device's status reports into one [`StatusChange`] and
+/// note when each device with a stored fix was last heard from. `topic` and `now` go into the
+/// reject records.
 pub fn classify(
     records: &[InRecord],
     caches: &Caches,
@@ -148,6 +293,8 @@ pub fn classify(
 ) -> BatchPlan {
     let mut plan = BatchPlan::default();
     let mut batch_keys: HashSet<FixKey> = HashSet::new();
+    let mut status_of: HashMap<Uuid, usize> = HashMap::new();
+    let mut seen_of: HashMap<Uuid, usize> = HashMap::new();
     for record in records {
         let source = || SourcePosition {
             topic: topic.to_owned(),
@@ -182,11 +329,16 @@ pub fn classify(
                 plan.duplicates.batch += 1;
                 continue;
             }
-            let track = plan
-                .tracks
-                .entry(envelope.device)
-                .or_insert_with(|| caches.devices.track(&envelope.device).unwrap_or_default());
-            if let Err(rejection) = track.judge(fix, envelope.rx, &limits) {
+            let verdict = if fix.valid {
+                plan.tracks
+                    .entry(envelope.device)
+                    .or_insert_with(|| caches.devices.track(&envelope.device).unwrap_or_default())
+                    .judge(fix, envelope.rx, &limits)
+            } else {
+                // Never the reference, so the speed check has nothing to judge it against.
+                validate(fix, envelope.rx, None, &limits)
+            };
+            if let Err(rejection) = verdict {
                 plan.rejects.push(RejectRecord::for_fix(
                     envelope,
                     index,
@@ -199,6 +351,18 @@ pub fn classify(
                 continue;
             }
             batch_keys.insert(key);
+            let at = fix.fix_time.min(envelope.rx);
+            match seen_of.get(&envelope.device) {
+                Some(&i) => plan.seen[i].at = plan.seen[i].at.max(at),
+                None => {
+                    seen_of.insert(envelope.device, plan.seen.len());
+                    plan.seen.push(Seen {
+                        tenant: envelope.tenant,
+                        device: envelope.device,
+                        at,
+                    });
+                }
+            }
             plan.rows.push(StoredFix {
                 tenant: envelope.tenant,
                 device: envelope.device,
@@ -207,6 +371,21 @@ pub fn classify(
                 received: envelope.rx,
                 fix: fix.clone(),
             });
+        }
+        if let Some(status) = &envelope.status {
+            let report = sanitize_status(status, envelope.rx);
+            match status_of.get(&envelope.device) {
+                Some(&i) => plan.statuses[i].fold(report),
+                None => {
+                    status_of.insert(envelope.device, plan.statuses.len());
+                    plan.statuses.push(StatusChange::new(
+                        envelope.tenant,
+                        envelope.device,
+                        uid,
+                        report,
+                    ));
+                }
+            }
         }
     }
     plan
@@ -222,10 +401,11 @@ impl BatchPlan {
         counts
     }
 
-    /// The database committed [`BatchPlan::rows`], of which the keys in `inserted` were new:
-    /// remember every row as stored, keep each device's track as the batch left it, and say
-    /// what the batch did.
-    pub fn settle(self, caches: &mut Caches, inserted: &HashSet<FixKey>) -> BatchOutcome {
+    /// The database committed [`BatchPlan::rows`] and statuses as `written` says: remember
+    /// every row as stored, keep each device's track as the batch left it, and say what the
+    /// batch did.
+    pub fn settle(self, caches: &mut Caches, written: &Written) -> BatchOutcome {
+        let inserted = &written.inserted;
         let rejected = self.rejected();
         for row in &self.rows {
             caches.dedupe.insert(row.key());
@@ -233,7 +413,13 @@ impl BatchPlan {
         for (device, track) in self.tracks {
             caches.devices.put(device, track);
         }
-        let written = self.rows.len();
+        let uids: HashMap<Uuid, &str> = self.statuses.iter().map(|s| (s.device, &*s.uid)).collect();
+        let statuses = written
+            .statuses
+            .iter()
+            .filter_map(|row| Some((row.tenant_id, row.live(uids.get(&row.device_id)?))))
+            .collect();
+        let offered = self.rows.len();
         let stored: Vec<StoredFix> = self
             .rows
             .into_iter()
@@ -241,10 +427,11 @@ impl BatchPlan {
             .collect();
         BatchOutcome {
             duplicates: Duplicates {
-                database: written - stored.len(),
+                database: offered - stored.len(),
                 ..self.duplicates
             },
             stored,
+            statuses,
             rejected,
         }
     }
@@ -297,7 +484,11 @@ mod tests {
             .map(StoredFix::key)
             .filter(|k| stored.insert(*k))
             .collect();
-        plan.settle(caches, &inserted)
+        let written = Written {
+            inserted,
+            statuses: Vec::new(),
+        };
+        plan.settle(caches, &written)
     }
 
     #[test]
@@ -459,26 +650,57 @@ mod tests {
     }
 
     /// A fix of one of four devices: mostly plausible (near one spot, recent), sometimes
-    /// refused for a reason that does not depend on history, sometimes a repeat.
+    /// refused for a reason that does not depend on history, sometimes a repeat, sometimes one
+    /// the device called invalid (far away: a stale or made-up position).
     fn any_fix() -> impl Strategy<Value = (u128, Fix)> {
         let time = 0i64..40;
-        let kind = prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)];
+        let kind = prop_oneof![
+            6 => Just(0u8),
+            1 => Just(1u8),
+            1 => Just(2u8),
+            1 => Just(3u8),
+            1 => Just(4u8)
+        ];
         (0u128..4, time, kind).prop_map(|(device, t, kind)| {
             let mut fix = walk(t);
             match kind {
                 1 => fix.lat = 95.0,
                 2 => fix.fix_time = RX + 3_600_000,
                 3 => fix.accuracy_m = Some(5_000.0),
+                4 => {
+                    // Off the walk's whole seconds: its key never takes a valid fix's.
+                    fix.valid = false;
+                    fix.lat = -33.0;
+                    fix.fix_time += 500;
+                }
                 _ => {}
             }
             (device + 1, fix)
         })
     }
 
+    /// A status report of some time around `RX`, sometimes with an alarm.
+    fn any_status() -> impl Strategy<Value = DeviceStatus> {
+        (
+            -100i64..100,
+            prop::option::of(prop_oneof![Just("sos"), Just("lowBattery")]),
+            prop::option::of(0.0..100.0f64),
+        )
+            .prop_map(|(t, alarm, battery)| {
+                let mut status = DeviceStatus::new(RX - 50_000 + t * 1000);
+                status.alarm = alarm.map(str::to_owned);
+                status.battery_pct = battery;
+                status
+            })
+    }
+
     fn any_batch() -> impl Strategy<Value = Vec<InRecord>> {
         prop::collection::vec(
             prop_oneof![
-                9 => prop::collection::vec(any_fix(), 1..6).prop_map(Some),
+                8 => (prop::collection::vec(any_fix(), 1..6), prop::option::of(any_status()))
+                    .prop_map(|(fixes, status)| Some((fixes[0].0, fixes, status))),
+                1 => (1u128..5, any_status())
+                    .prop_map(|(device, status)| Some((device, Vec::new(), Some(status)))),
                 1 => Just(None),
             ],
             0..12,
@@ -487,12 +709,17 @@ mod tests {
             records
                 .into_iter()
                 .enumerate()
-                .map(|(offset, fixes)| match fixes {
-                    // One envelope per record, of the first fix's device.
-                    Some(fixes) => {
-                        let device = Uuid::from_u128(fixes[0].0);
+                .map(|(offset, content)| match content {
+                    // One envelope per record, of the first fix's device (or a status report
+                    // without fixes).
+                    Some((device, fixes, status)) => {
+                        let device = Uuid::from_u128(device);
                         let fixes = fixes.into_iter().map(|(_, f)| f).collect();
-                        record(offset as i64, device, fixes)
+                        let mut r = record(offset as i64, device, fixes);
+                        if let (Ok(envelope), Some(status)) = (&mut r.body, status) {
+                            envelope.status = Some(status);
+                        }
+                        r
                     }
                     None => InRecord::decode(0, offset as i64, Some(b"not json")),
                 })
@@ -515,11 +742,232 @@ mod tests {
             .collect()
     }
 
+    /// Fixes carried, counting an unreadable record as one.
     fn fixes_in(records: &[InRecord]) -> usize {
-        records.iter().map(InRecord::weight).sum()
+        records
+            .iter()
+            .map(|r| r.body.as_ref().map_or(1, |e| e.fixes.len()))
+            .sum()
+    }
+
+    fn with_status(mut r: InRecord, status: DeviceStatus) -> InRecord {
+        if let Ok(envelope) = &mut r.body {
+            envelope.status = Some(status);
+        }
+        r
+    }
+
+    #[test]
+    fn a_status_without_fixes_is_a_status_change_not_a_reject() {
+        let device = Uuid::from_u128(9);
+        let mut status = DeviceStatus::new(RX - 5_000);
+        status.battery_pct = Some(42.0);
+        status.charging = Some(true);
+        let records = vec![with_status(record(3, device, Vec::new()), status.clone())];
+        assert_eq!(records[0].weight(), 1, "a status costs a write");
+        let plan = plan(&records, &caches());
+        assert!(plan.rows.is_empty() && plan.rejects.is_empty());
+        assert!(plan.seen.is_empty(), "a status alone moves no fix time");
+        assert_eq!(
+            plan.statuses,
+            vec![StatusChange {
+                tenant: Uuid::from_u128(1),
+                device,
+                uid: "d".into(),
+                report: status,
+                alarm: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn an_invalid_fix_is_stored_but_never_the_reference() {
+        let device = Uuid::from_u128(9);
+        // 4000 km away a second later: impossible if judged by speed.
+        let mut stale = Fix::new(walk(2).fix_time, 12.0, 13.4);
+        stale.valid = false;
+        let with = plan(
+            &[record(
+                0,
+                device,
+                vec![walk(0), walk(1), stale.clone(), walk(3)],
+            )],
+            &caches(),
+        );
+        let without = plan(
+            &[record(0, device, vec![walk(0), walk(1), walk(3)])],
+            &caches(),
+        );
+        assert!(with.rejects.is_empty(), "{:?}", with.rejects);
+        assert_eq!(with.rows.len(), 4);
+        assert!(!with.rows[2].fix.valid);
+        assert_eq!(
+            with.tracks, without.tracks,
+            "the invalid fix left the track alone"
+        );
+        assert_eq!(
+            with.seen,
+            vec![Seen {
+                tenant: Uuid::from_u128(1),
+                device,
+                at: walk(3).fix_time
+            }]
+        );
+        // The per-fix rules still apply to it.
+        let mut nowhere = Fix::new(RX - 1_000, 0.0, 0.0);
+        nowhere.valid = false;
+        let refused = plan(&[record(1, device, vec![nowhere])], &caches());
+        assert_eq!(refused.rejects[0].reason, RejectReason::NullIsland);
+    }
+
+    #[test]
+    fn last_seen_is_never_after_the_receive_time() {
+        let device = Uuid::from_u128(9);
+        let ahead = Fix::new(RX + 60_000, 52.5, 13.4);
+        let plan = plan(&[record(0, device, vec![ahead])], &caches());
+        assert_eq!(plan.rows.len(), 1, "within the clock-skew tolerance");
+        assert_eq!(plan.seen[0].at, RX);
+    }
+
+    #[test]
+    fn statuses_are_made_fit_for_storage() {
+        let mut status = DeviceStatus::new(RX + 5_000);
+        status.battery_pct = Some(140.0);
+        status.alarm = Some(format!("  s\0os{}  ", "x".repeat(100)));
+        status
+            .attributes
+            .insert("bad".into(), serde_json::json!({ "k": ["a\0b"] }));
+        status
+            .attributes
+            .insert("rssi".into(), serde_json::json!(-70));
+        let clean = sanitize_status(&status, RX);
+        assert_eq!(clean.time, RX, "a report cannot be made after it arrived");
+        assert_eq!(clean.battery_pct, None);
+        let alarm = clean.alarm.unwrap();
+        assert!(alarm.starts_with("sosx") && alarm.chars().count() == MAX_ALARM_CHARS);
+        assert_eq!(clean.attributes.keys().collect::<Vec<_>>(), ["rssi"]);
+        assert_eq!(
+            sanitize_status(&DeviceStatus::new(0), RX).time,
+            RX,
+            "no clock"
+        );
+        let mut blank = DeviceStatus::new(RX - 1);
+        blank.alarm = Some(" \0 ".into());
+        blank.battery_pct = Some(f64::NAN);
+        let blank = sanitize_status(&blank, RX);
+        assert_eq!(
+            (blank.time, blank.alarm, blank.battery_pct),
+            (RX - 1, None, None)
+        );
+    }
+
+    /// The stored status as the writer's upsert leaves it: the newer report replaces the
+    /// older, the newer alarm the older, each on its own (strictly newer: the first wins a tie).
+    fn apply(
+        stored: &mut Option<(DeviceStatus, Option<(String, EpochMillis)>)>,
+        change: &StatusChange,
+    ) {
+        match stored {
+            None => *stored = Some((change.report.clone(), change.alarm.clone())),
+            Some((report, alarm)) => {
+                if change.report.time > report.time {
+                    *report = change.report.clone();
+                }
+                if let Some((a, at)) = &change.alarm {
+                    if alarm.as_ref().is_none_or(|(_, t)| at > t) {
+                        *alarm = Some((a.clone(), *at));
+                    }
+                }
+            }
+        }
     }
 
     proptest! {
+        #[test]
+        fn the_stored_status_does_not_depend_on_how_the_log_is_cut_into_batches(
+            reports in prop::collection::vec(any_status(), 1..12),
+            cuts in prop::collection::vec(0usize..12, 0..4),
+        ) {
+            let device = Uuid::from_u128(9);
+            let records: Vec<InRecord> = reports
+                .iter()
+                .enumerate()
+                .map(|(i, s)| with_status(record(i as i64, device, Vec::new()), s.clone()))
+                .collect();
+            let stored_after = |cuts: &[usize]| {
+                let mut stored = None;
+                let mut cuts = cuts.to_vec();
+                cuts.sort_unstable();
+                cuts.push(records.len());
+                let mut from = 0;
+                for cut in cuts {
+                    let cut = cut.min(records.len()).max(from);
+                    for change in plan(&redeliver(&records[from..cut]), &caches()).statuses {
+                        apply(&mut stored, &change);
+                    }
+                    from = cut;
+                }
+                stored
+            };
+            let one_batch = stored_after(&[]);
+            prop_assert_eq!(&stored_after(&cuts), &one_batch);
+            let each_alone: Vec<usize> = (0..records.len()).collect();
+            prop_assert_eq!(&stored_after(&each_alone), &one_batch);
+            // The newest report wins, and the newest alarm.
+            let (report, alarm) = one_batch.unwrap();
+            let clean: Vec<DeviceStatus> = reports.iter().map(|s| sanitize_status(s, RX)).collect();
+            let newest = clean.iter().map(|s| s.time).max().unwrap();
+            prop_assert_eq!(report.time, newest);
+            let newest_alarm = clean.iter().filter(|s| s.alarm.is_some()).map(|s| s.time).max();
+            prop_assert_eq!(alarm.map(|(_, t)| t), newest_alarm);
+        }
+
+        #[test]
+        fn a_sanitized_status_always_fits_the_row(
+            time in any::<i64>(),
+            battery in prop::option::of(any::<f64>()),
+            alarm in prop::option::of(".{0,80}"),
+            key in ".{0,8}",
+            text in ".{0,8}",
+        ) {
+            let mut status = DeviceStatus::new(time);
+            status.battery_pct = battery;
+            status.alarm = alarm;
+            status.attributes.insert(key, serde_json::json!([text]));
+            let clean = sanitize_status(&status, RX);
+            prop_assert!(clean.time <= RX && clean.time >= MIN_FIX_TIME);
+            prop_assert!(clean.battery_pct.is_none_or(|b| (0.0..=100.0).contains(&b)));
+            let alarm_fits = |a: &String| {
+                !a.is_empty() && !a.contains('\0') && a.chars().count() <= MAX_ALARM_CHARS
+            };
+            prop_assert!(clean.alarm.as_ref().is_none_or(alarm_fits));
+            let json = serde_json::to_string(&clean.attributes).unwrap();
+            prop_assert!(!json.contains("\\u0000"));
+        }
+
+        #[test]
+        fn invalid_fixes_never_move_the_track(batch in any_batch(), warm in any_batch()) {
+            let mut c = caches();
+            let mut stored = HashSet::new();
+            commit(plan(&warm, &c), &mut c, &mut stored);
+            // The same batch without its invalid fixes judges its valid fixes the same way.
+            let valid_only: Vec<InRecord> = redeliver(&batch)
+                .into_iter()
+                .map(|mut r| {
+                    if let Ok(envelope) = &mut r.body {
+                        envelope.fixes.retain(|f| f.valid);
+                    }
+                    r
+                })
+                .collect();
+            let with = plan(&batch, &c);
+            let without = plan(&valid_only, &c);
+            prop_assert_eq!(&with.tracks, &without.tracks);
+            let valid_rows: Vec<&StoredFix> = with.rows.iter().filter(|r| r.fix.valid).collect();
+            let rows_without: Vec<&StoredFix> = without.rows.iter().collect();
+            prop_assert_eq!(valid_rows, rows_without);
+        }
+
         #[test]
         fn every_fix_lands_in_exactly_one_place(batch in any_batch(), warm in any_batch()) {
             // Some history first, so the memory dedupe and the speed check take part.
@@ -584,12 +1032,12 @@ mod tests {
             let mut accepted: HashSet<FixKey> = HashSet::new();
             for batch in &batches {
                 let plan = plan(batch, &c);
-                accepted.extend(plan.rows.iter().map(StoredFix::key));
+                accepted.extend(plan.rows.iter().filter(|r| r.fix.valid).map(StoredFix::key));
                 commit(plan, &mut c, &mut stored);
                 for device in (1..=4).map(Uuid::from_u128) {
                     match c.devices.get(&device).flatten() {
                         Some(p) => {
-                            prop_assert!(accepted.contains(&(device, p.fix_time)), "anchor never accepted");
+                            prop_assert!(accepted.contains(&(device, p.fix_time)), "anchor never accepted as valid");
                             let before = last.insert(device, p.taken());
                             prop_assert!(before.is_none_or(|t| p.taken() >= t), "rewound");
                         }

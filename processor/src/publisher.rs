@@ -1,5 +1,6 @@
-//! The live publish: after a batch commits, its newly stored fixes go to Redis as one
-//! [`LiveBatch`] per tenant on [`channel_for`]`(tenant)` (`docs/live.md`).
+//! The live publish: after a batch commits, its newly stored valid fixes and the device statuses
+//! it changed go to Redis as one [`LiveBatch`] per tenant on [`channel_for`]`(tenant)`
+//! (`docs/live.md`). A fix the device called invalid is history only, never live.
 //!
 //! Publishing runs in its own task (the service starts [`Publisher::new`]'s future) behind a
 //! bounded queue, so a slow or absent Redis never
@@ -8,7 +9,8 @@
 //! Live is a best-effort projection; the database (and the log) stay complete.
 
 use crate::metrics::Metrics;
-use gps_domain::live::{channel_for, LiveBatch, LiveFix};
+use crate::plan::BatchOutcome;
+use gps_domain::live::{channel_for, LiveBatch, LiveFix, LiveStatus};
 use gps_runtime::config::RedisArgs;
 use gps_store::positions::StoredFix;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -40,27 +42,29 @@ impl Publisher {
         (Self { tx, metrics }, task)
     }
 
-    /// Queue the newly stored fixes of one committed batch, one message per tenant.
-    pub fn publish_stored(&self, rows: &[StoredFix]) {
-        for (tenant, batch) in live_batches(rows) {
+    /// Queue what one committed batch changed (its new valid fixes, its changed statuses), one
+    /// message per tenant.
+    pub fn publish(&self, outcome: &BatchOutcome) {
+        for (tenant, batch) in live_batches(&outcome.stored, &outcome.statuses) {
             if self
                 .tx
                 .try_send((channel_for(tenant), batch.encode()))
                 .is_err()
             {
                 self.metrics.publish_failures.inc();
-                tracing::warn!(%tenant, fixes = batch.fixes.len(), reason = "queue_full", "live publish dropped");
+                tracing::warn!(%tenant, fixes = batch.fixes.len(), statuses = batch.statuses.len(), reason = "queue_full", "live publish dropped");
             }
         }
     }
 }
 
-/// Group stored rows per tenant; each tenant's fixes ordered by fix time (stable), so every
-/// device's fixes are in fix-time order.
-pub fn live_batches(rows: &[StoredFix]) -> Vec<(Uuid, LiveBatch)> {
-    let mut per_tenant: BTreeMap<Uuid, Vec<LiveFix>> = BTreeMap::new();
-    for row in rows {
-        per_tenant.entry(row.tenant).or_default().push(LiveFix {
+/// Group stored valid rows and changed statuses per tenant (`statuses` pairs each with its
+/// tenant); each tenant's fixes ordered by fix time (stable), so every device's fixes are in
+/// fix-time order. A tenant with neither gets no message.
+pub fn live_batches(rows: &[StoredFix], statuses: &[(Uuid, LiveStatus)]) -> Vec<(Uuid, LiveBatch)> {
+    let mut per_tenant: BTreeMap<Uuid, (Vec<LiveFix>, Vec<LiveStatus>)> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.fix.valid) {
+        per_tenant.entry(row.tenant).or_default().0.push(LiveFix {
             device: row.device,
             uid: row.uid.to_string(),
             proto: row.protocol,
@@ -68,11 +72,21 @@ pub fn live_batches(rows: &[StoredFix]) -> Vec<(Uuid, LiveBatch)> {
             fix: row.fix.clone(),
         });
     }
+    for (tenant, status) in statuses {
+        per_tenant
+            .entry(*tenant)
+            .or_default()
+            .1
+            .push(status.clone());
+    }
     per_tenant
         .into_iter()
-        .map(|(tenant, mut fixes)| {
+        .map(|(tenant, (mut fixes, statuses))| {
             fixes.sort_by_key(|f| f.fix.fix_time);
-            (tenant, LiveBatch::new(tenant, fixes))
+            (
+                tenant,
+                LiveBatch::new(tenant, fixes).with_statuses(statuses),
+            )
         })
         .collect()
 }
@@ -150,7 +164,7 @@ mod tests {
             fix: Fix::new(t, 1.0, 1.0),
         };
         let rows = [row(a, 3), row(b, 1), row(a, 2)];
-        let batches = live_batches(&rows);
+        let batches = live_batches(&rows, &[]);
         assert_eq!(batches.len(), 2);
         let of_a = &batches.iter().find(|(t, _)| *t == a).unwrap().1;
         let times: Vec<i64> = of_a.fixes.iter().map(|f| f.fix.fix_time).collect();
@@ -161,5 +175,42 @@ mod tests {
             (fix.device, fix.uid.as_str(), fix.proto, fix.rx),
             (Uuid::from_u128(1), "u", Protocol::Json, 9)
         );
+    }
+
+    #[test]
+    fn invalid_fixes_stay_out_and_statuses_go_to_their_tenant() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut invalid = Fix::new(5, 1.0, 1.0);
+        invalid.valid = false;
+        let rows = [StoredFix {
+            tenant: a,
+            device: Uuid::from_u128(1),
+            uid: "u".into(),
+            protocol: Protocol::Json,
+            received: 9,
+            fix: invalid,
+        }];
+        let status = LiveStatus {
+            device: Uuid::from_u128(2),
+            uid: "s".into(),
+            last_seen: 8,
+            status_time: Some(8),
+            battery_pct: Some(50.0),
+            charging: None,
+            motion: None,
+            alarm: None,
+            alarm_time: None,
+            attributes: Default::default(),
+        };
+        let batches = live_batches(&rows, &[(b, status.clone())]);
+        assert_eq!(
+            batches.len(),
+            1,
+            "a tenant with only an invalid fix gets nothing"
+        );
+        let (tenant, batch) = &batches[0];
+        assert_eq!(*tenant, b);
+        assert!(batch.fixes.is_empty());
+        assert_eq!(batch.statuses, vec![status]);
     }
 }

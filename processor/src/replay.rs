@@ -1,10 +1,12 @@
-//! `processor replay`: rebuild `positions` and `last_positions` from the log.
+//! `processor replay`: rebuild `positions`, `last_positions` and `device_status` from the log.
 //!
 //! Reads every partition of the fixes topic from the start (or from the first record at or
 //! after a given time) up to the high watermark seen at start, then stops. It runs the exact
 //! batch pipeline of the service (validation, dedupe, the same writes), so replaying into an
 //! empty database gives the rows the live run stored, and replaying into an existing one adds
-//! only what is missing. It joins no group and commits nothing, and it neither re-quarantines
+//! only what is missing. Device statuses come back the same way: a status only moves forward
+//! (newest report, newest alarm, newest `last_seen`), so a replay rebuilds each device's row
+//! and never rewinds a newer one. It joins no group and commits nothing, and it neither re-quarantines
 //! rejects (the live run did) nor publishes live messages (dashboards want the present).
 
 use crate::batches::{run_batches, BatchSource, BatchTotals, RetryPolicy, Sinks};
@@ -37,6 +39,8 @@ pub struct ReplaySummary {
     pub stored: u64,
     /// Duplicates (already stored, or repeated in the log).
     pub duplicates: u64,
+    /// Device statuses moved forward.
+    pub statuses: u64,
     /// Rejected fixes and records, by reason code.
     pub rejected: BTreeMap<String, u64>,
 }
@@ -47,6 +51,7 @@ impl ReplaySummary {
             records,
             stored,
             duplicates,
+            statuses,
             rejected,
         } = totals;
         Self {
@@ -54,6 +59,7 @@ impl ReplaySummary {
             records,
             stored,
             duplicates,
+            statuses,
             rejected,
         }
     }
@@ -64,8 +70,9 @@ impl std::fmt::Display for ReplaySummary {
         let rejected: u64 = self.rejected.values().sum();
         write!(
             f,
-            "replayed {} records from {} partitions: {} fixes stored, {} duplicates, {} rejected",
-            self.records, self.partitions, self.stored, self.duplicates, rejected
+            "replayed {} records from {} partitions: {} fixes stored, {} duplicates, {} device \
+             statuses moved forward, {} rejected",
+            self.records, self.partitions, self.stored, self.duplicates, self.statuses, rejected
         )?;
         for (reason, count) in &self.rejected {
             write!(f, "\n  {reason}: {count}")?;

@@ -1,7 +1,10 @@
 //! Batch writes to PostgreSQL: one transaction per batch that stores the new rows of
-//! `positions` (reporting which rows were new) and moves `last_positions` forward only
-//! (`WHERE EXCLUDED.fix_time > last_positions.fix_time`), so a late fix lands in history without
-//! rewinding the live position.
+//! `positions` (reporting which rows were new), moves `last_positions` forward only
+//! (`WHERE EXCLUDED.fix_time > last_positions.fix_time`, and only with fixes the device called
+//! valid), so a late or invalid fix lands in history without rewinding the live position, and
+//! moves each device's `device_status` forward: its status and alarm from the batch's status
+//! reports (only ever by a newer report, returning the rows that changed, for the live publish),
+//! its `last_seen` from the batch's fixes.
 //!
 //! Two bulk paths, chosen by [`WriteMode`]:
 //! - `copy`: binary `COPY` straight into `positions`, plus one small upsert of each device's
@@ -23,12 +26,15 @@
 
 use crate::config::WriteMode;
 use crate::metrics::Metrics;
+use crate::plan::{Seen, StatusChange, Written};
 use chrono::{DateTime, NaiveDate, Utc};
+use gps_domain::fix::EpochMillis;
 use gps_runtime::db::StorageMode;
 use gps_store::positions::{
     copy_into, encode_copy, Columns, FixKey, StoredFix, COLUMNS, UNNEST_ROWS,
 };
-use sqlx::PgPool;
+use gps_store::status::{StatusRow, STATUS_COLUMNS};
+use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,7 +66,7 @@ fn store_from(with: &str, source: &str) -> String {
             ON CONFLICT DO NOTHING RETURNING device_id, fix_time
         ), latest AS (
             INSERT INTO last_positions ({COLUMNS})
-            SELECT DISTINCT ON (device_id) {COLUMNS} FROM {source}
+            SELECT DISTINCT ON (device_id) {COLUMNS} FROM {source} WHERE valid
             ORDER BY device_id, fix_time DESC
             {}
         )
@@ -68,6 +74,52 @@ fn store_from(with: &str, source: &str) -> String {
         upsert_latest()
     )
 }
+
+/// A status report is newer than the stored one (a device without one yet has `-infinity`).
+const NEWER_STATUS: &str = "EXCLUDED.status_time > coalesce(s.status_time, '-infinity')";
+/// An alarm is newer than the stored one; a report without an alarm (NULL) never is.
+const NEWER_ALARM: &str = "EXCLUDED.alarm_time > coalesce(s.alarm_time, '-infinity')";
+
+/// Apply each device's status change (`$1..$9`: device, tenant, report time, battery,
+/// charging, motion, attributes, alarm, alarm time): the report's fields replace the stored
+/// ones only when the report is newer, the alarm only when it is newer, each on its own, and
+/// `last_seen` moves forward; return the rows that changed, as they are now.
+fn upsert_statuses() -> String {
+    let report = [
+        "status_time",
+        "battery_pct",
+        "charging",
+        "motion",
+        "attributes",
+    ]
+    .map(|c| format!("{c} = CASE WHEN {NEWER_STATUS} THEN EXCLUDED.{c} ELSE s.{c} END"))
+    .join(", ");
+    let alarm = ["alarm", "alarm_time"]
+        .map(|c| format!("{c} = CASE WHEN {NEWER_ALARM} THEN EXCLUDED.{c} ELSE s.{c} END"))
+        .join(", ");
+    format!(
+        "INSERT INTO device_status AS s (device_id, tenant_id, last_seen, status_time, battery_pct,
+             charging, motion, attributes, alarm, alarm_time)
+         SELECT device_id, tenant_id, status_time, status_time, battery_pct, charging, motion,
+             attributes, alarm, alarm_time
+         FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::float8[], $5::bool[],
+             $6::bool[], $7::text[]::jsonb[], $8::text[], $9::timestamptz[])
+             AS r(device_id, tenant_id, status_time, battery_pct, charging, motion, attributes,
+                  alarm, alarm_time)
+         ON CONFLICT (device_id) DO UPDATE SET
+             last_seen = greatest(s.last_seen, EXCLUDED.last_seen), {report}, {alarm},
+             updated_at = now()
+         WHERE {NEWER_STATUS} OR {NEWER_ALARM}
+         RETURNING {STATUS_COLUMNS}"
+    )
+}
+
+/// Move each device's `last_seen` forward to its newest stored fix (`$1..$3`: device, tenant,
+/// time); a device heard from for the first time gets a row without a status.
+const TOUCH_LAST_SEEN: &str = "INSERT INTO device_status AS s (device_id, tenant_id, last_seen)
+     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[])
+     ON CONFLICT (device_id) DO UPDATE SET last_seen = EXCLUDED.last_seen, updated_at = now()
+     WHERE EXCLUDED.last_seen > s.last_seen";
 
 /// Tells the writer that upkeep dropped partitions: it then forgets the days it knew to exist,
 /// and creates them again if a batch needs them. Cheap to clone; shared by the writer and upkeep.
@@ -101,6 +153,8 @@ struct Statements {
     from_staging: String,
     /// The `unnest` path.
     unnest: String,
+    /// The `device_status` upsert of the batch's status changes.
+    statuses: String,
 }
 
 impl Statements {
@@ -114,6 +168,7 @@ impl Statements {
             staging_copy: copy_into("positions_staging"),
             from_staging: store_from("", "positions_staging"),
             unnest: store_from(&format!("rows AS ({UNNEST_ROWS}), "), "rows"),
+            statuses: upsert_statuses(),
         }
     }
 }
@@ -157,10 +212,17 @@ impl Writer {
         self.drops.clone()
     }
 
-    /// Store `rows` (distinct keys) in one transaction; returns the keys that were new.
-    pub async fn write(&mut self, rows: &[StoredFix]) -> Result<HashSet<FixKey>, sqlx::Error> {
+    /// Store `rows` (distinct keys), apply `statuses` and move `last_seen` to `seen` in one
+    /// transaction; returns the keys that were new and the status rows that changed.
+    pub async fn write(
+        &mut self,
+        rows: &[StoredFix],
+        statuses: &[StatusChange],
+        seen: &[Seen],
+    ) -> Result<Written, sqlx::Error> {
         self.forget_dropped_days();
-        let result = self.write_once(rows).await;
+        let status = DeviceStatusWrite { statuses, seen };
+        let result = self.write_once(rows, &status).await;
         if result.is_err() {
             // A partition may have been dropped under us between upkeep's report and this
             // batch; check again next time.
@@ -178,16 +240,35 @@ impl Writer {
         }
     }
 
-    async fn write_once(&mut self, rows: &[StoredFix]) -> Result<HashSet<FixKey>, sqlx::Error> {
+    async fn write_once(
+        &mut self,
+        rows: &[StoredFix],
+        status: &DeviceStatusWrite<'_>,
+    ) -> Result<Written, sqlx::Error> {
         if rows.is_empty() {
-            return Ok(HashSet::new());
+            if status.statuses.is_empty() {
+                return Ok(Written::default());
+            }
+            let mut tx = self.pool.begin().await?;
+            let statuses = status.apply(&mut tx, &self.sql.statuses).await?;
+            tx.commit().await?;
+            return Ok(Written {
+                inserted: HashSet::new(),
+                statuses,
+            });
         }
         let started = Instant::now();
         self.ensure_partitions(rows).await?;
         let direct = self.mode == WriteMode::Copy && self.direct_copy_allowed();
-        let (path, inserted) = match self.mode {
-            WriteMode::Copy if direct => match self.copy_direct(rows).await {
-                Ok(()) => ("copy", rows.iter().map(StoredFix::key).collect()),
+        let (path, written) = match self.mode {
+            WriteMode::Copy if direct => match self.copy_direct(rows, status).await {
+                Ok(statuses) => (
+                    "copy",
+                    Written {
+                        inserted: rows.iter().map(StoredFix::key).collect(),
+                        statuses,
+                    },
+                ),
                 Err(e) if is_unique_violation(&e) => {
                     tracing::debug!(
                         rows = rows.len(),
@@ -195,18 +276,18 @@ impl Writer {
                     );
                     self.direct_paused_until = Some(Instant::now() + DIRECT_COPY_PAUSE);
                     self.metrics.direct_copy_conflicts.inc();
-                    ("copy_staged", self.copy_staged(rows).await?)
+                    ("copy_staged", self.copy_staged(rows, status).await?)
                 }
                 Err(e) => return Err(e),
             },
-            WriteMode::Copy => ("copy_staged", self.copy_staged(rows).await?),
-            WriteMode::Unnest => ("unnest", self.unnest(rows).await?),
+            WriteMode::Copy => ("copy_staged", self.copy_staged(rows, status).await?),
+            WriteMode::Unnest => ("unnest", self.unnest(rows, status).await?),
         };
         self.metrics
             .write_seconds
             .with_label_values(&[path])
             .observe(started.elapsed().as_secs_f64());
-        Ok(inserted)
+        Ok(written)
     }
 
     fn direct_copy_allowed(&mut self) -> bool {
@@ -220,23 +301,36 @@ impl Writer {
         }
     }
 
-    /// COPY every row into `positions` and upsert each device's newest into `last_positions`,
-    /// in one transaction. Fails with a unique violation, and changes nothing, when any row is
+    /// COPY every row into `positions`, upsert each device's newest valid fix into
+    /// `last_positions` and write the device statuses, in one transaction; returns the status
+    /// rows that changed. Fails with a unique violation, and changes nothing, when any row is
     /// already stored.
-    async fn copy_direct(&self, rows: &[StoredFix]) -> Result<(), sqlx::Error> {
+    async fn copy_direct(
+        &self,
+        rows: &[StoredFix],
+        status: &DeviceStatusWrite<'_>,
+    ) -> Result<Vec<StatusRow>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut copy = tx.copy_in_raw(&self.sql.direct_copy).await?;
         copy.send(encode_copy(rows)).await?;
         copy.finish().await?;
-        let latest = newest_per_device(rows);
-        sqlx::query_with(&self.sql.latest, Columns::of(&latest).into_arguments()?)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        let latest = newest_valid_per_device(rows);
+        if !latest.is_empty() {
+            sqlx::query_with(&self.sql.latest, Columns::of(&latest).into_arguments()?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let statuses = status.apply(&mut tx, &self.sql.statuses).await?;
+        tx.commit().await?;
+        Ok(statuses)
     }
 
     /// COPY into the staging table, then insert what is new; returns the new keys.
-    async fn copy_staged(&self, rows: &[StoredFix]) -> Result<HashSet<FixKey>, sqlx::Error> {
+    async fn copy_staged(
+        &self,
+        rows: &[StoredFix],
+        status: &DeviceStatusWrite<'_>,
+    ) -> Result<Written, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // Quiet the "already exists" notice; SET LOCAL ends with the transaction.
         // A &str with no arguments goes over the simple protocol: both statements in
@@ -254,19 +348,31 @@ impl Writer {
         let inserted: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(&self.sql.from_staging)
             .fetch_all(&mut *tx)
             .await?;
+        let statuses = status.apply(&mut tx, &self.sql.statuses).await?;
         tx.commit().await?;
-        Ok(keys_of(inserted))
+        Ok(Written {
+            inserted: keys_of(inserted),
+            statuses,
+        })
     }
 
     /// One `INSERT .. SELECT FROM unnest(..)`; returns the new keys.
-    async fn unnest(&self, rows: &[StoredFix]) -> Result<HashSet<FixKey>, sqlx::Error> {
+    async fn unnest(
+        &self,
+        rows: &[StoredFix],
+        status: &DeviceStatusWrite<'_>,
+    ) -> Result<Written, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let inserted: Vec<(Uuid, DateTime<Utc>)> =
             sqlx::query_as_with(&self.sql.unnest, Columns::of(rows).into_arguments()?)
                 .fetch_all(&mut *tx)
                 .await?;
+        let statuses = status.apply(&mut tx, &self.sql.statuses).await?;
         tx.commit().await?;
-        Ok(keys_of(inserted))
+        Ok(Written {
+            inserted: keys_of(inserted),
+            statuses,
+        })
     }
 
     /// Create the daily partitions of the batch's days that are not known to exist. Runs in
@@ -316,6 +422,72 @@ impl Writer {
     }
 }
 
+/// A batch's `device_status` writes, run inside the batch's transaction after its positions.
+struct DeviceStatusWrite<'a> {
+    statuses: &'a [StatusChange],
+    seen: &'a [Seen],
+}
+
+impl DeviceStatusWrite<'_> {
+    /// Apply the status changes with `upsert` ([`upsert_statuses`]), then move `last_seen` to
+    /// the fixes' times; returns the status rows that changed. Two statements, because one
+    /// statement may not update a row twice.
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        upsert: &str,
+    ) -> Result<Vec<StatusRow>, sqlx::Error> {
+        let mut changed = Vec::new();
+        if !self.statuses.is_empty() {
+            let s = self.statuses;
+            let column = |f: fn(&StatusChange) -> Option<f64>| s.iter().map(f).collect::<Vec<_>>();
+            let flag = |f: fn(&StatusChange) -> Option<bool>| s.iter().map(f).collect::<Vec<_>>();
+            changed = sqlx::query_as(upsert)
+                .bind(s.iter().map(|c| c.device).collect::<Vec<_>>())
+                .bind(s.iter().map(|c| c.tenant).collect::<Vec<_>>())
+                .bind(s.iter().map(|c| ts(c.report.time)).collect::<Vec<_>>())
+                .bind(column(|c| c.report.battery_pct))
+                .bind(flag(|c| c.report.charging))
+                .bind(flag(|c| c.report.motion))
+                .bind(
+                    s.iter()
+                        .map(|c| {
+                            (!c.report.attributes.is_empty()).then(|| {
+                                serde_json::to_string(&c.report.attributes)
+                                    .expect("json values serialize")
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    s.iter()
+                        .map(|c| c.alarm.as_ref().map(|(a, _)| a.clone()))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    s.iter()
+                        .map(|c| c.alarm.as_ref().map(|(_, t)| ts(*t)))
+                        .collect::<Vec<_>>(),
+                )
+                .fetch_all(&mut **tx)
+                .await?;
+        }
+        if !self.seen.is_empty() {
+            sqlx::query(TOUCH_LAST_SEEN)
+                .bind(self.seen.iter().map(|s| s.device).collect::<Vec<_>>())
+                .bind(self.seen.iter().map(|s| s.tenant).collect::<Vec<_>>())
+                .bind(self.seen.iter().map(|s| ts(s.at)).collect::<Vec<_>>())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(changed)
+    }
+}
+
+fn ts(ms: EpochMillis) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("23505"))
 }
@@ -327,10 +499,10 @@ fn keys_of(inserted: Vec<(Uuid, DateTime<Utc>)>) -> HashSet<FixKey> {
         .collect()
 }
 
-/// Each device's row with the newest fix time (keys are distinct, so there are no ties).
-fn newest_per_device(rows: &[StoredFix]) -> Vec<StoredFix> {
+/// Each device's valid row with the newest fix time (keys are distinct, so there are no ties).
+fn newest_valid_per_device(rows: &[StoredFix]) -> Vec<StoredFix> {
     let mut newest: HashMap<Uuid, &StoredFix> = HashMap::new();
-    for row in rows {
+    for row in rows.iter().filter(|r| r.fix.valid) {
         newest
             .entry(row.device)
             .and_modify(|kept| {
@@ -366,6 +538,51 @@ mod tests {
             .contains("WHERE EXCLUDED.fix_time > last_positions.fix_time"));
         assert!(!upsert_latest().contains("device_id = EXCLUDED"));
         assert!(upsert_latest().contains("attributes = EXCLUDED.attributes"));
+        // Only fixes the device called valid become the latest position.
+        assert!(sql.unnest.contains("FROM rows WHERE valid"));
+        assert!(sql
+            .from_staging
+            .contains("FROM positions_staging WHERE valid"));
+    }
+
+    #[test]
+    fn the_status_upsert_only_moves_forward() {
+        let sql = Statements::new().statuses;
+        assert!(sql.contains(&format!("WHERE {NEWER_STATUS} OR {NEWER_ALARM}")));
+        assert!(sql.contains("last_seen = greatest(s.last_seen, EXCLUDED.last_seen)"));
+        for column in [
+            "status_time",
+            "battery_pct",
+            "charging",
+            "motion",
+            "attributes",
+        ] {
+            assert!(sql.contains(&format!(
+                "{column} = CASE WHEN {NEWER_STATUS} THEN EXCLUDED.{column} ELSE s.{column} END"
+            )));
+        }
+        assert!(sql.ends_with(&format!("RETURNING {STATUS_COLUMNS}")));
+        assert!(TOUCH_LAST_SEEN.contains("WHERE EXCLUDED.last_seen > s.last_seen"));
+    }
+
+    #[test]
+    fn only_valid_fixes_are_candidates_for_the_latest_position() {
+        let row = |t, valid| {
+            let mut fix = gps_domain::Fix::new(t, 1.0, 2.0);
+            fix.valid = valid;
+            StoredFix {
+                tenant: Uuid::nil(),
+                device: Uuid::from_u128(7),
+                uid: "d".into(),
+                protocol: gps_domain::Protocol::Json,
+                received: t,
+                fix,
+            }
+        };
+        let newest = newest_valid_per_device(&[row(1, true), row(3, false), row(2, true)]);
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].fix.fix_time, 2);
+        assert!(newest_valid_per_device(&[row(3, false)]).is_empty());
     }
 
     #[tokio::test]

@@ -144,7 +144,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 
 /// A 400 whose field is the one serde's message names (`unknown field \`role\``,
 /// `missing field \`email\``, `duplicate field \`from\``), if it names one.
-fn bad_request_naming_serde_field(text: String) -> ApiError {
+pub(crate) fn bad_request_naming_serde_field(text: String) -> ApiError {
     let field = text
         .split('`')
         .nth(1)

@@ -72,6 +72,12 @@ pub struct Config {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// `TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client of the per-IP limits.
+    #[command(flatten)]
+    pub client_ip: gps_runtime::client_ip::ClientIpArgs,
+    /// The dashboard (`WEB_DIR`, `WEB_TILE_URL`, `WEB_LIVE_URL`).
+    #[command(flatten)]
+    pub web: crate::web::WebArgs,
 }
 
 /// Administrative subcommands.
@@ -99,6 +105,22 @@ pub enum AdminCommand {
         #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
         password: Option<String>,
     },
+    /// Create a tenant's user, or set its password and role when it exists (the tenant is
+    /// created when missing): the demo login of `dev/stack run`.
+    EnsureUser {
+        /// Tenant name.
+        #[arg(long)]
+        tenant: String,
+        /// The user's email.
+        #[arg(long)]
+        email: String,
+        /// The user's role.
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// The password.
+        #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
 }
 
 /// Everything `run` needs beyond the connections: checked values.
@@ -122,6 +144,8 @@ pub struct Settings {
     pub api_limit_per_minute: u64,
     /// The time-range caps and export limits.
     pub limits: Limits,
+    /// The reverse proxies whose `X-Forwarded-For` is believed (login and refresh limits).
+    pub trusted_proxies: gps_runtime::client_ip::TrustedProxies,
 }
 
 /// The caps that bound what one request may cost (see `docs/query-api.md`, "Errors and limits").
@@ -175,6 +199,7 @@ impl Config {
                 exports_per_tenant: self.exports_per_tenant as usize,
                 export_idle_timeout: std::time::Duration::from_secs(self.export_idle_timeout_secs),
             },
+            trusted_proxies: self.client_ip.trusted_proxies.clone(),
         })
     }
 

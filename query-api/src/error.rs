@@ -36,6 +36,17 @@ pub enum ApiError {
         /// What is wrong with it.
         message: String,
     },
+    /// A 400 with a code of its own, naming the field the client must add or change (e.g.
+    /// `tenant_required` at login).
+    #[error("{message}")]
+    NeedsField {
+        /// Stable error code.
+        code: &'static str,
+        /// The field.
+        field: &'static str,
+        /// What to do.
+        message: String,
+    },
     /// No valid credential.
     #[error("authentication required")]
     Unauthorized,
@@ -146,6 +157,12 @@ impl IntoResponse for ApiError {
             Self::BadRequest { field, message } => {
                 ErrorResponse::new(StatusCode::BAD_REQUEST, "bad_request", message).field(field)
             }
+            Self::NeedsField {
+                code,
+                field,
+                message,
+            } => ErrorResponse::new(StatusCode::BAD_REQUEST, code, message)
+                .field(Some(field)),
             Self::Unauthorized => ErrorResponse::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

@@ -12,6 +12,7 @@ pub mod openapi;
 mod passwords;
 pub mod routes;
 pub mod summary;
+pub mod web;
 
 pub use config::{AdminCommand, Command, Config, Settings};
 pub use error::ServiceError;
@@ -52,6 +53,10 @@ pub fn api_router(state: AppState) -> Router {
                 .patch(devices::patch_device)
                 .delete(devices::delete_device),
         )
+        .route(
+            "/v1/tenant",
+            get(devices::get_tenant).patch(devices::patch_tenant),
+        )
         .route("/v1/devices/{id}/rotate-token", post(devices::rotate_token))
         .route(
             "/v1/devices/{id}/rotate-udp-key",
@@ -59,6 +64,10 @@ pub fn api_router(state: AppState) -> Router {
         )
         .route("/v1/devices/{id}/positions", get(history::device_positions))
         .route("/v1/devices/{id}/summary", get(history::summary))
+        .route(
+            "/v1/devices/{id}/status",
+            get(routes::status::device_status),
+        )
         .route("/v1/positions", get(history::area))
         .route("/v1/positions/latest", get(history::latest))
         .route("/v1/users", get(users::list_users).post(users::create_user))
@@ -94,6 +103,10 @@ pub fn api_router(state: AppState) -> Router {
             axum::routing::delete(api_keys::revoke_api_key),
         )
         .route("/v1/audit", get(audit::list_audit))
+        .route("/v1/event-types", get(routes::events::event_types))
+        .route("/v1/events", get(routes::events::list_events))
+        // Fence bodies have a larger body limit of their own.
+        .merge(routes::geofences::router())
         .route("/openapi.json", get(openapi::document))
         // Bodies over the limit are refused (413) before they are buffered.
         .layer(axum::extract::DefaultBodyLimit::max(app::MAX_BODY_BYTES))
@@ -136,6 +149,8 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), ServiceError> {
     let settings = config.settings()?;
+    let export_idle_timeout = settings.limits.export_idle_timeout;
+    let web = config.web.check()?;
     // Every session with a statement timeout: a query stops when its client got its error.
     let pool = gps_runtime::db::connect_with(&config.database, config.db_session()).await?;
     gps_runtime::db::migrate(&pool).await?;
@@ -159,10 +174,13 @@ pub async fn run(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
-        .merge(ops::router("query-api", registry, readiness));
+        .merge(ops::router("query-api", registry, readiness))
+        .merge(web::router(web));
     tracing::info!(addr = %listener.local_addr()?, "query-api listening");
     let service = Service::new("query-api", shutdown);
-    service.serve("http", listener, router);
+    // A client that stops reading a response (an export) is cut after the export idle
+    // timeout: the stream's reader stops at its next chunk, the socket is reset here.
+    service.serve_with_write_timeout("http", listener, router, export_idle_timeout);
     service.run(REQUEST_TIMEOUT).await?;
     Ok(())
 }
@@ -172,6 +190,12 @@ pub async fn run_admin(config: &Config, action: &AdminCommand) -> Result<String,
     let pool = gps_runtime::db::connect(&config.database).await?;
     gps_runtime::db::migrate(&pool).await?;
     match action {
+        AdminCommand::EnsureUser {
+            tenant,
+            email,
+            role,
+            password,
+        } => ensure_user(&pool, tenant, email, role, password).await,
         AdminCommand::CreateTenant {
             name,
             admin_email,
@@ -208,4 +232,64 @@ pub async fn run_admin(config: &Config, action: &AdminCommand) -> Result<String,
             ))
         }
     }
+}
+
+/// `admin ensure-user`: the tenant (created when missing) gets the user, or the existing user its
+/// new password and role; older sessions of that user end (as after any password change).
+async fn ensure_user(
+    pool: &sqlx::PgPool,
+    tenant: &str,
+    email: &str,
+    role: &str,
+    password: &str,
+) -> Result<String, ServiceError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| ServiceError::Admin(format!("{what}: {e}"));
+    routes::check_name("name", tenant).map_err(|e| fail("tenant name", &e))?;
+    let role: gps_domain::auth::Role = role.parse().map_err(|e| fail("role", &e))?;
+    if password.chars().count() < 10 {
+        return Err(ServiceError::Admin(
+            "password: at least 10 characters".into(),
+        ));
+    }
+    let tenant_id: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO tenants (name) VALUES ($1)
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| fail("tenant", &e))?;
+    let existing: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM users WHERE tenant_id = $1 AND lower(email) = lower($2)",
+    )
+    .bind(tenant_id)
+    .bind(email.trim())
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| fail("user lookup", &e))?;
+    let user = match existing {
+        None => users::insert_user(pool, tenant_id, email, password, role, "")
+            .await
+            .map_err(|e| fail("user", &e))?,
+        Some(id) => {
+            let phc = passwords::hash_new_password(password.to_owned())
+                .await
+                .map_err(|e| fail("password", &e))?;
+            sqlx::query(
+                "UPDATE users SET password_hash = $2, role = $3, disabled = false,
+                        tokens_not_before = now() WHERE id = $1",
+            )
+            .bind(id)
+            .bind(phc)
+            .bind(role.as_str())
+            .execute(pool)
+            .await
+            .map_err(|e| fail("user update", &e))?;
+            id
+        }
+    };
+    Ok(format!(
+        "user {email} ({user}) of tenant {tenant} ({tenant_id}) ready, role {}\n",
+        role.as_str()
+    ))
 }

@@ -45,22 +45,25 @@ const fn public(method: &'static str, path: &'static str, summary: &'static str)
 
 /// Every route of the API.
 pub const ROUTES: &[Operation] = &[
-    public("post", "/v1/auth/login", "Log in with email and password: access token + refresh token"),
+    public("post", "/v1/auth/login", "Log in with email, password and optional tenant (name or id; needed, 400 tenant_required, only when the credentials match users of several tenants): access token + refresh token"),
     public("post", "/v1/auth/refresh", "Rotate a refresh token; reuse of a rotated token revokes its family"),
     public("post", "/v1/auth/logout", "Revoke a refresh token and its family"),
     op("post", "/v1/auth/password", "Change one's own password (current_password, new_password): ends every older session, answers a fresh login", None),
     op("post", "/v1/live/ticket", "Single-use ticket for the fanout WebSocket", Some("live:read")),
     op("get", "/v1/devices", "List the devices the caller may see", Some("devices:read")),
-    op("post", "/v1/devices", "Create a device; returns its ingest token and UDP key once", Some("devices:write")),
+    op("post", "/v1/devices", "Create a device (uid, name, uid_only, speed_unit, payload_secret write-only); returns its ingest token and UDP key once; 409 if the uid exists in the tenant, 409 uid_taken if it is uid-only in another", Some("devices:write")),
     op("get", "/v1/devices/{id}", "Read a device", Some("devices:read")),
-    op("patch", "/v1/devices/{id}", "Rename or disable a device", Some("devices:write")),
+    op("patch", "/v1/devices/{id}", "Change name, disabled, uid_only, speed_unit, payload_secret (null: tenant default / remove); 409 uid_taken", Some("devices:write")),
     op("delete", "/v1/devices/{id}", "Delete a device", Some("devices:write")),
+    op("get", "/v1/tenant", "The tenant's device defaults: uid_only_devices, osmand_speed_unit", Some("devices:read")),
+    op("patch", "/v1/tenant", "Change the tenant's device defaults (admins: also needs roles:write); 409 uid_taken", Some("devices:write")),
     op("post", "/v1/devices/{id}/rotate-token", "New ingest token, shown once", Some("devices:write")),
     op("post", "/v1/devices/{id}/rotate-udp-key", "New UDP HMAC key, shown once", Some("devices:write")),
     op("get", "/v1/devices/{id}/positions", "History: from, to, limit, cursor, format (json|geojson|gpx|csv), simplify, bucket, as_of, geometry", Some("positions:read")),
     op("get", "/v1/devices/{id}/summary", "Distance, moving time, speeds, trips and stops", Some("positions:read")),
+    op("get", "/v1/devices/{id}/status", "Device status: last_seen, status_time, battery_pct, charging, motion, alarm, alarm_time, attributes (all null when never heard from)", Some("devices:read")),
     op("get", "/v1/positions", "Area query: bbox, from, to, limit", Some("positions:read")),
-    op("get", "/v1/positions/latest", "Last known positions: group, bbox", Some("positions:read")),
+    op("get", "/v1/positions/latest", "Last known positions: group, bbox; each with the device's status (null when it never sent one)", Some("positions:read")),
     op("get", "/v1/users", "List users", Some("users:read")),
     op("post", "/v1/users", "Create a user with a role", Some("users:write")),
     op("get", "/v1/users/{id}", "Read a user", Some("users:read")),
@@ -79,8 +82,28 @@ pub const ROUTES: &[Operation] = &[
     op("post", "/v1/api-keys", "Create an API key; the key is shown once", Some("keys:write")),
     op("delete", "/v1/api-keys/{id}", "Revoke an API key", Some("keys:write")),
     op("get", "/v1/audit", "Audit log, newest first", Some("audit:read")),
+    op("get", "/v1/geofences", "List the tenant's geofences by id: limit (1..1000, default 100), cursor", Some("geofences:read")),
+    op("post", "/v1/geofences", "Create a geofence: name, geometry (GeoJSON Polygon | MultiPolygon | Point + radius_m), groups, speed_limit_mps, schedule; validated (closed rings, no self-intersection, at most 10,000 positions, antimeridian); body up to 1 MiB", Some("geofences:write")),
+    op("get", "/v1/geofences/{id}", "Read a geofence (with its bbox)", Some("geofences:read")),
+    op("put", "/v1/geofences/{id}", "Replace a geofence (same body as the create)", Some("geofences:write")),
+    op("delete", "/v1/geofences/{id}", "Delete a geofence", Some("geofences:write")),
+    op("get", "/v1/event-types", "The event types and what raises each", Some("events:read")),
+    op("get", "/v1/events", "Events, oldest first: device, type (comma list), from, to, limit (1..10000), cursor, format (json|csv); a viewer sees its groups' devices only", Some("events:read")),
     public("get", "/openapi.json", "This document"),
 ];
+
+/// The status of an operation's success: `201` for a create, `204` for an answer without a
+/// body (deletes, memberships, logout), `200` otherwise (as the handlers answer).
+fn success_status(method: &str, path: &str) -> &'static str {
+    match (method, path) {
+        ("post", "/v1/devices" | "/v1/users" | "/v1/groups" | "/v1/api-keys" | "/v1/geofences") => {
+            "201"
+        }
+        ("delete", _) | ("post", "/v1/auth/logout") => "204",
+        ("put", path) if path.starts_with("/v1/groups/") => "204",
+        _ => "200",
+    }
+}
 
 /// The document.
 pub fn build() -> serde_json::Value {
@@ -95,17 +118,22 @@ pub fn build() -> serde_json::Value {
                                     "schema": { "type": "string", "format": "uuid" } })
             })
             .collect();
+        let error = serde_json::json!({ "$ref": "#/components/responses/Error" });
+        let mut responses = serde_json::json!({
+            success_status(route.method, route.path): { "description": "success" },
+            "400": error, "401": error, "403": error, "404": error, "429": error,
+            // A dependency down, or a statement over the timeout (with Retry-After).
+            "503": error,
+        });
+        if route.method != "get" {
+            // Writes: a conflict (existing uid, last admin, ...) and a body over the limit.
+            responses["409"] = error.clone();
+            responses["413"] = error.clone();
+        }
         let mut operation = serde_json::json!({
             "summary": route.summary,
             "parameters": params,
-            "responses": {
-                "200": { "description": "success" },
-                "400": { "$ref": "#/components/responses/Error" },
-                "401": { "$ref": "#/components/responses/Error" },
-                "403": { "$ref": "#/components/responses/Error" },
-                "404": { "$ref": "#/components/responses/Error" },
-                "429": { "$ref": "#/components/responses/Error" },
-            },
+            "responses": responses,
         });
         if route.auth {
             operation["security"] = serde_json::json!([{ "bearer": [] }]);

@@ -3,12 +3,17 @@
 //! endless stream `dev/stack run` starts; `loadgen ceiling-copy` and `loadgen ceiling-produce`
 //! measure the raw ceilings the end-to-end rate is compared with; `loadgen drain` measures the
 //! processor alone against the COPY ceiling; `loadgen ws latency|idle` loads a running fanout
-//! with WebSocket clients.
+//! with WebSocket clients; `loadgen drill` runs the pipeline as processes and applies a scripted
+//! sequence of faults under load; `loadgen history-scale` times history reads as `positions`
+//! grows; `loadgen concurrency` times single-fix requests at fixed numbers in flight.
 
 use anyhow::Context;
 use benches::ceiling;
+use benches::concurrency;
 use benches::demo::{self, CancelFlag, DemoConfig};
 use benches::drain;
+use benches::drill::{self, DrillConfig, Fault};
+use benches::history_scale;
 use benches::report;
 use benches::run::{self, RunConfig, RunEnv};
 use benches::sim::FaultRates;
@@ -53,6 +58,62 @@ enum Command {
     /// WebSocket load on a running fanout: delivery latency, or idle connections' memory.
     #[command(subcommand)]
     Ws(WsCommand),
+    /// Start the services as processes (own broker, Redis, database and topics), drive load and
+    /// apply a scripted sequence of faults; one row per fault, non-zero exit unless every row
+    /// has zero missing, zero doubled and a recovery within the bound.
+    Drill(DrillArgs),
+    /// Grow `positions` of a scratch database by COPY (a year, many devices) and time the
+    /// history reads through the query-api binary at each size.
+    HistoryScale(HistoryScaleArgs),
+    /// Single-fix requests at fixed numbers in flight: requests/s and p50/p99 per level.
+    Concurrency(ConcurrencyArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConcurrencyArgs {
+    /// Ingest HTTP base URL.
+    #[arg(
+        long,
+        env = "LOADGEN_INGEST_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    ingest_url: String,
+    /// Requests in flight, comma separated, one level after the other.
+    #[arg(long, value_delimiter = ',', default_value = "1,32,256,1024")]
+    levels: Vec<usize>,
+    /// Measured seconds per level (after one second of warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct HistoryScaleArgs {
+    /// Table sizes to measure at, rows, comma separated, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,10000000")]
+    sizes: Vec<u64>,
+    /// Devices of the tenant (one probe device, the rest fill the year).
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    /// Timed runs per read and size (after one warm-up).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Rows per COPY statement.
+    #[arg(long, default_value_t = 100_000)]
+    chunk: usize,
+    /// Directory with the query-api binary.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Keep the scratch database (its name is printed) for `EXPLAIN ANALYZE` by hand.
+    #[arg(long)]
+    keep: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +201,66 @@ impl From<WsTargetArgs> for WsTarget {
             fanout_pid: args.fanout_pid,
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct DrillArgs {
+    /// Directory with the ingest, processor, fanout and query-api binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// The tansu broker binary (default: `$TANSU_BIN` or where `dev/stack` builds it).
+    #[arg(long)]
+    tansu_bin: Option<PathBuf>,
+    /// The Redis server binary.
+    #[arg(long, default_value = "redis-server")]
+    redis_bin: PathBuf,
+    /// Faults in order, comma separated (default: the long sequence, plus the kill-one-*
+    /// failovers with two or more instances).
+    #[arg(long, value_delimiter = ',')]
+    faults: Vec<Fault>,
+    /// Instances of each service.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    /// Load in fixes per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Simulated devices per ingest instance and fault.
+    #[arg(long, default_value_t = 200)]
+    devices: usize,
+    /// Seconds of load per fault.
+    #[arg(long, default_value_t = 30.0)]
+    phase_secs: f64,
+    /// Seconds into the load when the fault hits.
+    #[arg(long, default_value_t = 8.0)]
+    fault_at_secs: f64,
+    /// Seconds a killed process stays down (or the broker frozen).
+    #[arg(long, default_value_t = 5.0)]
+    down_secs: f64,
+    /// Longest recovery that passes, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    recovery_bound_secs: f64,
+    /// Shell command restarting PostgreSQL, e.g. "pg_ctlcluster 15 main restart" (the
+    /// restart-postgres fault is skipped without one: it restarts a server others may use).
+    #[arg(long)]
+    postgres_restart_cmd: Option<String>,
+    /// Extra environment for every service, KEY=VALUE (repeatable).
+    #[arg(long = "service-env", value_parser = parse_key_value)]
+    service_env: Vec<(String, String)>,
+    /// Logs and broker storage (default: a fresh directory under the temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the throwaway database.
+    #[arg(long)]
+    keep: bool,
+    /// JSON report path.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 #[derive(Debug, Args)]
@@ -384,7 +505,89 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ws(command) => ws_command(command, &cli.database).await,
+        Command::Drill(args) => drill_command(args, cli.database).await,
+        Command::Concurrency(args) => {
+            let pool = connect_with_retry(&cli.database).await?;
+            let config = concurrency::ConcurrencyConfig {
+                ingest_url: args.ingest_url,
+                levels: args.levels,
+                duration: Duration::from_secs_f64(args.duration.max(0.1)),
+            };
+            let levels = concurrency::run(&pool, &config).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&levels)?);
+            } else {
+                print!("{}", concurrency::table(&levels));
+            }
+            Ok(())
+        }
+        Command::HistoryScale(args) => {
+            let mut sizes = args.sizes;
+            sizes.sort_unstable();
+            let config = history_scale::HistoryScaleConfig {
+                database: cli.database,
+                redis: args.redis,
+                bin_dir: args.bin_dir,
+                sizes,
+                devices: args.devices.max(2),
+                runs: args.runs.max(1),
+                chunk: args.chunk.max(1),
+                keep: args.keep,
+            };
+            let result = history_scale::run(&config).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print!("{}", result.table());
+                if args.keep {
+                    println!("kept database: {}", result.database);
+                }
+            }
+            Ok(())
+        }
     }
+}
+
+async fn drill_command(args: DrillArgs, database: DatabaseArgs) -> anyhow::Result<()> {
+    let mut config = DrillConfig::long(args.bin_dir, database);
+    if let Some(bin) = args.tansu_bin {
+        config.tansu_bin = bin;
+    }
+    if let Some(dir) = args.work_dir {
+        config.work_dir = dir;
+    }
+    config.redis_bin = args.redis_bin;
+    config.instances = args.instances.max(1);
+    if !args.faults.is_empty() {
+        config.faults = args.faults;
+    } else if config.instances > 1 {
+        config.faults.extend(
+            drill::FAILOVER_SEQUENCE
+                .iter()
+                .map(|f| f.parse::<Fault>().expect("known fault")),
+        );
+    }
+    config.rate = args.rate.max(1.0);
+    config.devices = args.devices.max(1);
+    config.phase = Duration::from_secs_f64(args.phase_secs.max(1.0));
+    config.fault_at = Duration::from_secs_f64(args.fault_at_secs.max(0.0));
+    config.down_for = Duration::from_secs_f64(args.down_secs.max(0.0));
+    config.recovery_bound = Duration::from_secs_f64(args.recovery_bound_secs.max(1.0));
+    config.postgres_restart = args.postgres_restart_cmd;
+    config.service_env = args.service_env;
+    config.keep = args.keep;
+    let stop = gps_runtime::shutdown::Shutdown::new();
+    stop.listen_for_signals();
+    let report = drill::run(config, stop).await?;
+    print!("{}", drill::table(&report));
+    if let Some(path) = args.report {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !report.passed() {
+        anyhow::bail!("the drill failed: see the rows marked FAIL");
+    }
+    Ok(())
 }
 
 async fn ws_command(command: WsCommand, database: &DatabaseArgs) -> anyhow::Result<()> {

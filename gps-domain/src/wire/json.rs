@@ -1,5 +1,7 @@
 //! The platform's own JSON fix format, body of `POST /v1/fixes` (documented in `docs/ingest.md`):
-//! one fix object, or an array of them. SI units; `time` is epoch milliseconds or ISO 8601.
+//! one fix object, or an array of them. SI units; `time` is epoch milliseconds or ISO 8601. A
+//! numeric `time` below 10^11 (epoch seconds) or from 10^14 up (epoch microseconds) is refused
+//! per item with code `wrong_unit` ([`MIN_EPOCH_MILLIS`], [`MAX_EPOCH_MILLIS`]).
 //!
 //! ```json
 //! {"time": "2024-05-01T10:00:00.250Z", "lat": 52.52, "lon": 13.405, "altitude": 34.5,
@@ -31,7 +33,8 @@ pub struct ItemError {
     pub index: usize,
     /// The field at fault (`""` when the item itself is not an object).
     pub field: String,
-    /// Machine-readable code: `missing`, `wrong_type`, `out_of_range`, `not_an_object`,
+    /// Machine-readable code: `missing`, `wrong_type`, `wrong_unit` (a numeric `time` that
+    /// looks like epoch seconds or microseconds), `out_of_range`, `not_an_object`,
     /// `unknown_device` (set by ingest), `too_large`.
     pub code: &'static str,
     /// Human-readable reason.
@@ -329,23 +332,45 @@ fn decode_fields(f: ItemFields) -> Result<JsonItem, FieldError> {
     Ok(JsonItem { device, fix })
 }
 
+/// Smallest numeric `time` read as epoch milliseconds: 10^11 ms is 1973-03-03, while 10^11
+/// *seconds* is the year 5138, so every plausible time in seconds is below it (today's are
+/// about 1.7 x 10^9) and every plausible time in ms is above it (about 1.7 x 10^12).
+pub const MIN_EPOCH_MILLIS: f64 = 1e11;
+/// Largest numeric `time` read as epoch milliseconds (exclusive): 10^14 ms is the year 5138,
+/// while today's times in microseconds are about 1.7 x 10^15.
+pub const MAX_EPOCH_MILLIS: f64 = 1e14;
+
 fn time_field(value: Option<&Value>) -> Result<EpochMillis, FieldError> {
     match value {
         None | Some(Value::Null) => Err(field_error("time", "missing", "required")),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|v| v.fract() == 0.0 && v.abs() < 9.0e15)
-                    .map(|v| v as i64)
-            })
-            .ok_or_else(|| {
-                field_error(
+        Some(Value::Number(n)) => {
+            // A unit mistake is refused here, naming it, rather than accepted and quarantined
+            // later as "too old" where the sender never learns of it.
+            let magnitude = n.as_f64().map(f64::abs).unwrap_or(f64::INFINITY);
+            if magnitude < MIN_EPOCH_MILLIS {
+                return Err(field_error(
                     "time",
-                    "out_of_range",
-                    "must be integer epoch milliseconds or an ISO 8601 string",
-                )
-            }),
+                    "wrong_unit",
+                    "looks like epoch seconds: `time` is epoch milliseconds (or an ISO 8601 string)",
+                ));
+            }
+            if magnitude >= MAX_EPOCH_MILLIS {
+                return Err(field_error(
+                    "time",
+                    "wrong_unit",
+                    "looks like epoch microseconds or nanoseconds: `time` is epoch milliseconds (or an ISO 8601 string)",
+                ));
+            }
+            n.as_i64()
+                .or_else(|| n.as_f64().filter(|v| v.fract() == 0.0).map(|v| v as i64))
+                .ok_or_else(|| {
+                    field_error(
+                        "time",
+                        "out_of_range",
+                        "must be integer epoch milliseconds or an ISO 8601 string",
+                    )
+                })
+        }
         Some(Value::String(s)) => parse_time_text(s)
             .ok_or_else(|| field_error("time", "wrong_type", "not an ISO 8601 timestamp")),
         Some(_) => Err(field_error(
@@ -495,25 +520,28 @@ mod tests {
         assert_eq!(f.attributes["ignition"], Value::Bool(true));
     }
 
+    /// Each refused item as (index, field, code).
+    fn refusals(d: &Decoded) -> Vec<(usize, &str, &str)> {
+        d.errors
+            .iter()
+            .map(|e| (e.index, e.field.as_str(), e.code))
+            .collect()
+    }
+
     #[test]
     fn batch_reports_bad_items_by_index_and_field() {
-        let body = br#"[{"time":1,"lat":1,"lon":2},
-            {"time":1,"lat":"NaN","lon":2},
-            {"time":1,"lon":2},
-            {"time":1.5,"lat":1,"lon":2},
-            {"time":1,"lat":1,"lon":2,"satellites":70000},
+        let body = br#"[{"time":1700000000000,"lat":1,"lon":2},
+            {"time":1700000000000,"lat":"NaN","lon":2},
+            {"time":1700000000000,"lon":2},
+            {"time":1700000000000.5,"lat":1,"lon":2},
+            {"time":1700000000000,"lat":1,"lon":2,"satellites":70000},
             {"time":"soon","lat":1,"lon":2},
             7,
             {"time":1e300,"lat":1,"lon":2},
-            {"time":2,"lat":1e300,"lon":2,"speed":null}]"#;
+            {"time":1700000000001,"lat":1e300,"lon":2,"speed":null}]"#;
         let d = decode(body, 100).unwrap();
-        let fields: Vec<(usize, &str, &str)> = d
-            .errors
-            .iter()
-            .map(|e| (e.index, e.field.as_str(), e.code))
-            .collect();
         assert_eq!(
-            fields,
+            refusals(&d),
             vec![
                 (1, "lat", "wrong_type"),
                 (2, "lat", "missing"),
@@ -521,7 +549,7 @@ mod tests {
                 (4, "satellites", "out_of_range"),
                 (5, "time", "wrong_type"),
                 (6, "", "not_an_object"),
-                (7, "time", "out_of_range"),
+                (7, "time", "wrong_unit"),
             ]
         );
         assert_eq!(d.items.len(), 2);
@@ -537,19 +565,22 @@ mod tests {
         // Escaped keys, a repeated key (the last wins), unknown keys of any shape skipped, and
         // items that are not objects, nested or not.
         let body =
-            br#"[{"l\u0061t":1,"lon":2,"time":1,"lon":3,"extra":{"lat":[9,{"x":null}]},"more":[1]},
+            br#"[{"l\u0061t":1,"lon":2,"time":1700000000000,"lon":3,"extra":{"lat":[9,{"x":null}]},"more":[1]},
             [{"time":1,"lat":1,"lon":2}], null, true, "s", 1.5]"#;
         let d = decode(body, 10).unwrap();
         assert_eq!(d.items.len(), 1);
         let fix = &d.items[0].1.fix;
-        assert_eq!((fix.lat, fix.lon, fix.fix_time), (1.0, 3.0, 1));
+        assert_eq!(
+            (fix.lat, fix.lon, fix.fix_time),
+            (1.0, 3.0, 1_700_000_000_000)
+        );
         let not_objects: Vec<usize> = d.errors.iter().map(|e| e.index).collect();
         assert_eq!(not_objects, vec![1, 2, 3, 4, 5]);
         assert!(d.errors.iter().all(|e| e.code == "not_an_object"));
         assert_eq!(decode(b"null", 10), Err(JsonError::WrongShape));
         assert_eq!(decode(b"12", 10), Err(JsonError::WrongShape));
         assert!(matches!(
-            decode(br#"[{"time":1,"lat":1,"lon":2}] trailing"#, 10),
+            decode(br#"[{"time":1700000000000,"lat":1,"lon":2}] trailing"#, 10),
             Err(JsonError::Malformed(_))
         ));
     }
@@ -577,12 +608,41 @@ mod tests {
     #[test]
     fn attributes_are_bounded() {
         let many: Map<String, Value> = (0..17).map(|i| (format!("k{i}"), Value::from(i))).collect();
-        let body = serde_json::json!({"time":1,"lat":1,"lon":2,"attributes":many});
+        let body =
+            serde_json::json!({"time":1_700_000_000_000_i64,"lat":1,"lon":2,"attributes":many});
         let d = decode(body.to_string().as_bytes(), 1).unwrap();
         assert_eq!(d.errors[0].field, "attributes");
-        let body = serde_json::json!({"time":1,"lat":1,"lon":2,"attributes":{"nested":{"a":1}}});
+        let body = serde_json::json!({"time":1_700_000_000_000_i64,"lat":1,"lon":2,"attributes":{"nested":{"a":1}}});
         let d = decode(body.to_string().as_bytes(), 1).unwrap();
         assert_eq!(d.errors[0].field, "attributes.nested");
+    }
+
+    #[test]
+    fn times_in_the_wrong_unit_name_the_unit() {
+        let body = br#"[{"time":1700000000,"lat":1,"lon":2},
+            {"time":1700000000.25,"lat":1,"lon":2},
+            {"time":1700000000000000,"lat":1,"lon":2},
+            {"time":-5,"lat":1,"lon":2},
+            {"time":100000000000,"lat":1,"lon":2},
+            {"time":99999999999999,"lat":1,"lon":2}]"#;
+        let d = decode(body, 10).unwrap();
+        assert_eq!(
+            refusals(&d),
+            vec![
+                (0, "time", "wrong_unit"),
+                (1, "time", "wrong_unit"),
+                (2, "time", "wrong_unit"),
+                (3, "time", "wrong_unit"),
+            ]
+        );
+        assert!(d.errors[0].message.contains("looks like epoch seconds"));
+        assert!(d.errors[2].message.contains("microseconds"));
+        let kept: Vec<i64> = d.items.iter().map(|(_, i)| i.fix.fix_time).collect();
+        assert_eq!(
+            kept,
+            vec![100_000_000_000, 99_999_999_999_999],
+            "the edges are ms"
+        );
     }
 
     #[test]
@@ -613,7 +673,7 @@ mod tests {
         }
 
         #[test]
-        fn finite_fixes_round_trip(t in any::<i64>(), lat in -1e6f64..1e6, lon in -1e6f64..1e6) {
+        fn finite_fixes_round_trip(t in 100_000_000_000i64..100_000_000_000_000, lat in -1e6f64..1e6, lon in -1e6f64..1e6) {
             let fix = Fix::new(t, lat, lon);
             let d = decode(&encode(std::slice::from_ref(&fix), None), 1).unwrap();
             let got = &d.items[0].1.fix;

@@ -2,9 +2,12 @@
 //! and tests use), pure functions from bytes to [`crate::Fix`]es in SI units.
 //!
 //! - [`json`]: the platform's own `POST /v1/fixes` body (one fix or an array).
-//! - [`osmand`]: Traccar Client / OsmAnd (query string, form body, Traccar Client JSON body).
-//! - [`owntracks`]: OwnTracks HTTP mode (`_type=location`).
+//! - [`osmand`]: Traccar Client (every generation), the OsmAnd app, GPSLogger (query string,
+//!   form body, Traccar Client JSON bodies), with reports without a position as device status.
+//! - [`owntracks`]: OwnTracks HTTP mode (`location`, `status`, `transition`, and `encrypted`
+//!   payloads opened with the device's secret).
 //! - [`udp`]: the compact binary datagram, HMAC-authenticated, with its replay window.
+//! - [`teltonika`]: Teltonika Codec 8 / 8 Extended (TCP and UDP framing, acknowledgements).
 //!
 //! Decoders never panic on any input; each error names the field at fault. They check that
 //! values parse to the envelope's types (finite numbers, integers in range) but not plausibility:
@@ -13,6 +16,7 @@
 pub mod json;
 pub mod osmand;
 pub mod owntracks;
+pub mod teltonika;
 pub mod udp;
 
 use crate::fix::EpochMillis;

@@ -1,9 +1,11 @@
-//! Credentials against a real database: the three device lookups give one record, API-key rows
+//! Credentials against a real database: the three device lookups give one record, its settings
+//! resolved against the tenant's defaults, uid-only lookups see opted-in devices only, API-key rows
 //! map onto the rule (revoked, expired, scopes), `last_used_at` is written at most once a minute
 //! per key, and principal resolution applies the same rule.
 
 use chrono::{TimeDelta, Utc};
 use gps_domain::auth::{self, Actor, Permission};
+use gps_domain::fix::units::SpeedUnit;
 use gps_runtime::testing::{seed_device, unique_suffix, TestDb};
 use gps_store::credentials::{self, DeviceKey, KeyVerdict};
 use gps_store::principal::{principal_from_api_key, AuthError};
@@ -43,14 +45,14 @@ async fn last_used(pool: &PgPool, id: Uuid) -> Option<chrono::DateTime<Utc>> {
 }
 
 #[tokio::test]
-async fn a_device_is_the_same_record_by_token_uid_and_id() {
+async fn a_device_is_the_same_record_by_token_tenant_uid_and_id() {
     let db = TestDb::new().await;
     let seeded = seed_device(&db.pool, &format!("cred-{}", unique_suffix())).await;
     let digest = auth::secret_digest(&seeded.token);
     let mut found = Vec::new();
     for key in [
         DeviceKey::TokenDigest(&digest),
-        DeviceKey::Uid(&seeded.uid),
+        DeviceKey::TenantUid(seeded.tenant_id, &seeded.uid),
         DeviceKey::Id(seeded.device_id),
     ] {
         found.push(
@@ -86,7 +88,17 @@ async fn a_device_is_the_same_record_by_token_uid_and_id() {
         None
     );
     assert_eq!(
-        credentials::device(&db.pool, DeviceKey::Uid("no-such-uid"))
+        credentials::device(
+            &db.pool,
+            DeviceKey::TenantUid(seeded.tenant_id, "no-such-uid")
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    // The uid of another tenant is not found through this tenant.
+    assert_eq!(
+        credentials::device(&db.pool, DeviceKey::TenantUid(Uuid::new_v4(), &seeded.uid))
             .await
             .unwrap(),
         None
@@ -102,6 +114,149 @@ async fn a_device_is_the_same_record_by_token_uid_and_id() {
         .unwrap()
         .unwrap();
     assert!(disabled.disabled);
+}
+
+/// Set a device column (`uid_only`, `speed_unit`, `payload_secret`) to a SQL value.
+async fn set_device(pool: &PgPool, id: Uuid, assignment: &str) {
+    sqlx::query(&format!("UPDATE devices SET {assignment} WHERE id = $1"))
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn set_tenant_settings(pool: &PgPool, tenant: Uuid, settings: serde_json::Value) {
+    sqlx::query("UPDATE tenants SET settings = $2 WHERE id = $1")
+        .bind(tenant)
+        .bind(settings)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn by_id(pool: &PgPool, id: Uuid) -> credentials::DeviceRecord {
+    credentials::device(pool, DeviceKey::Id(id))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn device_settings_resolve_device_then_tenant_then_built_in_default() {
+    let db = TestDb::new().await;
+    let seeded = seed_device(&db.pool, &format!("settings-{}", unique_suffix())).await;
+    let device = by_id(&db.pool, seeded.device_id).await;
+    assert_eq!(
+        (device.uid_only, device.speed_unit, &device.payload_secret),
+        (false, SpeedUnit::Knots, &None),
+        "built-in defaults: token required, knots, no payload secret"
+    );
+
+    set_tenant_settings(
+        &db.pool,
+        seeded.tenant_id,
+        serde_json::json!({"uid_only_devices": true, "osmand_speed_unit": "kmh"}),
+    )
+    .await;
+    let device = by_id(&db.pool, seeded.device_id).await;
+    assert_eq!(
+        (device.uid_only, device.speed_unit),
+        (true, SpeedUnit::KilometresPerHour)
+    );
+
+    set_device(
+        &db.pool,
+        seeded.device_id,
+        "uid_only = false, speed_unit = 'mps', payload_secret = 'owntracks-key'",
+    )
+    .await;
+    let device = by_id(&db.pool, seeded.device_id).await;
+    assert_eq!(
+        (device.uid_only, device.speed_unit),
+        (false, SpeedUnit::MetresPerSecond)
+    );
+    let secret = device.payload_secret.as_ref().expect("payload secret");
+    assert_eq!(secret.expose(), "owntracks-key");
+    assert!(
+        !format!("{device:?}").contains("owntracks-key"),
+        "a logged record does not show the payload secret"
+    );
+
+    // A malformed tenant setting counts as absent, never as an error or a surprise.
+    set_device(
+        &db.pool,
+        seeded.device_id,
+        "uid_only = NULL, speed_unit = NULL",
+    )
+    .await;
+    set_tenant_settings(
+        &db.pool,
+        seeded.tenant_id,
+        serde_json::json!({"uid_only_devices": "yes", "osmand_speed_unit": "furlongs"}),
+    )
+    .await;
+    let device = by_id(&db.pool, seeded.device_id).await;
+    assert_eq!(
+        (device.uid_only, device.speed_unit),
+        (false, SpeedUnit::Knots)
+    );
+    // The column refuses an unknown unit.
+    let refused = sqlx::query("UPDATE devices SET speed_unit = 'furlongs' WHERE id = $1")
+        .bind(seeded.device_id)
+        .execute(&db.pool)
+        .await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn uids_are_unique_per_tenant_and_uid_only_lookups_see_opted_in_devices() {
+    let db = TestDb::new().await;
+    let a = seed_device(&db.pool, &format!("uid-a-{}", unique_suffix())).await;
+    let b = seed_device(&db.pool, &format!("uid-b-{}", unique_suffix())).await;
+    // Tenant B may have a device with tenant A's uid; A may not have two.
+    let insert = |tenant: Uuid| {
+        sqlx::query("INSERT INTO devices (tenant_id, uid) VALUES ($1, $2) RETURNING id")
+            .bind(tenant)
+            .bind(a.uid.clone())
+    };
+    let twin: Uuid =
+        sqlx::query_scalar("INSERT INTO devices (tenant_id, uid) VALUES ($1, $2) RETURNING id")
+            .bind(b.tenant_id)
+            .bind(&a.uid)
+            .fetch_one(&db.pool)
+            .await
+            .expect("the same uid in another tenant");
+    assert!(insert(a.tenant_id).execute(&db.pool).await.is_err());
+
+    // Neither is opted in: a uid-only lookup finds nothing.
+    let found = credentials::uid_only_devices(&db.pool, &a.uid)
+        .await
+        .unwrap();
+    assert!(found.is_empty(), "{found:?}");
+    // A explicitly opts in: exactly A's device.
+    set_device(&db.pool, a.device_id, "uid_only = true").await;
+    let found = credentials::uid_only_devices(&db.pool, &a.uid)
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![a.device_id]
+    );
+    // B opts its devices in by tenant default: both match, and the caller sees the ambiguity.
+    set_tenant_settings(
+        &db.pool,
+        b.tenant_id,
+        serde_json::json!({"uid_only_devices": true}),
+    )
+    .await;
+    let found = credentials::uid_only_devices(&db.pool, &a.uid)
+        .await
+        .unwrap();
+    let mut ids: Vec<Uuid> = found.iter().map(|d| d.id).collect();
+    ids.sort();
+    let mut expected = vec![a.device_id, twin];
+    expected.sort();
+    assert_eq!(ids, expected);
 }
 
 #[tokio::test]

@@ -32,7 +32,10 @@ pub async fn post_fixes(
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
     state
-        .respond(Protocol::Json, handle(&state, peer.ip(), &headers, raw))
+        .respond(
+            Protocol::Json,
+            handle(&state, state.source(peer, &headers), &headers, raw),
+        )
         .await
 }
 
@@ -94,7 +97,7 @@ async fn handle(
             },
             Caller::Gateway { tenant_id } => match &item.device {
                 None => Err("required with an api key: the device uid"),
-                Some(uid) => match state.auth.device_by_uid(uid).await? {
+                Some(uid) => match state.auth.device_by_tenant_uid(*tenant_id, uid).await? {
                     // Another tenant's device is indistinguishable from an unknown one.
                     Some(d) if d.tenant_id == *tenant_id => Ok(d),
                     _ => Err("unknown device"),

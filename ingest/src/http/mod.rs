@@ -1,6 +1,7 @@
-//! The device-facing HTTP API: `POST /v1/fixes` ([`json`]), Traccar Client / OsmAnd at `/`
-//! ([`osmand`]) and OwnTracks at `/owntracks` ([`owntracks`]), merged with the operational
-//! router. Shared here: the state, body and credential extraction, the per-source limit on
+//! The device-facing HTTP API: `POST /v1/fixes` ([`json`]), the OsmAnd protocol (Traccar
+//! Client, the OsmAnd app, GPSLogger) at `/` and, like Traccar's OsmAnd port, at any path no
+//! other route takes ([`osmand`]), and OwnTracks at `/owntracks` and the Recorder's `/pub`
+//! ([`owntracks`]), merged with the operational router (`/healthz`, `/readyz`, `/metrics`). Shared here: the state, body and credential extraction, the per-source limit on
 //! unknown credentials ([`AppState::admit`]), and per-request metrics. Producing a request's
 //! envelopes is [`crate::producer::FixProducer::produce`].
 //!
@@ -9,8 +10,9 @@
 //! (`--unknown-credential-per-sec`, `--unknown-credential-burst`). A source out of tokens gets
 //! `429` with `Retry-After` before any lookup, unless the cache knows its credential as valid:
 //! known devices behind the same address are never slowed down. The buckets are per ingest
-//! instance, in memory. The source is the TCP peer: behind a reverse proxy every client shares
-//! the proxy's bucket, so limit there too.
+//! instance, in memory. The source is the TCP peer, or behind a proxy listed in `TRUSTED_PROXIES`
+//! the client it names in `X-Forwarded-For` ([`AppState::source`]); without that setting every
+//! client behind a reverse proxy shares the proxy's bucket.
 
 pub mod json;
 pub mod osmand;
@@ -24,7 +26,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, post};
 use axum::Router;
 use bytes::Bytes;
 use gps_domain::Protocol;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub max_batch: usize,
     /// Unknown credentials per source IP.
     pub unknown_credentials: Arc<SourceLimiter>,
+    /// The reverse proxies whose `X-Forwarded-For` names the source (`TRUSTED_PROXIES`).
+    pub trusted_proxies: gps_runtime::client_ip::TrustedProxies,
 }
 
 /// The device routes plus `ops` (health and metrics), with the body cap and request timeout.
@@ -57,8 +61,11 @@ pub fn router(
 ) -> Router {
     Router::new()
         .route("/v1/fixes", post(json::post_fixes))
-        .route("/", get(osmand::report).post(osmand::report))
+        .route("/", any(osmand::report))
         .route("/owntracks", post(owntracks::report))
+        .route("/pub", post(owntracks::report))
+        // Traccar's OsmAnd port ignores the path: any path no other route takes is OsmAnd.
+        .fallback(osmand::fallback)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -69,6 +76,12 @@ pub fn router(
 }
 
 impl AppState {
+    /// The source IP of a request from `peer`: the client behind a trusted proxy, else the
+    /// TCP peer (an untrusted peer's `X-Forwarded-For` is ignored).
+    pub fn source(&self, peer: std::net::SocketAddr, headers: &HeaderMap) -> IpAddr {
+        self.trusted_proxies.client_ip(peer.ip(), headers)
+    }
+
     /// Let a request from `source` look its credential up: always when `known` (the cache
     /// knows the credential as valid), else only while the source has tokens left for unknown
     /// credentials; `429` otherwise, before any database query.

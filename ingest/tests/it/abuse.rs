@@ -101,7 +101,8 @@ async fn unknown_credentials_get_429_per_source_and_known_devices_pass() {
         ingest
             .client
             .get(ingest.url(&format!(
-                "/?id={uid}&lat=52.5&lon=13.4&timestamp=1700000000"
+                "/?id={uid}&lat=52.5&lon=13.4&timestamp=1700000000&token={}",
+                dev.token
             )))
             .send()
     };
@@ -110,7 +111,7 @@ async fn unknown_credentials_get_429_per_source_and_known_devices_pass() {
             .client
             .post(ingest.url("/v1/fixes"))
             .bearer_auth(token)
-            .json(&json!({"time": 1000, "lat": 1.0, "lon": 2.0}))
+            .json(&json!({"time": 1_714_557_601_000_i64, "lat": 1.0, "lon": 2.0}))
             .send()
     };
     // The known device, once by each credential.

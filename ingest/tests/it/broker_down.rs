@@ -21,15 +21,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Ingest against a private broker, with one fix acknowledged before anything goes wrong.
 async fn ingest_on_private_broker() -> (Ingest, PrivateBroker) {
-    let Some(broker) = PrivateBroker::start().await else {
-        panic!("tansu binary not found: run `dev/stack up` (it builds and caches the broker) or set TANSU_BIN");
-    };
-    let mut kafka = gps_runtime::config::KafkaArgs::local();
-    kafka.brokers = broker.brokers();
-    gps_runtime::kafka::ensure_standard_topics(&kafka)
-        .await
-        .unwrap();
-    let ingest = Ingest::start_on(kafka, |c| {
+    let (ingest, broker) = Ingest::start_on_private_broker(|c| {
         c.producer.delivery_timeout_ms = DELIVERY_TIMEOUT.as_millis() as u64;
         c.limits.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
     })

@@ -12,7 +12,7 @@ async fn post(ingest: &Ingest, authorization: &str) -> u16 {
         .client
         .post(ingest.url("/v1/fixes"))
         .header("authorization", authorization)
-        .json(&json!({"time": 1000, "lat": 1.0, "lon": 2.0, "device": ingest.device.uid}))
+        .json(&json!({"time": 1_714_557_601_000_i64, "lat": 1.0, "lon": 2.0, "device": ingest.device.uid}))
         .send()
         .await
         .unwrap()

@@ -3,7 +3,12 @@
 mod abuse;
 mod bad_input;
 mod broker_down;
+mod conformance;
 mod credentials;
+mod identity;
+mod overload;
 mod protocols;
+mod proxies;
 mod smoke;
 mod support;
+mod teltonika;

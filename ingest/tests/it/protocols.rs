@@ -1,7 +1,7 @@
 //! Each protocol end to end: the request shapes devices really send, read back from the fixes
 //! topic, every field and unit conversion checked.
 
-use crate::support::{api_key, read_fixes, Ingest};
+use crate::support::{api_key, read_envelopes, read_fixes, Ingest};
 use gps_domain::fix::units;
 use gps_domain::wire::udp;
 use gps_domain::{Fix, Protocol};
@@ -105,10 +105,10 @@ async fn gateway_api_key_posts_for_its_tenant_only() {
     let foreign = seed_device(&ingest.db.pool, "other-tenant").await;
     let key = api_key(&ingest.db, own.tenant_id, &["fixes:write"], false).await;
     let batch = json!([
-        {"time": 1000, "lat": 1.0, "lon": 2.0, "device": own.uid},
-        {"time": 2000, "lat": 1.0, "lon": 2.0, "device": foreign.uid},
-        {"time": 3000, "lat": 1.0, "lon": 2.0},
-        {"time": 4000, "lat": 1.5, "lon": 2.5, "device": ingest.device.uid},
+        {"time": 1_714_557_601_000_i64, "lat": 1.0, "lon": 2.0, "device": own.uid},
+        {"time": 1_714_557_602_000_i64, "lat": 1.0, "lon": 2.0, "device": foreign.uid},
+        {"time": 1_714_557_603_000_i64, "lat": 1.0, "lon": 2.0},
+        {"time": 1_714_557_604_000_i64, "lat": 1.5, "lon": 2.5, "device": ingest.device.uid},
     ]);
     let r = ingest
         .client
@@ -167,9 +167,11 @@ async fn gateway_api_key_posts_for_its_tenant_only() {
 async fn traccar_client_query_form_and_json_body() {
     let ingest = Ingest::start().await;
     let uid = ingest.device.uid.clone();
-    // Traccar Client (classic Android/iOS): POST with everything in the query string.
+    let token = ingest.device.token.clone();
+    // Traccar Client (classic Android): POST with everything in the query string, the token
+    // kept from the configured server URL `http://host/?token=…`.
     let query = format!(
-        "/?id={uid}&timestamp=1700000000&lat=52.52&lon=13.405&speed=10&bearing=90.5&altitude=34&accuracy=5&batt=77.5&charge=true"
+        "/?token={token}&id={uid}&timestamp=1700000000&lat=52.52&lon=13.405&speed=10&bearing=90.5&altitude=34&accuracy=5&batt=77.5&charge=true"
     );
     let r = ingest.client.post(ingest.url(&query)).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -180,6 +182,7 @@ async fn traccar_client_query_form_and_json_body() {
         .get(ingest.url(&format!(
             "/?deviceid={uid}&timestamp=1700000001000&lat=1&lon=2"
         )))
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap();
@@ -190,7 +193,7 @@ async fn traccar_client_query_form_and_json_body() {
         .post(ingest.url("/"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!(
-            "id={uid}&timestamp=2023-11-14+22%3A13%3A22&lat=3&lon=4&speed=1"
+            "id={uid}&timestamp=2023-11-14+22%3A13%3A22&lat=3&lon=4&speed=1&token={token}"
         ))
         .send()
         .await
@@ -204,7 +207,7 @@ async fn traccar_client_query_form_and_json_body() {
         "device_id": uid});
     let r = ingest
         .client
-        .post(ingest.url("/"))
+        .post(ingest.url(&format!("/?token={token}")))
         .json(&body)
         .send()
         .await
@@ -236,6 +239,12 @@ async fn traccar_client_query_form_and_json_body() {
     close(f.accuracy_m, 5.0);
     close(f.battery_pct, 77.5);
     assert_eq!(f.attributes["charge"], Value::Bool(true));
+    assert!(
+        envelopes
+            .iter()
+            .all(|e| !e.fixes[0].attributes.contains_key("token")),
+        "the token is a credential, never an attribute"
+    );
     assert_eq!(envelopes[1].fixes[0].fix_time, 1_700_000_001_000);
     let f = &envelopes[2].fixes[0];
     assert_eq!(f.fix_time, 1_700_000_002_000);
@@ -292,10 +301,23 @@ async fn owntracks_location_and_other_types() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let envelopes = read_fixes(&ingest.kafka, 1).await;
-    assert_eq!(envelopes.len(), 1, "only the location was produced");
+    let envelopes = read_envelopes(&ingest.kafka, 2).await;
+    assert_eq!(
+        envelopes.len(),
+        2,
+        "the location and the transition's status"
+    );
+    let transition = &envelopes[1];
+    assert!(transition.fixes.is_empty(), "a transition is no fix");
+    let status = transition.status.as_ref().unwrap();
+    assert_eq!(status.attributes["event"], json!("enter"));
     let e = &envelopes[0];
     assert_eq!((e.proto, e.device), (Protocol::Owntracks, dev.device_id));
+    let status = e.status.as_ref().expect("batt and bs travel as status");
+    assert_eq!(
+        (status.battery_pct, status.charging),
+        (Some(85.0), Some(false))
+    );
     let f = &e.fixes[0];
     assert_eq!(f.fix_time, 1_700_000_000_000);
     assert_eq!((f.lat, f.lon), (52.52, 13.405));
@@ -394,7 +416,7 @@ async fn disabled_device_is_refused_within_the_cache_ttl() {
             .client
             .post(ingest.url("/v1/fixes"))
             .bearer_auth(&dev.token)
-            .json(&json!({"time": 1, "lat": 1, "lon": 2}))
+            .json(&json!({"time": 1_714_557_601_000_i64, "lat": 1, "lon": 2}))
             .send()
     };
     assert_eq!(post().await.unwrap().status(), 202);
@@ -415,5 +437,64 @@ async fn disabled_device_is_refused_within_the_cache_ttl() {
         },
     )
     .await;
+    ingest.stop().await;
+}
+
+#[tokio::test]
+async fn json_time_in_seconds_is_refused_per_item_naming_the_field() {
+    let ingest = Ingest::start().await;
+    let dev = &ingest.device;
+    let post = |body: Value| {
+        ingest
+            .client
+            .post(ingest.url("/v1/fixes"))
+            .bearer_auth(&dev.token)
+            .json(&body)
+            .send()
+    };
+    // Epoch seconds where milliseconds are expected: refused at once, not quarantined later
+    // as "too old" where the sender never hears of it.
+    let r = post(json!([
+        {"time": 1_714_557_601_i64, "lat": 1.0, "lon": 2.0},
+        {"time": 1_714_557_602_000_i64, "lat": 1.0, "lon": 2.0},
+        {"time": 1_714_557_603_000_000_i64, "lat": 1.0, "lon": 2.0},
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], 1);
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2);
+    assert_eq!(
+        (
+            &rejected[0]["index"],
+            &rejected[0]["field"],
+            &rejected[0]["code"]
+        ),
+        (&json!(0), &json!("time"), &json!("wrong_unit"))
+    );
+    assert!(rejected[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("looks like epoch seconds"));
+    assert_eq!(rejected[1]["index"], 2);
+    assert!(rejected[1]["message"]
+        .as_str()
+        .unwrap()
+        .contains("microseconds"));
+    // A lone fix in seconds: a 400 naming the item and the field.
+    let r = post(json!({"time": 1_714_557_601_i64, "lat": 1.0, "lon": 2.0}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "0.time");
+    let envelopes = read_fixes(&ingest.kafka, 1).await;
+    let times: Vec<i64> = envelopes
+        .iter()
+        .flat_map(|e| e.fixes.iter().map(|f| f.fix_time))
+        .collect();
+    assert_eq!(times, vec![1_714_557_602_000]);
     ingest.stop().await;
 }

@@ -20,6 +20,8 @@ pub(crate) struct Ingest {
     pub device: SeededDevice,
     pub base: String,
     pub udp: SocketAddr,
+    /// Teltonika TCP and UDP (same port).
+    pub teltonika: SocketAddr,
     pub client: reqwest::Client,
     pub shutdown: Shutdown,
     pub task: JoinHandle<Result<(), ingest::IngestError>>,
@@ -48,12 +50,22 @@ impl Ingest {
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", http.local_addr().unwrap());
         let udp_addr = udp.local_addr().unwrap();
+        let teltonika = ingest::teltonika::TeltonikaListeners::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let teltonika_addr = teltonika.tcp.local_addr().unwrap();
         let mut config = ingest::Config::local();
         config.database = db.args.clone();
         config.kafka = kafka.clone();
         tweak(&mut config);
         let shutdown = Shutdown::new();
-        let mut task = tokio::spawn(ingest::run(config, http, udp, shutdown.clone()));
+        let mut task = tokio::spawn(ingest::run_with(
+            config,
+            http,
+            udp,
+            Some(teltonika),
+            shutdown.clone(),
+        ));
         let client = reqwest::Client::new();
         wait_until_ok(
             &client,
@@ -68,10 +80,26 @@ impl Ingest {
             device,
             base,
             udp: udp_addr,
+            teltonika: teltonika_addr,
             client,
             shutdown,
             task,
         }
+    }
+
+    /// Start against a private broker of its own (tansu), with its standard topics.
+    pub(crate) async fn start_on_private_broker(
+        tweak: impl FnOnce(&mut ingest::Config),
+    ) -> (Self, PrivateBroker) {
+        let Some(broker) = PrivateBroker::start().await else {
+            panic!("tansu binary not found: run `dev/stack up` (it builds and caches the broker) or set TANSU_BIN");
+        };
+        let mut kafka = KafkaArgs::local();
+        kafka.brokers = broker.brokers();
+        gps_runtime::kafka::ensure_standard_topics(&kafka)
+            .await
+            .unwrap();
+        (Self::start_on(kafka, tweak).await, broker)
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -107,6 +135,23 @@ impl Ingest {
 /// Read every envelope of the fixes topic from the beginning until `count` fixes were seen or
 /// `idle` passed without a new record after the deadline.
 pub(crate) async fn read_fixes(kafka: &KafkaArgs, count: usize) -> Vec<FixEnvelope> {
+    read_until(kafka, move |read| {
+        read.iter().map(|e| e.fixes.len()).sum::<usize>() >= count
+    })
+    .await
+}
+
+/// Read every envelope of the fixes topic from the beginning until `count` envelopes (with
+/// fixes or only a device status) were seen, or the deadline passed.
+pub(crate) async fn read_envelopes(kafka: &KafkaArgs, count: usize) -> Vec<FixEnvelope> {
+    read_until(kafka, move |read| read.len() >= count).await
+}
+
+/// Read the fixes topic from the beginning until `done` says so or 20 s passed.
+async fn read_until(
+    kafka: &KafkaArgs,
+    done: impl Fn(&[FixEnvelope]) -> bool + Send + 'static,
+) -> Vec<FixEnvelope> {
     let mut config = gps_runtime::kafka::client_config(kafka, "ingest-test-reader");
     config
         .set("group.id", format!("ingest-test-{}", uuid::Uuid::new_v4()))
@@ -121,9 +166,8 @@ pub(crate) async fn read_fixes(kafka: &KafkaArgs, count: usize) -> Vec<FixEnvelo
         }
         consumer.assign(&tpl).unwrap();
         let mut out = Vec::new();
-        let mut fixes = 0;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while fixes < count && Instant::now() < deadline {
+        while !done(&out) && Instant::now() < deadline {
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
                 let envelope = FixEnvelope::decode(message.payload().unwrap()).unwrap();
                 assert_eq!(
@@ -131,7 +175,6 @@ pub(crate) async fn read_fixes(kafka: &KafkaArgs, count: usize) -> Vec<FixEnvelo
                     envelope.key().as_bytes(),
                     "record key is the device id"
                 );
-                fixes += envelope.fixes.len();
                 out.push(envelope);
             }
         }

@@ -3,29 +3,9 @@
 use crate::support::*;
 use gps_domain::fix::{now_millis, Fix, Protocol};
 use gps_domain::FixEnvelope;
-use gps_runtime::config::KafkaArgs;
 use gps_runtime::testing::{kafka_topics, TestDb};
-use secrecy::ExposeSecret;
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use uuid::Uuid;
-
-fn spawn_processor(db: &TestDb, kafka: &KafkaArgs, group: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_processor"))
-        .env("DATABASE_URL", db.args.database_url.expose_secret())
-        .env("KAFKA_BROKERS", &kafka.brokers)
-        .env("KAFKA_FIXES_TOPIC", &kafka.fixes_topic)
-        .env("KAFKA_REJECTED_TOPIC", &kafka.rejected_topic)
-        .env("PROCESSOR_GROUP_ID", group)
-        .env("PROCESSOR_ADDR", "127.0.0.1:0")
-        .env("PROCESSOR_BATCH_MAX_FIXES", "400")
-        .env("PROCESSOR_BATCH_MAX_WAIT_MS", "20")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("processor binary starts")
-}
 
 #[tokio::test]
 async fn sigkill_mid_stream_then_restart_stores_every_fix_exactly_once() {
@@ -63,7 +43,7 @@ async fn sigkill_mid_stream_then_restart_stores_every_fix_exactly_once() {
     let (head, tail) = envelopes.split_at(envelopes.len() / 2);
     produce_many(&producer, &kafka.fixes_topic, head).await;
 
-    let mut first = spawn_processor(&db, &kafka, &group);
+    let mut first = Process::spawn(&db, &kafka, &group, &[]);
     let tail = tail.to_vec();
     let topic = kafka.fixes_topic.clone();
     let feeder = tokio::spawn(async move {
@@ -77,8 +57,7 @@ async fn sigkill_mid_stream_then_restart_stores_every_fix_exactly_once() {
         || async { count_positions(&db.pool).await >= 2_000 },
     )
     .await;
-    first.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
-    let _ = first.wait();
+    first.kill();
     let at_kill = count_positions(&db.pool).await;
     feeder.await.unwrap();
     assert!(
@@ -86,7 +65,7 @@ async fn sigkill_mid_stream_then_restart_stores_every_fix_exactly_once() {
         "the kill came after everything was stored; the test proves nothing"
     );
 
-    let mut second = spawn_processor(&db, &kafka, &group);
+    let second = Process::spawn(&db, &kafka, &group, &[]);
     let want = expected.len() as i64;
     wait_until(
         std::time::Duration::from_secs(180),
@@ -94,8 +73,7 @@ async fn sigkill_mid_stream_then_restart_stores_every_fix_exactly_once() {
         || async { count_positions(&db.pool).await >= want },
     )
     .await;
-    let _ = second.kill();
-    let _ = second.wait();
+    drop(second);
     let stored: Vec<(Uuid, i64)> = stored_keys(&db.pool).await;
     assert_eq!(stored.len(), expected.len(), "no fix lost, none doubled");
     assert_eq!(stored.into_iter().collect::<BTreeSet<_>>(), expected);

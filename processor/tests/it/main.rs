@@ -3,7 +3,9 @@
 mod crash;
 mod group;
 mod pipeline;
+mod recovery;
 mod smoke;
 mod speed;
+mod status;
 mod support;
 mod writer;

@@ -10,7 +10,6 @@ use gps_domain::reject::RejectReason;
 use gps_domain::validation::GPS_ROLLOVER_MS;
 use gps_domain::FixEnvelope;
 use gps_runtime::testing::{kafka_topics, seed_device, TestDb};
-use processor::config::ReplayArgs;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use uuid::Uuid;
 
@@ -215,30 +214,12 @@ async fn stores_each_distinct_fix_once_quarantines_rejects_publishes_and_replays
     // Replay into an empty database: the same rows.
     let empty = TestDb::new().await;
     let replay_config = config(&empty, &kafka, &group());
-    let summary = processor::replay::replay(
-        &replay_config,
-        &ReplayArgs {
-            from_beginning: true,
-            from_time: None,
-        },
-        false,
-    )
-    .await
-    .unwrap();
+    let summary = replay_all(&replay_config).await;
     assert_eq!(summary.stored, expected.len() as u64, "{summary}");
     assert_eq!(summary.records, input.len() as u64 + 2);
     assert_eq!(snapshot(&empty.pool).await, snapshot(&db.pool).await);
     // Replaying again into the rebuilt database changes nothing.
-    let again = processor::replay::replay(
-        &replay_config,
-        &ReplayArgs {
-            from_beginning: true,
-            from_time: None,
-        },
-        false,
-    )
-    .await
-    .unwrap();
+    let again = replay_all(&replay_config).await;
     assert_eq!(again.stored, 0);
     assert_eq!(snapshot(&empty.pool).await, snapshot(&db.pool).await);
 }

@@ -141,6 +141,84 @@ impl Running {
     }
 }
 
+/// A processor binary running as its own process (for SIGKILL tests), serving its ops
+/// endpoints on `base`.
+pub(crate) struct Process {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Process {
+    /// Start the processor binary on `db` and `kafka` in `group`, with small batches, on a
+    /// free port; `env` adds or overrides variables.
+    pub(crate) fn spawn(db: &TestDb, kafka: &KafkaArgs, group: &str, env: &[(&str, &str)]) -> Self {
+        let (mut command, base) = Self::command(db, kafka, group, env);
+        let child = command.spawn().expect("processor binary starts");
+        Self { child, base }
+    }
+
+    /// The command [`Process::spawn`] runs, and the base URL it will serve.
+    pub(crate) fn command(
+        db: &TestDb,
+        kafka: &KafkaArgs,
+        group: &str,
+        env: &[(&str, &str)],
+    ) -> (std::process::Command, String) {
+        use secrecy::ExposeSecret;
+        // Bind port 0 to find a free port, then let the process take it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_processor"));
+        command
+            .env("DATABASE_URL", db.args.database_url.expose_secret())
+            .env("KAFKA_BROKERS", &kafka.brokers)
+            .env("KAFKA_FIXES_TOPIC", &kafka.fixes_topic)
+            .env("KAFKA_REJECTED_TOPIC", &kafka.rejected_topic)
+            .env("PROCESSOR_GROUP_ID", group)
+            .env("PROCESSOR_ADDR", format!("127.0.0.1:{port}"))
+            .env("PROCESSOR_BATCH_MAX_FIXES", "400")
+            .env("PROCESSOR_BATCH_MAX_WAIT_MS", "20")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        (command, format!("http://127.0.0.1:{port}"))
+    }
+
+    /// A metric from its `/metrics` (0 while it does not answer).
+    pub(crate) async fn metric(&self, selector: &str) -> f64 {
+        scrape_metric(&reqwest::Client::new(), &self.base, selector).await
+    }
+
+    /// SIGKILL (std's `kill` on Unix) and reap.
+    pub(crate) fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replay the whole fixes topic of `config` (no progress bar).
+pub(crate) async fn replay_all(config: &Config) -> processor::replay::ReplaySummary {
+    let everything = processor::ReplayArgs {
+        from_beginning: true,
+        from_time: None,
+    };
+    processor::replay::replay(config, &everything, false)
+        .await
+        .unwrap()
+}
+
 /// Rows in `positions`.
 pub(crate) async fn count_positions(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM positions")

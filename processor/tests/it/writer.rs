@@ -62,7 +62,7 @@ async fn direct_copy_stores_new_batches_and_falls_back_to_staging_on_a_stored_ro
     // All new: the direct COPY, every key reported new, newest per device (out of order input).
     let mut first = rows(&a, base, (0..10).rev());
     first.extend(rows(&b, base, 0..5));
-    let inserted = writer.write(&first).await.unwrap();
+    let inserted = writer.write(&first, &[], &[]).await.unwrap().inserted;
     assert_eq!(inserted, first.iter().map(StoredFix::key).collect());
     assert_eq!(path_count(&metrics, "copy"), 1);
     assert_eq!(metrics.direct_copy_conflicts.get(), 0);
@@ -73,7 +73,7 @@ async fn direct_copy_stores_new_batches_and_falls_back_to_staging_on_a_stored_ro
     // Stored rows mixed with new ones, older and newer: only the new are stored and reported.
     let mut second = rows(&a, base, 5..15);
     second.extend(rows(&b, base, [-3, 2].into_iter()));
-    let inserted = writer.write(&second).await.unwrap();
+    let inserted = writer.write(&second, &[], &[]).await.unwrap().inserted;
     let want: HashSet<_> = second
         .iter()
         .map(StoredFix::key)
@@ -94,7 +94,7 @@ async fn direct_copy_stores_new_batches_and_falls_back_to_staging_on_a_stored_ro
 
     // Right after a conflict the staging path is kept for a while, and still stores new rows.
     let third = rows(&b, base, 10..12);
-    let inserted = writer.write(&third).await.unwrap();
+    let inserted = writer.write(&third, &[], &[]).await.unwrap().inserted;
     assert_eq!(inserted.len(), 2);
     assert_eq!(path_count(&metrics, "copy_staged"), 2);
     assert_eq!(path_count(&metrics, "copy"), 1);
@@ -142,7 +142,7 @@ async fn every_write_path_stores_what_the_read_struct_gives_back() {
                 fix,
             })
             .collect();
-        let inserted = writer.write(&batch).await.unwrap();
+        let inserted = writer.write(&batch, &[], &[]).await.unwrap().inserted;
         assert_eq!(inserted.len(), 2, "{mode:?}");
         written.extend(batch);
     }
@@ -178,5 +178,145 @@ async fn every_write_path_stores_what_the_read_struct_gives_back() {
     assert_eq!(
         latest.iter().map(PositionRow::fix).collect::<Vec<_>>(),
         newest
+    );
+}
+
+/// The device statuses of a batch commit or roll back with its positions, on every write path,
+/// and a fix the device called invalid is stored but never the latest position.
+#[tokio::test]
+async fn statuses_share_the_batch_transaction_and_invalid_fixes_stay_out_of_latest() {
+    use gps_domain::DeviceStatus;
+    use processor::plan::{Seen, StatusChange};
+
+    let db = TestDb::new().await;
+    let storage = gps_runtime::db::storage_mode(&db.pool).await.unwrap();
+    let base = now_millis() - 3_600_000;
+    let tenant = Uuid::new_v4();
+    let change = |device, t: i64| StatusChange {
+        tenant,
+        device,
+        uid: "s".into(),
+        report: DeviceStatus {
+            battery_pct: Some(50.0),
+            ..DeviceStatus::new(t)
+        },
+        alarm: Some(("sos".into(), t)),
+    };
+    let status_row = |device| {
+        let pool = db.pool.clone();
+        async move {
+            let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>, Option<String>)> =
+                sqlx::query_as(
+                    "SELECT last_seen, status_time, alarm FROM device_status WHERE device_id = $1",
+                )
+                .bind(device)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+            row.map(|(seen, at, alarm)| {
+                (
+                    seen.timestamp_millis(),
+                    at.map(|t| t.timestamp_millis()),
+                    alarm,
+                )
+            })
+        }
+    };
+    // (mode, store the first row beforehand so the direct COPY conflicts, expected path)
+    let cases = [
+        (WriteMode::Copy, false, "copy"),
+        (WriteMode::Copy, true, "copy_staged"),
+        (WriteMode::Unnest, false, "unnest"),
+    ];
+    for (mode, conflict, path) in cases {
+        let metrics = Metrics::new(&prometheus::Registry::new());
+        let mut writer = Writer::new(db.pool.clone(), mode, storage, metrics.clone());
+        let device = Uuid::new_v4();
+        let row = |t: i64, valid: bool| {
+            let mut fix = Fix::new(t, 52.5, 13.4);
+            fix.valid = valid;
+            StoredFix {
+                tenant,
+                device,
+                uid: "s".into(),
+                protocol: Protocol::Osmand,
+                received: base + 10_000,
+                fix,
+            }
+        };
+        let batch = [row(base + 1_000, true), row(base + 2_000, false)];
+        if conflict {
+            writer.write(&batch[..1], &[], &[]).await.unwrap();
+        }
+        let seen = [Seen {
+            tenant,
+            device,
+            at: base + 2_000,
+        }];
+        let written = writer
+            .write(&batch, &[change(device, base + 500)], &seen)
+            .await
+            .unwrap();
+        assert_eq!(path_count(&metrics, path), 1, "{path}");
+        assert_eq!(written.statuses.len(), 1, "{path}");
+        assert_eq!(written.statuses[0].battery_pct, Some(50.0));
+        let latest: Vec<(Uuid, i64)> = last_fix_times(&db.pool)
+            .await
+            .into_iter()
+            .filter(|(d, _)| *d == device)
+            .collect();
+        assert_eq!(
+            latest,
+            [(device, base + 1_000)],
+            "{path}: the invalid fix is not latest"
+        );
+        let valid: bool = sqlx::query_scalar(
+            "SELECT valid FROM positions WHERE device_id = $1 AND fix_time = $2",
+        )
+        .bind(device)
+        .bind(DateTime::from_timestamp_millis(base + 2_000).unwrap())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert!(!valid, "{path}");
+        assert_eq!(
+            status_row(device).await,
+            Some((base + 2_000, Some(base + 500), Some("sos".into()))),
+            "{path}"
+        );
+        // The same status again changes nothing and is not reported as changed.
+        let again = writer
+            .write(&[], &[change(device, base + 500)], &[])
+            .await
+            .unwrap();
+        assert!(again.statuses.is_empty(), "{path}");
+    }
+
+    // A batch whose positions fail leaves no status behind.
+    let metrics = Metrics::new(&prometheus::Registry::new());
+    let mut writer = Writer::new(db.pool.clone(), WriteMode::Unnest, storage, metrics);
+    let device = Uuid::new_v4();
+    let broken = StoredFix {
+        tenant,
+        device,
+        uid: "s".into(),
+        protocol: Protocol::Osmand,
+        received: base,
+        fix: Fix::new(base, 95.0, 13.4),
+    };
+    let seen = [Seen {
+        tenant,
+        device,
+        at: base,
+    }];
+    assert!(writer
+        .write(&[broken], &[change(device, base)], &seen)
+        .await
+        .is_err());
+    assert_eq!(status_row(device).await, None);
+    assert_eq!(
+        count_positions(&db.pool).await,
+        6,
+        "two rows per path, none of the broken batch"
     );
 }

@@ -35,6 +35,7 @@ use gps_domain::auth::{Permission, Visibility};
 use gps_domain::geo::BBox;
 use gps_store::geo::{bbox_condition, bbox_param};
 use gps_store::positions::{track_columns_of, PositionRow, TRACK_COLUMNS};
+use gps_store::status::{joined_status_columns, JoinedStatus};
 use gps_store::visibility::visibility;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -367,7 +368,8 @@ fn decode_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {
 }
 
 /// One fix of a history page as the API renders it: the stored row (read with the shared
-/// [`PositionRow`]) without its tenant, device and attributes.
+/// [`PositionRow`]) without its tenant, device and attributes. A fix the device called invalid
+/// carries `"valid": false` (JSON, GeoJSON) or `<fix>none</fix>` (GPX); valid fixes say nothing.
 #[derive(Debug, serde::Serialize)]
 struct HistoryFix<'a> {
     fix_time: &'a DateTime<Utc>,
@@ -382,6 +384,12 @@ struct HistoryFix<'a> {
     satellites: Option<i16>,
     hdop: Option<f64>,
     protocol: &'a str,
+    #[serde(skip_serializing_if = "is_true")]
+    valid: bool,
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl<'a> From<&'a PositionRow> for HistoryFix<'a> {
@@ -399,6 +407,7 @@ impl<'a> From<&'a PositionRow> for HistoryFix<'a> {
             satellites: row.satellites,
             hdop: row.hdop,
             protocol: &row.protocol,
+            valid: row.valid,
         }
     }
 }
@@ -432,6 +441,9 @@ impl HistoryFix<'_> {
             self.fix_time
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         );
+        if !self.valid {
+            out.push_str("<fix>none</fix>");
+        }
         if let Some(sat) = self.satellites {
             let _ = write!(out, "<sat>{sat}</sat>");
         }
@@ -965,12 +977,14 @@ impl Export {
     }
 }
 
-/// One device's last known position, with its uid.
+/// One device's last known position, with its uid and its status (`routes::status`).
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct LatestRow {
     uid: String,
     #[sqlx(flatten)]
     position: PositionRow,
+    #[sqlx(flatten)]
+    status: JoinedStatus,
 }
 
 /// A [`LatestRow`] as the API renders it.
@@ -986,6 +1000,7 @@ struct LatestFix<'a> {
     heading_deg: Option<f64>,
     accuracy_m: Option<f64>,
     battery_pct: Option<f64>,
+    status: &'a JoinedStatus,
 }
 
 impl serde::Serialize for LatestRow {
@@ -1002,6 +1017,7 @@ impl serde::Serialize for LatestRow {
             heading_deg: p.heading_deg,
             accuracy_m: p.accuracy_m,
             battery_pct: p.battery_pct,
+            status: &self.status,
         }
         .serialize(serializer)
     }
@@ -1060,10 +1076,12 @@ pub(crate) async fn latest(
     let visible = visible_filter(&state, &caller).await?;
     let in_bbox = bbox_condition("lp.lat", "lp.lon", "$4");
     let columns = track_columns_of("lp");
+    let status = joined_status_columns("ds");
     let positions: Vec<LatestRow> =
         sqlx::query_as(&format!(
-            "SELECT lp.device_id, {columns}, d.uid
+            "SELECT lp.device_id, {columns}, d.uid, {status}
              FROM last_positions lp JOIN devices d ON d.id = lp.device_id AND d.tenant_id = $1
+             LEFT JOIN device_status ds ON ds.device_id = lp.device_id AND ds.tenant_id = $1
              WHERE lp.tenant_id = $1
                AND ($2::uuid[] IS NULL OR lp.device_id = ANY($2))
                AND ($3::uuid IS NULL OR EXISTS (SELECT 1 FROM group_devices gd WHERE gd.group_id = $3 AND gd.device_id = lp.device_id))
@@ -1158,7 +1176,7 @@ pub(crate) async fn area(
     let in_bbox = bbox_condition("lat", "lon", "$4");
     let rows: Vec<(Uuid, DateTime<Utc>, f64, f64, Option<f64>)> = sqlx::query_as(&format!(
         "SELECT device_id, fix_time, lat, lon, speed_mps FROM positions
-         WHERE tenant_id = $1 AND fix_time >= $2 AND fix_time <= $3
+         WHERE tenant_id = $1 AND fix_time >= $2 AND fix_time <= $3 AND valid
            AND {in_bbox}
            AND ($5::uuid[] IS NULL OR device_id = ANY($5))
          ORDER BY fix_time, device_id LIMIT $6",
@@ -1252,7 +1270,8 @@ pub(crate) async fn summary(
     let mut fold = Summarizer::new(params.idle_gap_s, params.moving_mps);
     let mut rows = sqlx::query_as::<_, (DateTime<Utc>, f64, f64, Option<f64>)>(
         "SELECT fix_time, lat, lon, speed_mps FROM positions
-         WHERE device_id = $1 AND tenant_id = $2 AND fix_time >= $3 AND fix_time <= $4 ORDER BY fix_time",
+         WHERE device_id = $1 AND tenant_id = $2 AND fix_time >= $3 AND fix_time <= $4 AND valid
+         ORDER BY fix_time",
     )
     .bind(device)
     .bind(caller.tenant())
@@ -1346,6 +1365,7 @@ mod tests {
             hdop: Some(0.9),
             protocol: "osmand".into(),
             attributes: Some(serde_json::json!({ "charge": true })),
+            valid: true,
         }
     }
 
@@ -1358,16 +1378,32 @@ mod tests {
              \"lat\":52.5,\"lon\":13.4,\"altitude_m\":34.0,\"speed_mps\":1.5,\"heading_deg\":null,\
              \"accuracy_m\":4.0,\"battery_pct\":null,\"satellites\":9,\"hdop\":0.9,\"protocol\":\"osmand\"}"
         );
+        let mut invalid = row.clone();
+        invalid.valid = false;
+        let invalid = serde_json::to_value(HistoryFix::from(&invalid)).unwrap();
+        assert_eq!(invalid["valid"], false, "only an invalid fix says so");
+        let mut gpx = String::new();
+        HistoryFix::from(&stored_row()).gpx(&mut gpx);
+        assert!(!gpx.contains("<fix>"));
+        let mut gpx_invalid = String::new();
+        let mut invalid_row = stored_row();
+        invalid_row.valid = false;
+        HistoryFix::from(&invalid_row).gpx(&mut gpx_invalid);
+        assert!(
+            gpx_invalid.contains("</time><fix>none</fix><sat>"),
+            "{gpx_invalid}"
+        );
         let latest = LatestRow {
             uid: "358240051111110".into(),
             position: row,
+            status: JoinedStatus::default(),
         };
         assert_eq!(
             serde_json::to_string(&latest).unwrap(),
             "{\"device_id\":\"00000000-0000-0000-0000-000000000002\",\"uid\":\"358240051111110\",\
              \"fix_time\":\"2023-11-14T22:13:20.123Z\",\"received_at\":\"2023-11-14T22:13:20.500Z\",\
              \"lat\":52.5,\"lon\":13.4,\"speed_mps\":1.5,\"heading_deg\":null,\"accuracy_m\":4.0,\
-             \"battery_pct\":null}"
+             \"battery_pct\":null,\"status\":null}"
         );
     }
 
@@ -1574,6 +1610,68 @@ mod tests {
                 "geometry" => &mut q.geometry,
                 _ => return None,
             })
+        }
+
+        /// A raw query string as axum reads it (`ApiQuery`: a rejection is a 400 by
+        /// construction), then validated by the query's `parse`.
+        fn raw_query<Q: serde::de::DeserializeOwned>(data: &[u8]) -> Option<Q> {
+            let uri: axum::http::Uri = format!("/q?{}", gps_fuzz::as_query(data)).parse().ok()?;
+            axum::extract::Query::<Q>::try_from_uri(&uri)
+                .ok()
+                .map(|q| q.0)
+        }
+
+        fn history_query(data: &[u8]) {
+            if let Some(q) = raw_query::<HistoryQuery>(data) {
+                check(q.parse(now(), &Limits::default()), &HISTORY);
+                if let Some(format) = &q.format {
+                    check(parse_format(format), &["format"]);
+                }
+            }
+        }
+
+        fn area_query(data: &[u8]) {
+            if let Some(q) = raw_query::<AreaQuery>(data) {
+                check(
+                    q.parse(now(), &Limits::default()),
+                    &["bbox", "from", "to", "limit"],
+                );
+            }
+        }
+
+        fn summary_query(data: &[u8]) {
+            if let Some(q) = raw_query::<SummaryQuery>(data) {
+                check(
+                    q.parse(now(), &Limits::default()),
+                    &["from", "to", "idle_gap", "moving_speed"],
+                );
+            }
+        }
+
+        fn latest_query(data: &[u8]) {
+            if let Some(q) = raw_query::<LatestQuery>(data) {
+                if let Some(bbox) = &q.bbox {
+                    check(parse_bbox(bbox), &["bbox"]);
+                }
+                if let Some(group) = &q.group {
+                    // A malformed id is an object that does not exist: 404, never a 5xx.
+                    assert!(matches!(parse_id(group), Ok(_) | Err(ApiError::NotFound)));
+                }
+            }
+        }
+
+        /// Raw query strings from the kept corpus (`fuzz/corpus/query-*`), then mutated.
+        #[test]
+        fn raw_query_strings_from_the_corpus() {
+            for (target, property) in [
+                ("query-history", history_query as fn(&[u8])),
+                ("query-area", area_query),
+                ("query-summary", summary_query),
+                ("query-latest", latest_query),
+            ] {
+                gps_fuzz::replay(target, property);
+                gps_fuzz::fuzz(target, property);
+            }
         }
 
         proptest! {

@@ -29,6 +29,24 @@ use uuid::Uuid;
 pub(crate) struct LoginRequest {
     email: String,
     password: String,
+    /// The tenant (name or id): needed only when the email and password match users of
+    /// several tenants.
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// Most users (of different tenants) sharing an email whose password a login verifies: the
+/// cost of one login stays bounded (argon2 is deliberately slow) whatever the number of tenants.
+const MAX_LOGIN_CANDIDATES: i64 = 5;
+
+/// A user a login may be for.
+#[derive(sqlx::FromRow)]
+struct LoginCandidate {
+    id: Uuid,
+    tenant_id: Uuid,
+    password_hash: String,
+    role: String,
+    disabled: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,9 +64,14 @@ static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 pub(crate) async fn login(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let ip = peer.ip();
+    // The client behind trusted proxies (`TRUSTED_PROXIES`); otherwise the TCP peer.
+    let ip = state
+        .settings
+        .trusted_proxies
+        .client_ip(peer.ip(), &headers);
     let email = body.email.trim().to_lowercase();
     let mut redis = state.redis.clone();
     let limit = state.settings.login_limit_per_minute;
@@ -69,43 +92,78 @@ pub(crate) async fn login(
             return Err(e);
         }
     }
-    let user: Option<(Uuid, Uuid, String, String, bool)> = sqlx::query_as(
-        "SELECT id, tenant_id, password_hash, role, disabled FROM users WHERE lower(email) = $1",
+    // Emails are unique per tenant only: every user with this email (in the named tenant, when
+    // one is named) is a candidate, at most MAX_LOGIN_CANDIDATES of them, oldest first.
+    let tenant = body.tenant.as_deref().map(str::trim);
+    let candidates: Vec<LoginCandidate> = sqlx::query_as(
+        "SELECT u.id, u.tenant_id, u.password_hash, u.role, u.disabled
+         FROM users u JOIN tenants t ON t.id = u.tenant_id
+         WHERE lower(u.email) = $1 AND ($2::text IS NULL OR t.name = $2 OR t.id::text = $2)
+         ORDER BY u.created_at, u.id LIMIT $3",
     )
     .bind(&email)
-    .fetch_optional(&state.pool)
+    .bind(tenant)
+    .bind(MAX_LOGIN_CANDIDATES)
+    .fetch_all(&state.pool)
     .await?;
-    let phc = user
-        .as_ref()
-        .map(|u| u.2.clone())
-        .unwrap_or_else(|| DUMMY_HASH.clone());
+    // No candidate still costs one verification (of a dummy hash), as much as one wrong
+    // password: the answer's timing does not tell whether the email exists.
+    let hashes: Vec<String> = if candidates.is_empty() {
+        vec![DUMMY_HASH.clone()]
+    } else {
+        candidates.iter().map(|c| c.password_hash.clone()).collect()
+    };
     let password = body.password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let Some((user_id, tenant_id, _, role, disabled)) = user else {
+    let verified: Vec<bool> = tokio::task::spawn_blocking(move || {
+        hashes
+            .iter()
+            .map(|phc| verify_password(&password, phc))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut matches = candidates
+        .iter()
+        .zip(&verified)
+        .filter(|(c, ok)| **ok && !c.disabled)
+        .map(|(c, _)| c);
+    let (user, another) = (matches.next(), matches.next());
+    if another.is_some() {
+        // Only someone who knows the password learns that the address has several accounts.
         state.metrics.logins.with_label_values(&["failure"]).inc();
+        return Err(ApiError::NeedsField {
+            code: "tenant_required",
+            field: "tenant",
+            message: "this email and password match accounts of several tenants: name the tenant \
+                      (its name or id)"
+                .into(),
+        });
+    }
+    let Some(user) = user else {
+        state.metrics.logins.with_label_values(&["failure"]).inc();
+        for candidate in &candidates {
+            audit(
+                &state.pool,
+                AuditEntry {
+                    tenant: candidate.tenant_id,
+                    actor_kind: "user",
+                    actor_id: Some(candidate.id),
+                    action: "auth.login_failed",
+                    object_kind: Some("user"),
+                    object_id: Some(candidate.id.to_string()),
+                    ip: Some(ip),
+                    detail: serde_json::json!({ "disabled": candidate.disabled }),
+                },
+            )
+            .await;
+        }
         return Err(ApiError::Unauthorized);
     };
-    if !ok || disabled {
-        state.metrics.logins.with_label_values(&["failure"]).inc();
-        audit(
-            &state.pool,
-            AuditEntry {
-                tenant: tenant_id,
-                actor_kind: "user",
-                actor_id: Some(user_id),
-                action: "auth.login_failed",
-                object_kind: Some("user"),
-                object_id: Some(user_id.to_string()),
-                ip: Some(ip),
-                detail: serde_json::json!({ "disabled": disabled }),
-            },
-        )
-        .await;
-        return Err(ApiError::Unauthorized);
-    }
-    let role: Role = role.parse().map_err(|e: String| ApiError::Internal(e))?;
+    let (user_id, tenant_id) = (user.id, user.tenant_id);
+    let role: Role = user
+        .role
+        .parse()
+        .map_err(|e: String| ApiError::Internal(e))?;
     let family = Uuid::new_v4();
     let mut conn = state.pool.acquire().await?;
     let (tokens, _) = issue_tokens(&state, &mut conn, user_id, tenant_id, role, family).await?;
@@ -189,9 +247,14 @@ async fn refresh_limit(state: &AppState, scope: &str, id: &str) -> ApiResult<()>
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    refresh_limit(&state, "refresh:ip", &peer.ip().to_string()).await?;
+    let ip = state
+        .settings
+        .trusted_proxies
+        .client_ip(peer.ip(), &headers);
+    refresh_limit(&state, "refresh:ip", &ip.to_string()).await?;
     let digest = auth::secret_digest(&body.refresh_token);
     let mut tx = state.pool.begin().await?;
     let row: Option<(Uuid, Uuid, Uuid, Uuid, bool, bool, String)> = sqlx::query_as(

@@ -8,12 +8,18 @@
 use crate::error::{ApiError, ApiResult};
 use uuid::Uuid;
 
+/// The one time-range rule (history's), shared with the events reader.
+pub(crate) use history::time_range;
+
 pub mod api_keys;
 pub mod audit;
 pub mod devices;
+pub mod events;
+pub mod geofences;
 pub mod groups;
 pub mod history;
 pub mod identity;
+pub mod status;
 pub mod tenants;
 pub mod users;
 

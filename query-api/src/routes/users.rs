@@ -10,6 +10,10 @@
 //! A tenant always keeps one enabled admin: disabling, demoting or deleting the last one is a 409
 //! `last_admin` ([`keep_an_admin`], serialized per tenant so two admins cannot remove each other
 //! at the same time).
+//!
+//! Emails are unique within a tenant (case-insensitive), not across tenants: another tenant's
+//! address is no conflict and is not disclosed; login asks for the tenant when the address and
+//! password fit several (`routes::identity`).
 
 use crate::app::{audit_caller, ApiJson, AppState, Caller};
 use crate::error::{ApiError, ApiResult};

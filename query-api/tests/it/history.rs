@@ -252,7 +252,7 @@ async fn area_and_latest_accept_a_bbox_across_the_antimeridian() {
         at.push(device.to_string());
     }
     let (east, west) = (&at[0], &at[1]);
-    sqlx::query("INSERT INTO last_positions SELECT DISTINCT ON (device_id) *, now() FROM positions ORDER BY device_id, fix_time DESC")
+    sqlx::query(&format!("INSERT INTO last_positions ({COLUMNS}) SELECT DISTINCT ON (device_id) {COLUMNS} FROM positions ORDER BY device_id, fix_time DESC", COLUMNS = gps_store::positions::COLUMNS))
         .execute(&api.db.pool)
         .await
         .unwrap();

@@ -84,6 +84,13 @@ fn routes() -> Vec<(
         ),
         (
             "get",
+            "/v1/devices/{device}/status",
+            None,
+            vec![DevicesRead],
+            true,
+        ),
+        (
+            "get",
             "/v1/devices/{device}/positions?format=csv",
             None,
             vec![PositionsRead, PositionsExport],
@@ -195,6 +202,14 @@ fn routes() -> Vec<(
         ),
         ("delete", "/v1/api-keys/{key}", None, vec![KeysWrite], true),
         ("get", "/v1/audit", None, vec![AuditRead], false),
+        ("get", "/v1/tenant", None, vec![DevicesRead], false),
+        (
+            "patch",
+            "/v1/tenant",
+            Some(json!({ "osmand_speed_unit": "kn" })),
+            vec![RolesWrite, DevicesWrite],
+            false,
+        ),
         ("post", "/v1/live/ticket", None, vec![LiveRead], false),
     ]
 }
@@ -278,7 +293,7 @@ async fn viewer_sees_only_the_devices_of_its_groups() {
     api.group_with(tenant, &[mine], &[viewer.id]).await;
     api.track(tenant, mine, 1_700_000_000_000, 3).await;
     api.track(tenant, not_mine, 1_700_000_000_000, 3).await;
-    sqlx::query("INSERT INTO last_positions SELECT DISTINCT ON (device_id) *, now() FROM positions ORDER BY device_id, fix_time DESC")
+    sqlx::query(&format!("INSERT INTO last_positions ({COLUMNS}) SELECT DISTINCT ON (device_id) {COLUMNS} FROM positions ORDER BY device_id, fix_time DESC", COLUMNS = gps_store::positions::COLUMNS))
         .execute(&api.db.pool)
         .await
         .unwrap();
