@@ -328,10 +328,19 @@ mod tests {
 
     #[test]
     fn properties_are_checked_by_librdkafka_naming_the_property() {
-        // SASL_SSL needs librdkafka built with OpenSSL (rdkafka feature `ssl`).
         let ok = properties(&[
             ("KAFKA_PROPERTY_security.protocol", "SASL_PLAINTEXT"),
             ("KAFKA_PROPERTY_SASL_MECHANISMS", "PLAIN"),
+            ("KAFKA_PROPERTY_SASL_PASSWORD", "x"),
+        ])
+        .check();
+        assert!(ok.is_ok(), "{ok:?}");
+        // The documented managed-Kafka set-up: librdkafka is built with OpenSSL (rdkafka
+        // feature `ssl`), without which TLS and SCRAM are refused at start.
+        let ok = properties(&[
+            ("KAFKA_PROPERTY_security.protocol", "SASL_SSL"),
+            ("KAFKA_PROPERTY_SASL_MECHANISMS", "SCRAM-SHA-512"),
+            ("KAFKA_PROPERTY_SASL_USERNAME", "ingest"),
             ("KAFKA_PROPERTY_SASL_PASSWORD", "x"),
         ])
         .check();

@@ -110,8 +110,9 @@ pub struct Limits {
 /// Kafka producer tuning.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProducerArgs {
-    /// Delivery timeout (librdkafka `message.timeout.ms`): how long a record may wait for the
-    /// broker before the device gets 503. Keep it below device HTTP timeouts.
+    /// Delivery timeout: how long a record may wait for the broker before the device gets 503
+    /// (librdkafka's own `message.timeout.ms` is set 5 s later, see `producer.rs`). Keep it
+    /// below device HTTP timeouts.
     #[arg(long = "delivery-timeout-ms", env = "INGEST_DELIVERY_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(100..=300_000))]
     pub delivery_timeout_ms: u64,
@@ -291,7 +292,10 @@ impl Config {
         if !(self.overload.tenant_floor_per_sec.is_finite()
             && self.overload.tenant_floor_per_sec > 0.0)
         {
-            problems.push("INGEST_SHED_TENANT_FLOOR_PER_SEC", "must be a positive number");
+            problems.push(
+                "INGEST_SHED_TENANT_FLOOR_PER_SEC",
+                "must be a positive number",
+            );
         }
         if self.kafka.fixes_topic.is_empty() {
             problems.push("KAFKA_FIXES_TOPIC", "must not be empty");

@@ -377,15 +377,26 @@ impl LagMonitor {
     pub async fn run(self, overload: Overload, interval: Duration, stop: CancellationToken) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Warn once per outage, not once per poll.
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let lag = match self.lag().await {
-                Ok(lag) => Some(lag),
+                Ok(lag) => {
+                    if failing {
+                        tracing::info!(lag, "store lag poll works again");
+                    }
+                    failing = false;
+                    Some(lag)
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "store lag poll failed; shedding state held");
+                    if !failing {
+                        tracing::warn!(error = %e, "store lag poll failed; shedding state held");
+                    }
+                    failing = true;
                     None
                 }
             };

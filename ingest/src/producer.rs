@@ -28,14 +28,19 @@ use gps_domain::{Fix, FixEnvelope, Protocol};
 use gps_runtime::config::KafkaArgs;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// Least time between two producer rebuilds.
-const REBUILD_INTERVAL: Duration = Duration::from_secs(2);
+/// How much later than ingest's own delivery deadline librdkafka gives up on a record
+/// (`message.timeout.ms`). librdkafka must never time a record out itself: after such a timeout
+/// the idempotent producer bumps its epoch on its own and resumes with it as soon as the broker
+/// is back, which wedges tansu 0.6 (docs/operations.md, "Known broker defects"). Ingest's
+/// deadline comes first, and the producer holding the late record is replaced (its queue
+/// purged, so it sends nothing more) before librdkafka would act.
+const LIBRDKAFKA_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 
 /// Fixes that did not reach the log. Every failure is temporary: the device should retry after
 /// `retry_after_secs` (`INGEST_RETRY_AFTER_SECS`).
@@ -60,7 +65,7 @@ pub enum ProduceFailure {
     /// The broker refused or never acknowledged the record.
     #[error("kafka delivery failed: {0}")]
     Delivery(KafkaError),
-    /// No delivery report within the delivery timeout (a lost callback).
+    /// No acknowledgement within the delivery timeout (the broker is away or too slow).
     #[error("kafka delivery timed out")]
     TimedOut,
     /// The producer was dropped with the record in flight.
@@ -83,55 +88,70 @@ impl ProduceError {
 
 /// One Kafka producer and what it takes to replace it.
 struct Lane {
-    producer: RwLock<FutureProducer>,
+    /// The producer and its generation (counts replacements).
+    producer: RwLock<(u64, FutureProducer)>,
     config: ClientConfig,
-    last_rebuild: Mutex<Instant>,
 }
 
 impl Lane {
     fn new(config: ClientConfig) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: RwLock::new(config.create()?),
+            producer: RwLock::new((0, config.create()?)),
             config,
-            last_rebuild: Mutex::new(Instant::now()),
         })
     }
 
-    fn current(&self) -> FutureProducer {
+    /// The current producer and its generation.
+    fn current(&self) -> (u64, FutureProducer) {
         self.producer
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    /// Replace the producer after an error it cannot recover from by itself (at most once per
-    /// [`REBUILD_INTERVAL`]).
-    fn rebuild(&self, cause: &KafkaError) {
-        let mut last = self
-            .last_rebuild
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.elapsed() < REBUILD_INTERVAL {
+    /// Replace the producer of `generation` after an error it cannot recover from by itself;
+    /// nothing when it was replaced already (its other records fail the same way, or are
+    /// purged, and must not replace its successor).
+    fn rebuild(&self, generation: u64, cause: &KafkaError) {
+        // Many records of one producer fail together: only the first creates a successor.
+        if self.current().0 != generation {
             return;
         }
-        *last = Instant::now();
-        match self.config.create::<FutureProducer>() {
-            Ok(fresh) => {
-                *self
-                    .producer
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-                tracing::warn!(error = %cause, "kafka producer replaced after an unrecoverable error");
+        let fresh = match self.config.create::<FutureProducer>() {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!(error = %e, "kafka producer could not be recreated");
+                return;
             }
-            Err(e) => tracing::error!(error = %e, "kafka producer could not be recreated"),
-        }
+        };
+        let old = {
+            let mut current = self
+                .producer
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.0 != generation {
+                // Lost the race to another failing record: the spare goes unused.
+                drop_off_runtime(fresh);
+                return;
+            }
+            let next = (generation + 1, fresh);
+            std::mem::replace(&mut *current, next).1
+        };
+        tracing::warn!(error = %cause, generation = generation + 1, "kafka producer replaced after an unrecoverable error");
+        // Purge before anything else: the old producer must not send another record (with an
+        // epoch of its own making) once the broker is back. Dropping it purges again and waits
+        // for its threads, which blocks: not on the runtime.
+        old.purge(PurgeConfig::default().queue().inflight());
+        drop_off_runtime(old);
     }
 
     /// Errors after which the idempotent producer's state is unusable, or would have to be
-    /// repaired by an epoch bump: after a record timed out, librdkafka re-initialises the same
-    /// producer id with a bumped epoch once the broker is back, which tansu 0.6 cannot handle
-    /// (its storage panics and it stops serving). A fresh producer (new id) avoids that dance on
-    /// every broker and costs nothing the retrying device would notice.
+    /// repaired by an epoch bump: after a record timed out, librdkafka bumps the epoch of the
+    /// same producer id itself and produces with it once the broker is back, which tansu 0.6
+    /// cannot handle (its storage panics and it stops serving). A fresh producer (new id) avoids
+    /// that dance on every broker and costs nothing the retrying device would notice. Ingest's
+    /// own deadline ([`FixProducer::acknowledged`]) normally replaces the producer first; these
+    /// are the errors that still reach it.
     fn needs_rebuild(&self, error: &KafkaError) -> bool {
         matches!(
             error,
@@ -143,8 +163,14 @@ impl Lane {
                     | RDKafkaErrorCode::InvalidProducerEpoch
                     | RDKafkaErrorCode::Fatal
             )
-        ) || self.current().client().fatal_error().is_some()
+        ) || self.current().1.client().fatal_error().is_some()
     }
+}
+
+/// Drop a producer on a thread of its own: dropping purges, flushes and joins librdkafka's
+/// threads, which blocks.
+fn drop_off_runtime(producer: FutureProducer) {
+    std::thread::spawn(move || drop(producer));
 }
 
 /// Which lane the next request takes: requests in flight, with hysteresis.
@@ -197,8 +223,10 @@ impl LanePolicy {
 /// The idempotent producer keeps a producer id and per-partition sequence numbers. When records
 /// time out while the broker is away, a restarted broker can refuse the producer's next
 /// sequence for good (tansu answers `UNKNOWN_SERVER_ERROR`; Kafka `OUT_OF_ORDER_SEQUENCE_NUMBER`
-/// or `UNKNOWN_PRODUCER_ID`). Such errors make the producer replace itself with a fresh one (a new
-/// producer id), so devices get 503 while it happens and ingest recovers without a restart.
+/// or `UNKNOWN_PRODUCER_ID`). Such errors, and a record not acknowledged within the delivery
+/// timeout, make the producer replace itself with a fresh one (a new producer id; the old one's
+/// queue is purged first, so it sends nothing more), so devices get 503 while it happens and
+/// ingest recovers without a restart.
 #[derive(Clone)]
 pub struct FixProducer {
     /// `linger.ms=0`, while few requests are in flight; `None` when the batching lane does not
@@ -227,6 +255,8 @@ struct Pending {
     delivery: DeliveryFuture,
     started: Instant,
     lane: Arc<Lane>,
+    /// The generation of the lane's producer that holds the record.
+    generation: u64,
 }
 
 impl FixProducer {
@@ -240,7 +270,12 @@ impl FixProducer {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", args.delivery_timeout_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                (args.delivery_timeout() + LIBRDKAFKA_TIMEOUT_GRACE)
+                    .as_millis()
+                    .to_string(),
+            )
             .set("batch.size", args.batch_bytes.to_string())
             .set("compression.type", &args.compression)
             .set(
@@ -254,7 +289,12 @@ impl FixProducer {
         batching.set("linger.ms", args.linger_ms.to_string());
         let immediate = if args.linger_ms > 0 && args.immediate_max_inflight > 0 {
             let mut immediate = config;
-            immediate.set("linger.ms", "0");
+            // One produce request in flight per broker: what arrives during a round trip goes
+            // out together in the next one, so a crowd batches by itself at the broker's pace
+            // instead of as many tiny requests (the broker's cost is per request).
+            immediate
+                .set("linger.ms", "0")
+                .set("max.in.flight.requests.per.connection", "1");
             Some(Arc::new(Lane::new(immediate)?))
         } else {
             None
@@ -290,7 +330,12 @@ impl FixProducer {
     }
 
     /// Pass `fixes` of `tenant` through the overload guard, or count them refused.
-    fn admit(&self, protocol: Protocol, tenant: uuid::Uuid, fixes: usize) -> Result<(), ProduceError> {
+    fn admit(
+        &self,
+        protocol: Protocol,
+        tenant: uuid::Uuid,
+        fixes: usize,
+    ) -> Result<(), ProduceError> {
         let Some(overload) = &self.overload else {
             return Ok(());
         };
@@ -347,11 +392,13 @@ impl FixProducer {
         let key = envelope.key();
         let payload = envelope.encode();
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        match lane.current().send_result(record) {
+        let (generation, producer) = lane.current();
+        match producer.send_result(record) {
             Ok(delivery) => Ok(Pending {
                 delivery,
                 started: Instant::now(),
                 lane: lane.clone(),
+                generation,
             }),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 Err(self.error(ProduceFailure::QueueFull))
@@ -465,13 +512,10 @@ impl FixProducer {
 
     /// Wait for the broker's acknowledgement of an enqueued record.
     async fn acknowledged(&self, pending: Pending) -> Result<(), ProduceError> {
-        // librdkafka fails the record itself after `message.timeout.ms`; the outer timeout only
-        // guards against a lost callback.
-        let outcome = tokio::time::timeout(
-            self.delivery_timeout + Duration::from_secs(1),
-            pending.delivery,
-        )
-        .await;
+        // Ingest's deadline, before librdkafka's own (`LIBRDKAFKA_TIMEOUT_GRACE` later): a record
+        // late by it replaces its producer before librdkafka could time it out and bump the
+        // producer's epoch.
+        let outcome = tokio::time::timeout(self.delivery_timeout, pending.delivery).await;
         match outcome {
             Ok(Ok(Ok(_delivery))) => {
                 self.metrics
@@ -481,15 +525,16 @@ impl FixProducer {
             }
             Ok(Ok(Err((e, _)))) => {
                 if pending.lane.needs_rebuild(&e) {
-                    pending.lane.rebuild(&e);
+                    pending.lane.rebuild(pending.generation, &e);
                 }
                 Err(self.error(ProduceFailure::Delivery(e)))
             }
             Ok(Err(_canceled)) => Err(self.error(ProduceFailure::ShutDown)),
             Err(_elapsed) => {
-                pending.lane.rebuild(&KafkaError::MessageProduction(
-                    RDKafkaErrorCode::MessageTimedOut,
-                ));
+                pending.lane.rebuild(
+                    pending.generation,
+                    &KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                );
                 Err(self.error(ProduceFailure::TimedOut))
             }
         }
@@ -497,7 +542,9 @@ impl FixProducer {
 
     /// Records queued or in flight.
     pub fn queue_depth(&self) -> i32 {
-        self.lanes().map(|lane| lane.current().in_flight_count()).sum()
+        self.lanes()
+            .map(|lane| lane.current().1.in_flight_count())
+            .sum()
     }
 
     /// Flush everything queued, waiting at most `timeout` per lane (blocking: call from a
@@ -506,7 +553,7 @@ impl FixProducer {
         // Every lane is flushed, even after one failed.
         let mut outcome = Ok(());
         for lane in self.lanes() {
-            if let Err(e) = lane.current().flush(timeout) {
+            if let Err(e) = lane.current().1.flush(timeout) {
                 outcome = Err(e);
             }
         }

@@ -82,7 +82,7 @@ pub const ROUTES: &[Operation] = &[
     op("post", "/v1/api-keys", "Create an API key; the key is shown once", Some("keys:write")),
     op("delete", "/v1/api-keys/{id}", "Revoke an API key", Some("keys:write")),
     op("get", "/v1/audit", "Audit log, newest first", Some("audit:read")),
-    op("get", "/v1/geofences", "List the tenant's geofences by id: limit (1..1000, default 100), cursor", Some("geofences:read")),
+    op("get", "/v1/geofences", "List the tenant's geofences by id: limit (1..1000, default 100), cursor; a page carries at most 4 MiB of geometry", Some("geofences:read")),
     op("post", "/v1/geofences", "Create a geofence: name, geometry (GeoJSON Polygon | MultiPolygon | Point + radius_m), groups, speed_limit_mps, schedule; validated (closed rings, no self-intersection, at most 10,000 positions, antimeridian); body up to 1 MiB", Some("geofences:write")),
     op("get", "/v1/geofences/{id}", "Read a geofence (with its bbox)", Some("geofences:read")),
     op("put", "/v1/geofences/{id}", "Replace a geofence (same body as the create)", Some("geofences:write")),

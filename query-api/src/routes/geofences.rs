@@ -35,6 +35,9 @@ const MAX_FENCE_GROUPS: usize = 100;
 const MAX_LIST_LIMIT: i64 = 1_000;
 /// Page size when none is asked for.
 const DEFAULT_LIST_LIMIT: i64 = 100;
+/// Stored geometry a list page carries at most (one fence always): a page of large fences is
+/// cut short (with a `next_cursor`) rather than answered by the megabyte.
+const PAGE_GEOMETRY_BYTES: i64 = 4 * 1024 * 1024;
 
 /// The geofence routes, with their own body limit.
 pub(crate) fn router() -> Router<AppState> {
@@ -251,13 +254,30 @@ async fn set_groups(
     Ok(())
 }
 
+/// The leading ids of `sizes` (id, stored geometry bytes) that make a page: at most `limit`,
+/// and no more once the geometries reach `budget` bytes (but always the first).
+fn page_ids(sizes: &[(Uuid, i32)], limit: usize, budget: i64) -> Vec<Uuid> {
+    let mut total = 0i64;
+    sizes
+        .iter()
+        .take(limit)
+        .take_while(|(_, size)| {
+            let fits = total < budget;
+            total += i64::from(*size);
+            fits
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ListQuery {
     limit: Option<String>,
     cursor: Option<String>,
 }
 
-/// `GET /v1/geofences?limit&cursor`: the tenant's fences by id, in pages.
+/// `GET /v1/geofences?limit&cursor`: the tenant's fences by id, in pages of at most `limit`
+/// fences and [`PAGE_GEOMETRY_BYTES`] of geometry.
 pub(crate) async fn list_geofences(
     State(state): State<AppState>,
     caller: Caller,
@@ -285,20 +305,30 @@ pub(crate) async fn list_geofences(
                 .map_err(|_| ApiError::field("cursor", "not a cursor this API issued"))
         })
         .transpose()?;
-    let rows: Vec<FenceRow> = sqlx::query_as(&format!(
-        "SELECT {FENCE_COLUMNS} FROM geofences g
-         WHERE g.tenant_id = $1 AND ($2::uuid IS NULL OR g.id > $2)
-         ORDER BY g.id LIMIT $3"
-    ))
+    // The page's ids first, with each geometry's stored size (no geometry read), then the rows
+    // of those that fit the page's byte budget.
+    let sizes: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT id, pg_column_size(geometry) FROM geofences
+         WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2)
+         ORDER BY id LIMIT $3",
+    )
     .bind(caller.tenant())
     .bind(after)
     .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
-    let more = rows.len() as i64 > limit;
-    let page: Vec<FenceRow> = rows.into_iter().take(limit as usize).collect();
-    let next = more.then(|| page.last().map(|r| r.id)).flatten();
-    let fences: Vec<Value> = page.into_iter().map(FenceRow::into_json).collect();
+    let ids = page_ids(&sizes, limit as usize, PAGE_GEOMETRY_BYTES);
+    let more = ids.len() < sizes.len();
+    let rows: Vec<FenceRow> = sqlx::query_as(&format!(
+        "SELECT {FENCE_COLUMNS} FROM geofences g
+         WHERE g.tenant_id = $1 AND g.id = ANY($2) ORDER BY g.id"
+    ))
+    .bind(caller.tenant())
+    .bind(&ids)
+    .fetch_all(&state.pool)
+    .await?;
+    let next = more.then(|| ids.last().copied()).flatten();
+    let fences: Vec<Value> = rows.into_iter().map(FenceRow::into_json).collect();
     Ok(Json(json!({ "geofences": fences, "next_cursor": next })))
 }
 
@@ -429,6 +459,19 @@ mod tests {
             Err(other) => panic!("{other:?}"),
             Ok(_) => panic!("accepted"),
         }
+    }
+
+    #[test]
+    fn pages_stop_at_the_limit_or_the_byte_budget() {
+        let sizes: Vec<(Uuid, i32)> = (0..5).map(|i| (Uuid::from_u128(i), 100)).collect();
+        assert_eq!(page_ids(&sizes, 3, 10_000).len(), 3);
+        assert_eq!(
+            page_ids(&sizes, 10, 250).len(),
+            3,
+            "100 + 100 < 250: a third starts"
+        );
+        assert_eq!(page_ids(&sizes, 10, 1).len(), 1, "always one");
+        assert!(page_ids(&[], 10, 1).is_empty());
     }
 
     const SQUARE: &str = r#"{"type":"Polygon","coordinates":[[[13,52],[13.01,52],[13.01,52.01],[13,52.01],[13,52]]]}"#;
