@@ -8,7 +8,7 @@
 
 use crate::app::{audit_caller, ApiJson, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{check_name, not_found_if_zero, parse_id};
+use crate::routes::{check_name, parse_id, remove_owned};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -157,24 +157,15 @@ pub(crate) async fn revoke_api_key(
 ) -> ApiResult<StatusCode> {
     caller.require(Permission::KeysWrite)?;
     let id = parse_id(&id)?;
-    let done = sqlx::query(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND tenant_id = $2",
-    )
-    .bind(id)
-    .bind(caller.tenant())
-    .execute(&state.pool)
-    .await?;
-    not_found_if_zero(done.rows_affected())?;
-    audit_caller(
-        &state.pool,
+    remove_owned(
+        &state,
         &caller,
+        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND tenant_id = $2",
+        id,
         "api_keys.revoke",
         "api_key",
-        id,
-        serde_json::json!({}),
     )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 
 use crate::app::{audit_caller, ApiJson, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{check_name, not_found_if_zero, parse_id};
+use crate::routes::{check_name, not_found_if_zero, parse_id, remove_owned};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -328,22 +328,15 @@ pub(crate) async fn delete_device(
 ) -> ApiResult<StatusCode> {
     caller.require(Permission::DevicesWrite)?;
     let id = parse_id(&id)?;
-    let done = sqlx::query("DELETE FROM devices WHERE id = $1 AND tenant_id = $2")
-        .bind(id)
-        .bind(caller.tenant())
-        .execute(&state.pool)
-        .await?;
-    not_found_if_zero(done.rows_affected())?;
-    audit_caller(
-        &state.pool,
+    remove_owned(
+        &state,
         &caller,
+        "DELETE FROM devices WHERE id = $1 AND tenant_id = $2",
+        id,
         "devices.delete",
         "device",
-        id,
-        serde_json::json!({}),
     )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }
 
 /// `POST /v1/devices/{id}/rotate-token`: a new ingest token, shown once; the old one stops working.

@@ -12,7 +12,7 @@
 
 use crate::app::{audit_caller, bad_request_naming_serde_field, ApiQuery, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{check_name, not_found_if_zero, parse_id};
+use crate::routes::{check_name, parse_id, remove_owned};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -427,22 +427,15 @@ pub(crate) async fn delete_geofence(
 ) -> ApiResult<StatusCode> {
     caller.require(Permission::GeofencesWrite)?;
     let id = parse_id(&id)?;
-    let done = sqlx::query("DELETE FROM geofences WHERE id = $1 AND tenant_id = $2")
-        .bind(id)
-        .bind(caller.tenant())
-        .execute(&state.pool)
-        .await?;
-    not_found_if_zero(done.rows_affected())?;
-    audit_caller(
-        &state.pool,
+    remove_owned(
+        &state,
         &caller,
+        "DELETE FROM geofences WHERE id = $1 AND tenant_id = $2",
+        id,
         "geofences.delete",
         "geofence",
-        id,
-        json!({}),
     )
-    .await;
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! credential, and a role changes only through `PUT /v1/users/{id}/role` (`roles:write`, never
 //! one's own).
 
+use crate::app::{audit_caller, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
+use axum::http::StatusCode;
 use uuid::Uuid;
 
 /// The one time-range rule (history's), shared with the events reader.
@@ -52,6 +54,27 @@ pub(crate) fn not_found_if_zero(rows: u64) -> ApiResult<()> {
     } else {
         Ok(())
     }
+}
+
+/// The shape of every delete and revoke: run `statement` (a write of one object, `$1` its id and
+/// `$2` the caller's tenant), `404` when it touched nothing of the tenant, then audit `action` on
+/// the object of kind `kind`; answers `204`.
+pub(crate) async fn remove_owned(
+    state: &AppState,
+    caller: &Caller,
+    statement: &'static str,
+    id: Uuid,
+    action: &str,
+    kind: &str,
+) -> ApiResult<StatusCode> {
+    let done = sqlx::query(statement)
+        .bind(id)
+        .bind(caller.tenant())
+        .execute(&state.pool)
+        .await?;
+    not_found_if_zero(done.rows_affected())?;
+    audit_caller(&state.pool, caller, action, kind, id, serde_json::json!({})).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]
