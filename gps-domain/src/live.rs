@@ -6,10 +6,12 @@
 //! routing table. One Redis message carries every accepted fix of one tenant from one database
 //! batch ([`LiveBatch`]), because a PUBLISH per fix would cost more than the write itself, and
 //! every device status the batch changed ([`LiveStatus`]). A fix the device called invalid is
-//! never published live.
+//! never published live. Events (`crate::events::Event`) the batch raised ride in the same
+//! message ([`LiveEvent`]), so a subscriber sees an event after the fix that raised it.
 //! [`LiveBatch::decode`] reads only [`LIVE_VERSION`], as `FixEnvelope::decode` reads only its own.
 //! Documented in `docs/live.md`.
 
+use crate::events::Event;
 use crate::fix::{EpochMillis, Fix, Protocol};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -117,6 +119,18 @@ pub struct LiveBatch {
     /// of version 1 that predates statuses reads the fixes as before (unknown keys are ignored).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<LiveStatus>,
+    /// Events the batch raised (after its commit), in fix-time order per device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<LiveEvent>,
+}
+
+/// One event as published live: the event and its device's uid (what a subscriber names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveEvent {
+    /// The device's uid.
+    pub uid: String,
+    /// The event, as stored (`device_id` decides who may see it).
+    pub event: Event,
 }
 
 impl LiveBatch {
@@ -127,7 +141,14 @@ impl LiveBatch {
             tenant,
             fixes,
             statuses: Vec::new(),
+            events: Vec::new(),
         }
+    }
+
+    /// The batch with the events it raised.
+    pub fn with_events(mut self, events: Vec<LiveEvent>) -> Self {
+        self.events = events;
+        self
     }
 
     /// The same batch carrying `statuses` too.

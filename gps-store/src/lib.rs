@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod events;
 pub mod geo;
 pub mod positions;
 pub mod principal;

@@ -1,0 +1,1 @@
+//! Integration tests of webhook delivery against the real PostgreSQL and a real HTTP receiver.
