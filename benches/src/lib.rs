@@ -3,14 +3,18 @@
 //! arithmetic and output ([`stats`], [`report`]), the raw ceilings ([`ceiling`]), the
 //! processor-alone drain ([`drain`]), the endless demo stream ([`demo`]), the fanout's
 //! WebSocket load ([`ws`]), the fault drill ([`drill`]), history reads as the table grows
-//! ([`history_scale`]) and acknowledgement latency at fixed numbers in flight ([`concurrency`]).
+//! ([`history_scale`]), acknowledgement latency at fixed numbers in flight ([`concurrency`])
+//! and the events' cost and latency with many fences ([`events_load`]), and what the overload
+//! policy does when more is offered than the store keeps up with ([`overload`]).
 
 pub mod ceiling;
 pub mod concurrency;
 pub mod demo;
 pub mod drain;
 pub mod drill;
+pub mod events_load;
 pub mod history_scale;
+pub mod overload;
 pub mod report;
 pub mod run;
 pub mod seed;

@@ -183,19 +183,44 @@ struct SimDevice {
     udp_counter: u64,
 }
 
+/// Told of every request a worker is about to send: the device, its fixes and the client send
+/// time (UTC ms). `loadgen events` keeps the send times to measure fix-to-event latency.
+pub type SendHook = Arc<dyn Fn(Uuid, &[(Fix, FixKind)], EpochMillis) + Send + Sync>;
+
 /// Run the load and return the report.
 pub async fn run(config: RunConfig, env: RunEnv) -> Result<Report, LoadgenError> {
+    let fleet = seed_fleet(&config, &env.pool).await?;
+    let report = run_fleet(&config, &env, &fleet, None).await;
+    if config.cleanup {
+        cleanup(&env.pool, &fleet).await?;
+    }
+    report
+}
+
+/// Seed the fresh tenant `loadgen-<id>` and the run's devices (as Teltonika units in that mode).
+pub async fn seed_fleet(config: &RunConfig, pool: &PgPool) -> Result<Fleet, LoadgenError> {
     let run_id = &Uuid::new_v4().simple().to_string()[..8];
     let mut fleet = seed::fleet(
-        &env.pool,
+        pool,
         &format!("loadgen-{run_id}"),
         &format!("lg{run_id}"),
         config.devices,
     )
     .await?;
     if config.mode == Mode::Teltonika {
-        seed::as_teltonika(&env.pool, &mut fleet).await?;
+        seed::as_teltonika(pool, &mut fleet).await?;
     }
+    Ok(fleet)
+}
+
+/// Drive an already seeded `fleet` (the caller may have added to its tenant, e.g. fences),
+/// telling `on_send` of every request; no cleanup.
+pub async fn run_fleet(
+    config: &RunConfig,
+    env: &RunEnv,
+    fleet: &Fleet,
+    on_send: Option<SendHook>,
+) -> Result<Report, LoadgenError> {
     let index_of: Arc<HashMap<Uuid, u32>> = Arc::new(
         fleet
             .devices
@@ -204,11 +229,7 @@ pub async fn run(config: RunConfig, env: RunEnv) -> Result<Report, LoadgenError>
             .map(|(i, d)| (d.id, i as u32))
             .collect(),
     );
-    let report = drive(&config, &env, &fleet, index_of).await;
-    if config.cleanup {
-        cleanup(&env.pool, &fleet).await?;
-    }
-    report
+    drive(config, env, fleet, index_of, on_send).await
 }
 
 async fn drive(
@@ -216,6 +237,7 @@ async fn drive(
     env: &RunEnv,
     fleet: &Fleet,
     index_of: Arc<HashMap<Uuid, u32>>,
+    on_send: Option<SendHook>,
 ) -> Result<Report, LoadgenError> {
     let mut state = State::default();
     // Sized up front: growing a set of millions of keys mid-run rehashes it all at once, a
@@ -322,6 +344,7 @@ async fn drive(
             client.clone(),
             deadline,
             per_worker_rate,
+            on_send.clone(),
         )));
     }
     for task in tasks {
@@ -453,6 +476,7 @@ async fn worker(
     client: reqwest::Client,
     deadline: Instant,
     rate: Option<f64>,
+    on_send: Option<SendHook>,
 ) {
     if devices.is_empty() {
         return;
@@ -497,6 +521,9 @@ async fn worker(
         turn += 1;
         let fixes: Vec<(Fix, FixKind)> = (0..per_request).map(|_| dev.traffic.next_fix()).collect();
         let sent_ms = now_millis();
+        if let Some(hook) = &on_send {
+            hook(dev.device.id, &fixes, sent_ms);
+        }
         {
             let mut s = shared.state();
             s.timeline.offered(shared.second(), fixes.len() as u64);
@@ -896,7 +923,9 @@ async fn read_quarantine(
     .map_err(|e| LoadgenError::Setup(e.to_string()))?
 }
 
-async fn cleanup(pool: &PgPool, fleet: &Fleet) -> Result<(), LoadgenError> {
+/// Delete the run's positions, latest positions and tenant (devices, users, keys and fences
+/// go with it).
+pub async fn cleanup(pool: &PgPool, fleet: &Fleet) -> Result<(), LoadgenError> {
     let ids: Vec<Uuid> = fleet.devices.iter().map(|d| d.id).collect();
     sqlx::query("DELETE FROM positions WHERE device_id = ANY($1)")
         .bind(&ids)

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::limits::{self, SubscribeBucket};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, ConnShared, Item, Outgoing, QueueLimits};
-use crate::protocol::{self, ClientMessage, Selectors, SubscriptionState};
+use crate::protocol::{self, ClientMessage, EventKinds, Selectors, SubscriptionState};
 use crate::recheck::{Access, AccessUpdates, Sessions};
 use crate::router::{Router, WideSub};
 use crate::store::{self, SnapshotQuery};
@@ -195,6 +195,8 @@ struct Subscriptions {
     /// Devices currently routed to the connection: `devices` and the groups' devices.
     routed: HashSet<Uuid>,
     visibility: Option<Arc<Visibility>>,
+    /// The event types sent beside the fixes (mirrored in the connection for the router).
+    events: EventKinds,
 }
 
 impl Subscriptions {
@@ -213,6 +215,7 @@ impl Subscriptions {
             bboxes: self.bboxes.iter().map(|b| b.to_array()).collect(),
             all: self.all,
             device_count: self.routed.len(),
+            events: self.events.names(),
         }
     }
 
@@ -429,22 +432,24 @@ impl Session {
         match protocol::parse_client(text) {
             Err(e) => self.refuse(e),
             Ok(ClientMessage::Ping { id }) => self.send(protocol::pong_message(id.as_ref())),
-            Ok(ClientMessage::Subscribe { id, selectors }) => {
-                match self.bucket.take(tokio::time::Instant::now()) {
-                    Ok(()) => {
-                        self.rate_limited = 0;
-                        self.subscribe(id, selectors).await;
-                    }
-                    Err(wait) => {
-                        self.rate_limited += 1;
-                        self.metrics
-                            .client_errors
-                            .with_label_values(&["rate_limited"])
-                            .inc();
-                        self.send(protocol::rate_limited_message(id.as_ref(), wait));
-                    }
+            Ok(ClientMessage::Subscribe {
+                id,
+                selectors,
+                events,
+            }) => match self.bucket.take(tokio::time::Instant::now()) {
+                Ok(()) => {
+                    self.rate_limited = 0;
+                    self.subscribe(id, selectors, events).await;
                 }
-            }
+                Err(wait) => {
+                    self.rate_limited += 1;
+                    self.metrics
+                        .client_errors
+                        .with_label_values(&["rate_limited"])
+                        .inc();
+                    self.send(protocol::rate_limited_message(id.as_ref(), wait));
+                }
+            },
             Ok(ClientMessage::Unsubscribe { id, selectors }) => self.unsubscribe(id, selectors),
         }
     }
@@ -455,7 +460,14 @@ impl Session {
         self.send(protocol::error_message(id, code, message, None, &[], &[]));
     }
 
-    async fn subscribe(&mut self, id: Option<Value>, selectors: Selectors) {
+    /// Check and add what `selectors` name; `events`, when given, replaces the connection's
+    /// choice of event types (for everything it watches), once the subscribe is accepted.
+    async fn subscribe(
+        &mut self,
+        id: Option<Value>,
+        selectors: Selectors,
+        events: Option<EventKinds>,
+    ) {
         let limits = self.settings.limits.clone();
         let checked = async {
             let visibility = visibility::visibility(&self.pool, &self.principal).await?;
@@ -534,8 +546,13 @@ impl Session {
         self.subs.routed = wanted;
 
         // Route first, then read the snapshot, holding the queue meanwhile: no fix committed
-        // after the snapshot read can be missed, and none is sent before the snapshot.
+        // after the snapshot read can be missed, and none is sent before the snapshot. Events
+        // start under the hold too, so the first one follows the `subscribed` ack.
         self.conn.hold();
+        if let Some(events) = events {
+            self.subs.events = events;
+            self.conn.set_events(events);
+        }
         self.router
             .update(&self.conn, &add, &[], self.subs.wide(&self.conn));
         let snapshot = store::snapshot(
@@ -663,6 +680,8 @@ impl Session {
                 visibility,
                 ..Subscriptions::default()
             };
+            // Nothing watched, no events either (a later subscribe asks again).
+            self.conn.set_events(EventKinds::NONE);
         } else {
             for device in &selectors.devices {
                 self.subs.devices.remove(device);
@@ -703,6 +722,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, conn: &ConnShared, 
     let snapshot_sent = metrics.messages_sent.with_label_values(&["snapshot"]);
     let control_sent = metrics.messages_sent.with_label_values(&["control"]);
     let status_sent = metrics.messages_sent.with_label_values(&["status"]);
+    let event_sent = metrics.messages_sent.with_label_values(&["event"]);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     'session: loop {
         loop {
@@ -733,6 +753,10 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, conn: &ConnShared, 
                     Outgoing::Status(status) => {
                         status_sent.inc();
                         (Message::Text(status.message().into()), None)
+                    }
+                    Outgoing::Event(event) => {
+                        event_sent.inc();
+                        (Message::Text(event.message().into()), None)
                     }
                     Outgoing::Text(text) => {
                         control_sent.inc();

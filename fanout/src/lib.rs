@@ -1,8 +1,8 @@
-//! GPS fanout: live fixes over WebSocket.
+//! GPS fanout: live fixes (and device statuses and events) over WebSocket.
 //!
-//! The processor publishes each committed batch of accepted fixes to Redis
-//! (`gps.live.<tenant>`); this service holds one pattern subscription ([`subscriber`]), routes
-//! each fix through an in-memory index ([`router`]) to the per-connection queues ([`outbox`]) of
+//! The processor publishes each committed batch of accepted fixes, with the statuses and events
+//! it produced, to Redis (`gps.live.<tenant>`); this service holds one pattern subscription
+//! ([`subscriber`]), routes each fix (a status, an event for clients that asked for events) through an in-memory index ([`router`]) to the per-connection queues ([`outbox`]) of
 //! the dashboards that subscribed to it and may see it ([`auth`], [`store`]), and writes them out
 //! ([`connection`]). Open sessions are re-checked against the current credential and visibility
 //! ([`recheck`]); connects and subscribes are rate-limited ([`limits`]); sessions and their

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub live_messages: IntCounter,
     /// Fixes received from Redis.
     pub live_fixes: IntCounter,
+    /// Events received from the Redis subscription.
+    pub live_events: IntCounter,
+    /// Events not delivered to a connection that wanted them, by reason (`closing`, `revoked`).
+    pub events_dropped: IntCounterVec,
     /// Redis (re)subscriptions after a loss.
     pub redis_reconnects: IntCounter,
     /// Whether the Redis subscription is up (1) or lost (0).
@@ -130,6 +134,15 @@ impl Metrics {
                 "gps_fanout_live_fixes_total",
                 "Fixes received from the Redis subscription",
             ),
+            live_events: counter(
+                "gps_fanout_live_events_total",
+                "Events received from the Redis subscription",
+            ),
+            events_dropped: counter_vec(
+                "gps_fanout_events_dropped_total",
+                "Events not delivered to a connection that asked for them, by reason",
+                "reason",
+            ),
             redis_reconnects: counter(
                 "gps_fanout_redis_reconnects_total",
                 "Redis subscriptions re-established after a loss",
@@ -185,7 +198,7 @@ impl Metrics {
         for kind in ["device", "bbox", "all"] {
             metrics.subscriptions.with_label_values(&[kind]);
         }
-        for kind in ["fix", "status", "snapshot", "control"] {
+        for kind in ["fix", "status", "event", "snapshot", "control"] {
             metrics.messages_sent.with_label_values(&[kind]);
         }
         for outcome in RECHECK_OUTCOMES {
@@ -193,6 +206,9 @@ impl Metrics {
         }
         for reason in ["undecodable", "tenant_mismatch", "closing", "revoked"] {
             metrics.dropped.with_label_values(&[reason]);
+        }
+        for reason in ["closing", "revoked"] {
+            metrics.events_dropped.with_label_values(&[reason]);
         }
         metrics
     }

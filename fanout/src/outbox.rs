@@ -10,14 +10,21 @@
 //! coalesces the same way: a newer status of a device replaces its queued one. It has no `seq`
 //! and is not counted as lagged: each status is the device's whole state, so the newest one
 //! loses nothing.
+//! An event is never coalesced and never dropped while the connection lives: past the capacity it
+//! is still queued, up to the hard limit, and a client that stays behind past the hard limit or
+//! the grace is closed as too slow (as for fixes). Each event happened once and no later frame
+//! repeats it, so a client either receives every event routed to it, in order, or sees its
+//! connection close (and reads what it missed from `GET /v1/events`).
 //!
 //! The grace clock is tokio's ([`tokio::time::Instant`]), so tests drive it with
 //! `tokio::time::pause`/`advance` instead of sleeping.
 
 use crate::metrics::Metrics;
-use crate::protocol::{EncodedFix, EncodedStatus};
+use crate::protocol::{EncodedEvent, EncodedFix, EncodedStatus, EventKinds};
+use gps_domain::events::EventType;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -134,6 +141,8 @@ pub enum Item {
     },
     /// A device status (the newest queued one of its device).
     Status(Arc<EncodedStatus>),
+    /// An event (never coalesced).
+    Event(Arc<EncodedEvent>),
     /// A ready JSON control message (ack, error, pong, gap).
     Text(String),
     /// A snapshot; sequence numbers are assigned when it leaves the queue.
@@ -161,6 +170,8 @@ pub enum Outgoing {
     },
     /// A device status.
     Status(Arc<EncodedStatus>),
+    /// An event.
+    Event(Arc<EncodedEvent>),
     /// A control message.
     Text(String),
     /// A snapshot with a sequence number per position.
@@ -178,11 +189,13 @@ pub enum Outgoing {
     Ping,
 }
 
-/// Which kind of live item a push is (fixes are counted and sequenced, statuses are not).
+/// Which kind of live item a push is (fixes are counted and sequenced, statuses are not,
+/// events are neither coalesced nor dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Live {
     Fix,
     Status,
+    Event,
 }
 
 #[derive(Debug, Default)]
@@ -217,6 +230,8 @@ pub struct ConnShared {
     /// The principal's tenant.
     pub tenant: Uuid,
     outbox: Mutex<Outbox>,
+    /// The event types the client asked for ([`EventKinds`] bits); read by the router per event.
+    events: AtomicU16,
     notify: Notify,
     /// Cancelled when the connection must end (close decided, or shutdown).
     pub cancel: CancellationToken,
@@ -237,6 +252,7 @@ impl ConnShared {
             id,
             tenant,
             outbox: Mutex::new(Outbox::default()),
+            events: AtomicU16::new(EventKinds::NONE.bits()),
             notify: Notify::new(),
             cancel,
             limits,
@@ -248,6 +264,27 @@ impl ConnShared {
         // A panic while holding this lock cannot leave the queue inconsistent in a way that
         // matters more than losing the connection, so a poisoned lock is used as is.
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Set the event types the client receives from now on.
+    pub fn set_events(&self, kinds: EventKinds) {
+        self.events.store(kinds.bits(), Ordering::Relaxed);
+    }
+
+    /// The event types the client receives.
+    pub fn events(&self) -> EventKinds {
+        EventKinds::from_bits(self.events.load(Ordering::Relaxed))
+    }
+
+    /// Whether the client asked for events of this type.
+    pub fn wants_event(&self, event_type: EventType) -> bool {
+        self.events().contains(event_type)
+    }
+
+    /// Queue an event: never coalesced; past the hard limit or the grace the client is closed
+    /// instead. Never blocks.
+    pub fn push_event(&self, event: &Arc<EncodedEvent>) {
+        self.push_live(Live::Event, || Item::Event(event.clone()), |_| false);
     }
 
     /// Queue a live fix, coalescing or closing when the client is behind. Never blocks.
@@ -296,8 +333,14 @@ impl ConnShared {
     ) {
         let mut ob = self.lock();
         if ob.closing.is_some() {
-            if kind == Live::Fix {
-                self.metrics.dropped.with_label_values(&["closing"]).inc();
+            match kind {
+                Live::Fix => self.metrics.dropped.with_label_values(&["closing"]).inc(),
+                Live::Event => self
+                    .metrics
+                    .events_dropped
+                    .with_label_values(&["closing"])
+                    .inc(),
+                Live::Status => {}
             }
             return;
         }
@@ -313,7 +356,8 @@ impl ConnShared {
             self.close_locked(&mut ob, CloseReason::TooSlow);
             return;
         }
-        if ob.items.iter_mut().rev().any(&mut fold) {
+        // An event folds into nothing: skip the scan.
+        if kind != Live::Event && ob.items.iter_mut().rev().any(&mut fold) {
             if kind == Live::Fix {
                 ob.coalesced_pending += 1;
                 self.metrics.coalesced.inc();
@@ -362,23 +406,31 @@ impl ConnShared {
         self.notify.notify_one();
     }
 
-    /// Drop queued live fixes and statuses of devices for which `keep` is false (the client
-    /// may no longer see them); returns how many fixes were dropped.
+    /// Drop queued live fixes, statuses and events of devices for which `keep` is false (the
+    /// client may no longer see them); returns how many fixes were dropped.
     pub fn purge_fixes(&self, keep: impl Fn(Uuid) -> bool) -> usize {
         let mut ob = self.lock();
-        let mut purged = 0;
+        let (mut purged, mut events) = (0, 0);
         ob.items.retain(|item| match item {
             Item::Fix { fix, .. } if !keep(fix.device) => {
                 purged += 1;
                 false
             }
             Item::Status(status) => keep(status.device),
+            Item::Event(event) if !keep(event.device) => {
+                events += 1;
+                false
+            }
             _ => true,
         });
         self.metrics
             .dropped
             .with_label_values(&["revoked"])
             .inc_by(purged as u64);
+        self.metrics
+            .events_dropped
+            .with_label_values(&["revoked"])
+            .inc_by(events);
         purged
     }
 
@@ -391,15 +443,17 @@ impl ConnShared {
     fn close_locked(&self, ob: &mut Outbox, reason: CloseReason) {
         if ob.closing.is_none() {
             ob.closing = Some(reason);
-            let dropped = ob
-                .items
-                .iter()
-                .filter(|i| matches!(i, Item::Fix { .. }))
-                .count();
+            let count = |wanted: fn(&Item) -> bool| ob.items.iter().filter(|i| wanted(i)).count();
+            let dropped = count(|i| matches!(i, Item::Fix { .. }));
+            let events = count(|i| matches!(i, Item::Event(_)));
             self.metrics
                 .dropped
                 .with_label_values(&["closing"])
                 .inc_by(dropped as u64);
+            self.metrics
+                .events_dropped
+                .with_label_values(&["closing"])
+                .inc_by(events as u64);
             ob.items = VecDeque::new();
         }
         self.cancel.cancel();
@@ -439,6 +493,7 @@ impl ConnShared {
                     Outgoing::Fix { seq: *seq, fix }
                 }
                 Item::Status(status) => Outgoing::Status(status),
+                Item::Event(event) => Outgoing::Event(event),
                 Item::Text(text) => Outgoing::Text(text),
                 Item::Snapshot {
                     id,
@@ -517,6 +572,23 @@ mod tests {
             alarm: None,
             alarm_time: None,
             attributes: Default::default(),
+        }))
+    }
+
+    fn event(device: Uuid, t: i64) -> Arc<EncodedEvent> {
+        Arc::new(EncodedEvent::from_live(&gps_domain::live::LiveEvent {
+            uid: "d".into(),
+            event: gps_domain::events::Event {
+                id: Uuid::new_v4(),
+                tenant_id: Uuid::nil(),
+                device_id: device,
+                event_type: EventType::Overspeed,
+                fix_time: t,
+                lat: None,
+                lon: None,
+                geofence_id: None,
+                details: serde_json::json!({}),
+            },
         }))
     }
 
@@ -625,16 +697,80 @@ mod tests {
     }
 
     #[test]
-    fn purging_a_device_drops_its_queued_statuses_too() {
+    fn events_past_the_capacity_are_queued_never_coalesced() {
+        let c = conn(2, 10, Duration::from_secs(60));
+        let d = Uuid::new_v4();
+        c.push_fix(&fix(d, 1));
+        c.push_fix(&fix(d, 2)); // at capacity
+        for t in 3..8 {
+            c.push_event(&event(d, t));
+        }
+        c.push_fix(&fix(d, 8)); // behind: coalesced into the fix at 2
+        assert_eq!(c.queued(), 7);
+        assert_eq!(c.close_reason(), None);
+        let times: Vec<i64> = drain(&c)
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Event(e) => Some(e.message().to_owned()),
+                _ => None,
+            })
+            .map(|m| {
+                serde_json::from_str::<Value>(&m).unwrap()["event"]["fix_time"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(times, [3, 4, 5, 6, 7], "every event, in order");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_past_the_hard_limit_or_the_grace_close_the_client() {
+        let c = conn(1, 3, GRACE);
+        let d = Uuid::new_v4();
+        for t in 0..3 {
+            c.push_event(&event(d, t));
+        }
+        assert_eq!(c.close_reason(), None);
+        c.push_event(&event(d, 3));
+        assert_eq!(
+            c.close_reason(),
+            Some(CloseReason::TooSlow),
+            "no silent drop"
+        );
+
+        let c = conn(1, 100, GRACE);
+        c.push_event(&event(d, 1));
+        c.push_event(&event(d, 2)); // over capacity: starts the clock
+        tokio::time::advance(GRACE + Duration::from_millis(1)).await;
+        c.push_event(&event(d, 3));
+        assert_eq!(c.close_reason(), Some(CloseReason::TooSlow));
+    }
+
+    #[test]
+    fn event_choice_round_trips_through_the_connection() {
+        let c = conn(1, 2, Duration::from_secs(60));
+        assert!(!c.wants_event(EventType::Alarm), "none by default");
+        c.set_events([EventType::Alarm].into_iter().collect());
+        assert!(c.wants_event(EventType::Alarm));
+        assert!(!c.wants_event(EventType::Overspeed));
+        c.set_events(EventKinds::NONE);
+        assert!(c.events().is_empty());
+    }
+
+    #[test]
+    fn purging_a_device_drops_its_queued_statuses_and_events_too() {
         let c = conn(10, 20, Duration::from_secs(60));
         let (keep, drop) = (Uuid::new_v4(), Uuid::new_v4());
         c.push_status(&status(keep, 1));
         c.push_status(&status(drop, 1));
         c.push_fix(&fix(drop, 1));
+        c.push_event(&event(drop, 1));
+        c.push_event(&event(keep, 1));
         assert_eq!(c.purge_fixes(|d| d == keep), 1);
         let out = drain(&c);
-        assert_eq!(out.len(), 1);
+        assert_eq!(out.len(), 2);
         assert!(matches!(&out[0], Outgoing::Status(s) if s.device == keep));
+        assert!(matches!(&out[1], Outgoing::Event(e) if e.device == keep));
     }
 
     #[test]

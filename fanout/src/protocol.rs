@@ -5,11 +5,14 @@
 //! each connection only splices its own per-device sequence number in front of it, so the cost of
 //! a fix sent to many clients is one JSON encoding plus a copy per client. A device status is
 //! encoded once into a whole `status` message ([`EncodedStatus`]): it carries no sequence number
-//! (it is a state, not a stream: the newest replaces the older).
+//! (it is a state, not a stream: the newest replaces the older). An event is encoded once into a
+//! whole `event` message ([`EncodedEvent`]) too: no sequence number (each has its own id), and
+//! only connections whose [`EventKinds`] include its type receive it.
 
+use gps_domain::events::EventType;
 use gps_domain::fix::{EpochMillis, Fix};
 use gps_domain::geo::{BBox, BBoxError};
-use gps_domain::live::{LiveFix, LiveStatus};
+use gps_domain::live::{LiveEvent, LiveFix, LiveStatus};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
@@ -39,6 +42,61 @@ impl Selectors {
     }
 }
 
+/// Which event types a connection receives beside fixes: a set of [`EventType`]s, empty for
+/// none (the default, so that a client that predates events gets only what it got before).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventKinds(u16);
+
+impl EventKinds {
+    /// No events.
+    pub const NONE: Self = Self(0);
+
+    /// Every event type.
+    pub fn all() -> Self {
+        EventType::ALL.into_iter().collect()
+    }
+
+    fn bit(event_type: EventType) -> u16 {
+        // A fieldless enum of 8 variants: its discriminant is its place in `EventType::ALL`.
+        1 << (event_type as u16)
+    }
+
+    /// Whether events of this type are wanted.
+    pub fn contains(self, event_type: EventType) -> bool {
+        self.0 & Self::bit(event_type) != 0
+    }
+
+    /// Whether no event is wanted.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The set as bits, for an atomic.
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// The set from [`bits`](Self::bits).
+    pub fn from_bits(bits: u16) -> Self {
+        Self(bits & Self::all().0)
+    }
+
+    /// The types' names, in the documented order.
+    pub fn names(self) -> Vec<&'static str> {
+        EventType::ALL
+            .into_iter()
+            .filter(|t| self.contains(*t))
+            .map(EventType::as_str)
+            .collect()
+    }
+}
+
+impl FromIterator<EventType> for EventKinds {
+    fn from_iter<I: IntoIterator<Item = EventType>>(types: I) -> Self {
+        Self(types.into_iter().fold(0, |bits, t| bits | Self::bit(t)))
+    }
+}
+
 /// A parsed client message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
@@ -48,6 +106,8 @@ pub enum ClientMessage {
         id: Option<Value>,
         /// What to watch.
         selectors: Selectors,
+        /// The connection's new choice of events (`events`), or `None` to keep the current one.
+        events: Option<EventKinds>,
     },
     /// Stop receiving what the selectors match (everything when empty).
     Unsubscribe {
@@ -150,6 +210,7 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
     };
     match kind.as_str() {
         "subscribe" => {
+            let events = event_kinds(map.remove("events")).map_err(with_id)?;
             let selectors = selectors(&mut map).map_err(with_id)?;
             if selectors.is_empty() {
                 return Err(with_id(ProtocolError::new(
@@ -161,6 +222,7 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
             Ok(ClientMessage::Subscribe {
                 id: id.clone(),
                 selectors,
+                events,
             })
         }
         "unsubscribe" => {
@@ -225,6 +287,39 @@ fn selectors(map: &mut Map<String, Value>) -> Result<Selectors, ProtocolError> {
         bbox,
         all,
     })
+}
+
+/// `events`: `true` (every type), `false` or `null` (none), or a list of type names (`[]`: none).
+fn event_kinds(value: Option<Value>) -> Result<Option<EventKinds>, ProtocolError> {
+    let items = match value {
+        None => return Ok(None),
+        Some(Value::Null | Value::Bool(false)) => return Ok(Some(EventKinds::NONE)),
+        Some(Value::Bool(true)) => return Ok(Some(EventKinds::all())),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(ProtocolError::new(
+                "invalid_field",
+                "events must be a boolean or an array of event types",
+                Some("events"),
+            ))
+        }
+    };
+    let mut kinds = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let kind = item
+            .as_str()
+            .and_then(|s| s.parse::<EventType>().ok())
+            .ok_or_else(|| {
+                let expected = EventKinds::all().names().join(", ");
+                ProtocolError::new(
+                    "invalid_field",
+                    format!("events[{i}] is not an event type (one of {expected})"),
+                    Some(&format!("events[{i}]")),
+                )
+            })?;
+        kinds.push(kind);
+    }
+    Ok(Some(kinds.into_iter().collect()))
 }
 
 fn uuid_list(value: Option<Value>, field: &str) -> Result<Vec<Uuid>, ProtocolError> {
@@ -418,6 +513,80 @@ impl EncodedStatus {
     }
 }
 
+/// One event ready to send: the routing keys and the whole `event` message, shared by every
+/// subscriber that wants its type.
+#[derive(Debug)]
+pub struct EncodedEvent {
+    /// Device id.
+    pub device: Uuid,
+    /// The event's type, for each connection's [`EventKinds`].
+    pub event_type: EventType,
+    /// Where it happened, `(lat, lon)`, for bbox routing (none: no bbox subscription gets it).
+    pub position: Option<(f64, f64)>,
+    text: Box<str>,
+}
+
+/// The event inside an `event` frame: the shape of one `GET /v1/events` item, times in UTC ms
+/// like every other frame.
+#[derive(Serialize)]
+struct EventBody<'a> {
+    id: Uuid,
+    device_id: Uuid,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    fix_time: EpochMillis,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    geofence_id: Option<Uuid>,
+    details: &'a Value,
+}
+
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    device_id: Uuid,
+    uid: &'a str,
+    event: EventBody<'a>,
+}
+
+impl EncodedEvent {
+    /// `{"type":"event","device_id":..,"uid":..,"event":{"id":..,"type":..,...}}` for an event
+    /// as published live: the event's own `type` and `id` sit inside `event`, apart from the
+    /// frame's `type` and the request `id` of acks and errors.
+    pub fn from_live(live: &LiveEvent) -> Self {
+        let event = &live.event;
+        let frame = EventFrame {
+            kind: "event",
+            device_id: event.device_id,
+            uid: &live.uid,
+            event: EventBody {
+                id: event.id,
+                device_id: event.device_id,
+                event_type: event.event_type.as_str(),
+                fix_time: event.fix_time,
+                lat: event.lat,
+                lon: event.lon,
+                geofence_id: event.geofence_id,
+                details: &event.details,
+            },
+        };
+        // A struct of plain fields serializes; non-finite floats become null.
+        let text = serde_json::to_string(&frame).unwrap_or_else(|_| "{}".to_owned());
+        Self {
+            device: event.device_id,
+            event_type: event.event_type,
+            position: event.lat.zip(event.lon),
+            text: text.into(),
+        }
+    }
+
+    /// The message text.
+    pub fn message(&self) -> &str {
+        &self.text
+    }
+}
+
 /// `{"type":"fix","seq":N,...}`.
 pub fn fix_message(seq: u64, fix: &EncodedFix) -> String {
     let mut out = String::with_capacity(fix.body.len() + 32);
@@ -526,6 +695,8 @@ pub struct SubscriptionState {
     pub all: bool,
     /// Devices currently routed to this connection (explicit and through groups).
     pub device_count: usize,
+    /// The event types sent beside the fixes (empty: none).
+    pub events: Vec<&'static str>,
 }
 
 /// `{"type":"subscribed"|"unsubscribed","id":..,"subscriptions":{..}}`.
@@ -588,14 +759,50 @@ mod tests {
         let text = format!(
             r#"{{"type":"subscribe","id":7,"devices":["{d}","{d}"],"groups":["{g}"],"bbox":[10,40,12,42]}}"#
         );
-        let ClientMessage::Subscribe { id, selectors } = parse_client(&text).unwrap() else {
+        let ClientMessage::Subscribe {
+            id,
+            selectors,
+            events,
+        } = parse_client(&text).unwrap()
+        else {
             panic!("not a subscribe");
         };
         assert_eq!(id, Some(json!(7)));
+        assert_eq!(events, None, "no `events`: the connection's choice stays");
         assert_eq!(selectors.devices, vec![d], "duplicates collapse");
         assert_eq!(selectors.groups, vec![g]);
         assert!(selectors.bbox.unwrap().contains(41.0, 11.0));
         assert!(!selectors.all);
+    }
+
+    fn events_of(text: &str) -> Option<EventKinds> {
+        match parse_client(text) {
+            Ok(ClientMessage::Subscribe { events, .. }) => events,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn subscribe_chooses_events_by_flag_or_type_list() {
+        assert_eq!(
+            events_of(r#"{"type":"subscribe","all":true,"events":true}"#),
+            Some(EventKinds::all())
+        );
+        for none in ["false", "null", "[]"] {
+            let text = format!(r#"{{"type":"subscribe","all":true,"events":{none}}}"#);
+            assert_eq!(events_of(&text), Some(EventKinds::NONE), "{none}");
+        }
+        let some =
+            events_of(r#"{"type":"subscribe","all":true,"events":["overspeed","alarm","alarm"]}"#)
+                .unwrap();
+        assert!(some.contains(EventType::Overspeed) && some.contains(EventType::Alarm));
+        assert!(!some.contains(EventType::GeofenceEnter));
+        assert_eq!(some.names(), ["overspeed", "alarm"]);
+        assert_eq!(EventKinds::from_bits(some.bits()), some);
+        assert_eq!(EventKinds::all().names().len(), EventType::ALL.len());
+        // `events` alone selects nothing to watch.
+        let err = parse_client(r#"{"type":"subscribe","events":true}"#).unwrap_err();
+        assert_eq!(err.code, "invalid_message");
     }
 
     #[test]
@@ -624,6 +831,26 @@ mod tests {
                 r#"{"type":"ping","id":{"a":1}}"#,
                 "invalid_field",
                 Some("id"),
+            ),
+            (
+                r#"{"type":"subscribe","all":true,"events":"yes"}"#,
+                "invalid_field",
+                Some("events"),
+            ),
+            (
+                r#"{"type":"subscribe","all":true,"events":["alarm","teleport"]}"#,
+                "invalid_field",
+                Some("events[1]"),
+            ),
+            (
+                r#"{"type":"subscribe","all":true,"events":[3]}"#,
+                "invalid_field",
+                Some("events[0]"),
+            ),
+            (
+                r#"{"type":"unsubscribe","events":true}"#,
+                "invalid_field",
+                Some("events"),
             ),
         ];
         for (text, code, field) in cases {
@@ -702,6 +929,46 @@ mod tests {
         assert_eq!(message["alarm_time"], 10);
         assert_eq!(message["attributes"]["rssi"], -70);
         assert_eq!(encoded.rank, (20, 10, 30));
+    }
+
+    #[test]
+    fn an_event_frame_nests_the_event_apart_from_the_frame_type() {
+        let device = Uuid::from_u128(9);
+        let fence = Uuid::from_u128(3);
+        let event = gps_domain::events::Event {
+            id: Uuid::from_u128(1),
+            tenant_id: Uuid::from_u128(2),
+            device_id: device,
+            event_type: EventType::GeofenceEnter,
+            fix_time: 1_700_000_000_000,
+            lat: Some(52.5),
+            lon: Some(f64::NAN),
+            geofence_id: Some(fence),
+            details: json!({"name": "depot"}),
+        };
+        let encoded = EncodedEvent::from_live(&LiveEvent {
+            uid: "truck-1".into(),
+            event,
+        });
+        let message: Value = serde_json::from_str(encoded.message()).unwrap();
+        assert_eq!(message["type"], "event");
+        assert_eq!(message["device_id"], device.to_string());
+        assert_eq!(message["uid"], "truck-1");
+        let inner = &message["event"];
+        assert_eq!(inner["id"], Uuid::from_u128(1).to_string());
+        assert_eq!(inner["type"], "geofence_enter");
+        assert_eq!(inner["device_id"], device.to_string());
+        assert_eq!(inner["fix_time"], 1_700_000_000_000i64);
+        assert_eq!(inner["lat"], 52.5);
+        assert_eq!(inner["lon"], Value::Null, "NaN is not JSON");
+        assert_eq!(inner["geofence_id"], fence.to_string());
+        assert_eq!(inner["details"]["name"], "depot");
+        assert!(
+            inner.get("tenant_id").is_none(),
+            "the tenant is the caller's"
+        );
+        assert_eq!(encoded.event_type, EventType::GeofenceEnter);
+        assert_eq!(encoded.device, device);
     }
 
     #[test]

@@ -6,13 +6,17 @@
 //! A device status goes where a fix of the device would, by the same visibility rule, except to
 //! bounding-box subscriptions: a status has no position to place in a box, so a connection gets
 //! it when it names the device (directly or through a group) or subscribes to `all`.
+//!
+//! An event goes where a fix of the device at the event's position would (a bounding box gets it
+//! when the position is in the box; an event without one reaches no box), and only to
+//! connections that asked for its type.
 
 use crate::metrics::Metrics;
 use crate::outbox::{ConnShared, Item};
-use crate::protocol::{EncodedFix, EncodedStatus};
+use crate::protocol::{EncodedEvent, EncodedFix, EncodedStatus};
 use gps_domain::auth::Visibility;
 use gps_domain::geo::BBox;
-use gps_domain::live::{LiveFix, LiveStatus};
+use gps_domain::live::{LiveEvent, LiveFix, LiveStatus};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -33,12 +37,15 @@ pub struct WideSub {
 
 impl WideSub {
     fn matches(&self, tenant: Uuid, fix: &LiveFix) -> bool {
-        self.visibility.contains(tenant, fix.device)
+        self.matches_at(tenant, fix.device, Some((fix.fix.lat, fix.fix.lon)))
+    }
+
+    /// Whether it covers `device` at `position` (`(lat, lon)`; none: only `all` covers it).
+    fn matches_at(&self, tenant: Uuid, device: Uuid, position: Option<(f64, f64)>) -> bool {
+        self.visibility.contains(tenant, device)
             && (self.all
-                || self
-                    .bboxes
-                    .iter()
-                    .any(|b| b.contains(fix.fix.lat, fix.fix.lon)))
+                || position
+                    .is_some_and(|(lat, lon)| self.bboxes.iter().any(|b| b.contains(lat, lon))))
     }
 }
 
@@ -51,6 +58,45 @@ struct TenantRoutes {
 impl TenantRoutes {
     fn is_empty(&self) -> bool {
         self.devices.is_empty() && self.wide.is_empty()
+    }
+
+    /// The one routing rule of live items: queue one item of `device` on every connection that
+    /// names the device and on every wide subscriber `wide_covers` accepts, once per connection
+    /// and only where `wants` holds, encoding it at most once (and only if someone wants it).
+    /// Returns the deliveries.
+    fn deliver<E>(
+        &self,
+        device: Uuid,
+        wants: impl Fn(&ConnShared) -> bool,
+        wide_covers: impl Fn(&WideSub) -> bool,
+        encode: impl Fn() -> E,
+        push: impl Fn(&ConnShared, &Arc<E>),
+    ) -> usize {
+        let direct = self
+            .devices
+            .get(&device)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut encoded: Option<Arc<E>> = None;
+        let mut deliveries = 0;
+        let mut send = |conn: &ConnShared| {
+            let item = encoded.get_or_insert_with(|| Arc::new(encode()));
+            push(conn, item);
+            deliveries += 1;
+        };
+        for conn in direct.iter().filter(|c| wants(c)) {
+            send(conn);
+        }
+        for wide in &self.wide {
+            // A connection that also names the device directly already has it.
+            if wants(&wide.conn)
+                && wide_covers(wide)
+                && !direct.iter().any(|c| c.id == wide.conn.id)
+            {
+                send(&wide.conn);
+            }
+        }
+        deliveries
     }
 }
 
@@ -165,74 +211,67 @@ impl Router {
         self.read().tenants.contains_key(&tenant)
     }
 
+    /// `each` over the routes of `tenant`; 0 when nobody here subscribes to it.
+    fn with_routes(&self, tenant: Uuid, each: impl FnOnce(&TenantRoutes) -> usize) -> usize {
+        self.read().tenants.get(&tenant).map_or(0, each)
+    }
+
     /// Queue each fix for every connection that subscribes to it; returns the deliveries.
     pub fn dispatch(&self, tenant: Uuid, fixes: &[LiveFix], received: Instant) -> usize {
-        let index = self.read();
-        let Some(routes) = index.tenants.get(&tenant) else {
-            return 0;
-        };
-        let mut deliveries = 0;
-        for live in fixes {
-            let direct = routes
-                .devices
-                .get(&live.device)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            // Encoded lazily, once, and only if someone wants it.
-            let mut encoded: Option<Arc<EncodedFix>> = None;
-            let mut encode = || {
-                encoded
-                    .get_or_insert_with(|| Arc::new(EncodedFix::from_live(live, received)))
-                    .clone()
-            };
-            for conn in direct {
-                conn.push_fix(&encode());
-                deliveries += 1;
-            }
-            for wide in &routes.wide {
-                // A connection that also names the device directly already has it.
-                if wide.matches(tenant, live) && !direct.iter().any(|c| c.id == wide.conn.id) {
-                    wide.conn.push_fix(&encode());
-                    deliveries += 1;
-                }
-            }
-        }
-        deliveries
+        self.with_routes(tenant, |routes| {
+            fixes
+                .iter()
+                .map(|live| {
+                    routes.deliver(
+                        live.device,
+                        |_| true,
+                        |wide| wide.matches(tenant, live),
+                        || EncodedFix::from_live(live, received),
+                        ConnShared::push_fix,
+                    )
+                })
+                .sum()
+        })
     }
 
     /// Queue each status for every connection that names its device or subscribes to every
     /// device it may see; returns the deliveries.
     pub fn dispatch_statuses(&self, tenant: Uuid, statuses: &[LiveStatus]) -> usize {
-        let index = self.read();
-        let Some(routes) = index.tenants.get(&tenant) else {
-            return 0;
-        };
-        let mut deliveries = 0;
-        for live in statuses {
-            let direct = routes
-                .devices
-                .get(&live.device)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let mut encoded: Option<Arc<EncodedStatus>> = None;
-            let mut encode = || {
-                encoded
-                    .get_or_insert_with(|| Arc::new(EncodedStatus::from_live(live)))
-                    .clone()
-            };
-            for conn in direct {
-                conn.push_status(&encode());
-                deliveries += 1;
-            }
-            for wide in &routes.wide {
-                let sees = wide.all && wide.visibility.contains(tenant, live.device);
-                if sees && !direct.iter().any(|c| c.id == wide.conn.id) {
-                    wide.conn.push_status(&encode());
-                    deliveries += 1;
-                }
-            }
-        }
-        deliveries
+        self.with_routes(tenant, |routes| {
+            statuses
+                .iter()
+                .map(|live| {
+                    routes.deliver(
+                        live.device,
+                        |_| true,
+                        |wide| wide.all && wide.visibility.contains(tenant, live.device),
+                        || EncodedStatus::from_live(live),
+                        ConnShared::push_status,
+                    )
+                })
+                .sum()
+        })
+    }
+
+    /// Queue each event for every connection that would get a fix of its device at its
+    /// position and asked for its type; returns the deliveries.
+    pub fn dispatch_events(&self, tenant: Uuid, events: &[LiveEvent]) -> usize {
+        self.with_routes(tenant, |routes| {
+            events
+                .iter()
+                .map(|live| {
+                    let event = &live.event;
+                    let position = event.lat.zip(event.lon);
+                    routes.deliver(
+                        event.device_id,
+                        |conn| conn.wants_event(event.event_type),
+                        |wide| wide.matches_at(tenant, event.device_id, position),
+                        || EncodedEvent::from_live(live),
+                        ConnShared::push_event,
+                    )
+                })
+                .sum()
+        })
     }
 
     /// Queue a control message on every connection.
@@ -267,6 +306,8 @@ fn remove_routes(routes: &mut TenantRoutes, conn_id: u64, devices: &[Uuid]) -> u
 mod tests {
     use super::*;
     use crate::outbox::{Outgoing, QueueLimits};
+    use crate::protocol::EventKinds;
+    use gps_domain::events::{Event, EventType};
     use gps_domain::fix::{Fix, Protocol};
     use prometheus::Registry;
     use std::collections::HashSet;
@@ -317,15 +358,122 @@ mod tests {
         }
     }
 
-    fn statuses_of(conn: &ConnShared) -> Vec<Uuid> {
+    fn event_of(device: Uuid, event_type: EventType, position: Option<(f64, f64)>) -> LiveEvent {
+        LiveEvent {
+            uid: "d".into(),
+            event: Event {
+                id: Uuid::new_v4(),
+                tenant_id: Uuid::nil(),
+                device_id: device,
+                event_type,
+                fix_time: 1,
+                lat: position.map(|p| p.0),
+                lon: position.map(|p| p.1),
+                geofence_id: None,
+                details: serde_json::json!({}),
+            },
+        }
+    }
+
+    /// What `pick` takes of everything queued on `conn`.
+    fn popped<T>(conn: &ConnShared, pick: impl Fn(Outgoing) -> Option<T>) -> Vec<T> {
         let mut out = Vec::new();
         conn.pop_batch(usize::MAX, &mut out);
-        out.into_iter()
-            .filter_map(|o| match o {
-                Outgoing::Status(status) => Some(status.device),
-                _ => None,
-            })
-            .collect()
+        out.into_iter().filter_map(pick).collect()
+    }
+
+    fn wide_sub(
+        conn: &Arc<ConnShared>,
+        all: bool,
+        bboxes: Vec<BBox>,
+        visibility: Visibility,
+    ) -> WideSub {
+        WideSub {
+            conn: conn.clone(),
+            all,
+            bboxes,
+            visibility: Arc::new(visibility),
+        }
+    }
+
+    fn events_of(conn: &ConnShared) -> Vec<(Uuid, EventType)> {
+        popped(conn, |o| match o {
+            Outgoing::Event(event) => Some((event.device, event.event_type)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn events_reach_who_would_get_the_fix_and_asked_for_the_type() {
+        let (router, metrics) = setup();
+        let tenant = Uuid::new_v4();
+        let (d1, d2) = (Uuid::new_v4(), Uuid::new_v4());
+        let every = EventKinds::all();
+        let by_device = conn(1, tenant, &metrics);
+        by_device.set_events(every);
+        router.update(&by_device, &[d1], &[], None);
+        let no_events = conn(2, tenant, &metrics);
+        router.update(&no_events, &[d1, d2], &[], None);
+        let alarms_only = conn(3, tenant, &metrics);
+        alarms_only.set_events([EventType::Alarm].into_iter().collect());
+        router.update(&alarms_only, &[d1], &[], None);
+        let by_bbox = conn(4, tenant, &metrics);
+        by_bbox.set_events(every);
+        let near_origin = vec![BBox::new(0.0, 0.0, 10.0, 10.0).unwrap()];
+        router.update(
+            &by_bbox,
+            &[],
+            &[],
+            Some(wide_sub(
+                &by_bbox,
+                false,
+                near_origin,
+                Visibility::AllOfTenant(tenant),
+            )),
+        );
+        let viewer_all = conn(5, tenant, &metrics);
+        viewer_all.set_events(every);
+        router.update(
+            &viewer_all,
+            &[],
+            &[],
+            Some(wide_sub(
+                &viewer_all,
+                true,
+                vec![],
+                Visibility::Only(HashSet::from([d2])),
+            )),
+        );
+        let events = [
+            event_of(d1, EventType::Overspeed, Some((5.0, 5.0))),
+            event_of(d2, EventType::Alarm, None),
+            event_of(d2, EventType::GeofenceExit, Some((50.0, 50.0))),
+            event_of(d1, EventType::Alarm, Some((50.0, 50.0))),
+        ];
+        assert_eq!(router.dispatch_events(tenant, &events), 6);
+        assert_eq!(
+            events_of(&by_device),
+            [(d1, EventType::Overspeed), (d1, EventType::Alarm)]
+        );
+        assert!(events_of(&no_events).is_empty(), "did not ask for events");
+        assert_eq!(events_of(&alarms_only), [(d1, EventType::Alarm)]);
+        assert_eq!(
+            events_of(&by_bbox),
+            [(d1, EventType::Overspeed)],
+            "in the box only; an event without a position reaches no box"
+        );
+        assert_eq!(
+            events_of(&viewer_all),
+            [(d2, EventType::Alarm), (d2, EventType::GeofenceExit)],
+            "only what the viewer may see"
+        );
+    }
+
+    fn statuses_of(conn: &ConnShared) -> Vec<Uuid> {
+        popped(conn, |o| match o {
+            Outgoing::Status(status) => Some(status.device),
+            _ => None,
+        })
     }
 
     #[test]
@@ -339,17 +487,11 @@ mod tests {
         let other_tenant = conn(4, Uuid::new_v4(), &metrics);
         let named_and_all = conn(5, tenant, &metrics);
         router.update(&by_device, &[d1], &[], None);
-        let wide = |c: &Arc<ConnShared>, all, bboxes, visibility| WideSub {
-            conn: c.clone(),
-            all,
-            bboxes,
-            visibility: Arc::new(visibility),
-        };
         router.update(
             &by_bbox,
             &[],
             &[],
-            Some(wide(
+            Some(wide_sub(
                 &by_bbox,
                 false,
                 vec![BBox::new(-180.0, -90.0, 180.0, 90.0).unwrap()],
@@ -360,7 +502,7 @@ mod tests {
             &viewer_all,
             &[],
             &[],
-            Some(wide(
+            Some(wide_sub(
                 &viewer_all,
                 true,
                 vec![],
@@ -372,7 +514,7 @@ mod tests {
             &named_and_all,
             &[d1],
             &[],
-            Some(wide(
+            Some(wide_sub(
                 &named_and_all,
                 true,
                 vec![],
@@ -393,14 +535,10 @@ mod tests {
     }
 
     fn devices_of(conn: &ConnShared) -> Vec<Uuid> {
-        let mut out = Vec::new();
-        conn.pop_batch(usize::MAX, &mut out);
-        out.into_iter()
-            .filter_map(|o| match o {
-                Outgoing::Fix { fix, .. } => Some(fix.device),
-                _ => None,
-            })
-            .collect()
+        popped(conn, |o| match o {
+            Outgoing::Fix { fix, .. } => Some(fix.device),
+            _ => None,
+        })
     }
 
     #[test]

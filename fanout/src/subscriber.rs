@@ -154,6 +154,7 @@ fn handle(message: &redis::Msg, router: &Router, metrics: &Metrics) {
         }
     };
     metrics.live_fixes.inc_by(batch.fixes.len() as u64);
+    metrics.live_events.inc_by(batch.events.len() as u64);
     if batch.tenant != tenant {
         tracing::warn!(channel_tenant = %tenant, batch_tenant = %batch.tenant, "live batch on another tenant's channel dropped");
         metrics
@@ -162,8 +163,10 @@ fn handle(message: &redis::Msg, router: &Router, metrics: &Metrics) {
             .inc_by(batch.fixes.len() as u64);
         return;
     }
+    // A batch's frames in this order: an event follows the fix that raised it.
     router.dispatch(tenant, &batch.fixes, received);
     router.dispatch_statuses(tenant, &batch.statuses);
+    router.dispatch_events(tenant, &batch.events);
 }
 
 /// Up to 25% random extra delay, so that many fanouts do not reconnect in lockstep.

@@ -19,6 +19,6 @@ pub mod status;
 pub mod validation;
 pub mod wire;
 
-pub use envelope::{EnvelopeError, FixEnvelope, ENVELOPE_VERSION};
+pub use envelope::{EnvelopeError, EnvelopeFormat, FixEnvelope, ENVELOPE_VERSION};
 pub use fix::{Fix, Protocol};
 pub use status::DeviceStatus;

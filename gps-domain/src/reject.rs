@@ -41,7 +41,7 @@ pub enum RejectReason {
     PoorAccuracy,
     /// The implied speed from the device's previous accepted fix is impossible.
     ImpossibleSpeed,
-    /// The record is not a readable envelope (not JSON, wrong shape).
+    /// The record is not a readable envelope (neither encoding, wrong shape).
     MalformedRecord,
     /// The record is an envelope of a version this build does not read.
     UnsupportedVersion,
@@ -89,7 +89,9 @@ impl RejectReason {
     pub fn for_envelope_error(error: &crate::EnvelopeError) -> Self {
         match error {
             crate::EnvelopeError::UnsupportedVersion { .. } => Self::UnsupportedVersion,
-            crate::EnvelopeError::Malformed(_) => Self::MalformedRecord,
+            crate::EnvelopeError::Malformed(_) | crate::EnvelopeError::Binary { .. } => {
+                Self::MalformedRecord
+            }
             crate::EnvelopeError::Empty => Self::EmptyEnvelope,
         }
     }

@@ -16,6 +16,8 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_FIXES_TOPIC: &str = "gps.fixes";
 /// Topic of quarantined fixes.
 pub const DEFAULT_REJECTED_TOPIC: &str = "gps.fixes.rejected";
+/// Topic of events (geofence, overspeed, ...), written by the processor after their commit.
+pub const DEFAULT_EVENTS_TOPIC: &str = "gps.events";
 /// Development-only JWT secret; services refuse it unless `--allow-dev-secrets` is set.
 pub const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-change-me";
 
@@ -57,6 +59,10 @@ pub struct KafkaArgs {
     /// Quarantine topic for rejected fixes.
     #[arg(long = "rejected-topic", env = "KAFKA_REJECTED_TOPIC", default_value = DEFAULT_REJECTED_TOPIC)]
     pub rejected_topic: String,
+    /// Topic the processor publishes events to after their commit (key = device id, value =
+    /// the event as JSON).
+    #[arg(long = "events-topic", env = "KAFKA_EVENTS_TOPIC", default_value = DEFAULT_EVENTS_TOPIC)]
+    pub events_topic: String,
     /// Any librdkafka property, from `KAFKA_PROPERTY_<name>=value` environment variables (see
     /// [`crate::kafka::KafkaProperties`]); secret values are redacted in `Debug`.
     #[arg(skip = crate::kafka::KafkaProperties::from_env())]
@@ -70,6 +76,7 @@ impl KafkaArgs {
             brokers: DEFAULT_KAFKA_BROKERS.into(),
             fixes_topic: DEFAULT_FIXES_TOPIC.into(),
             rejected_topic: DEFAULT_REJECTED_TOPIC.into(),
+            events_topic: DEFAULT_EVENTS_TOPIC.into(),
             properties: crate::kafka::KafkaProperties::default(),
         }
     }

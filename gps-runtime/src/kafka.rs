@@ -17,6 +17,8 @@ use std::time::Duration;
 pub const FIXES_PARTITIONS: i32 = 8;
 /// Partitions of the quarantine topic.
 pub const REJECTED_PARTITIONS: i32 = 1;
+/// Partitions of the events topic (keyed by device, like the fixes).
+pub const EVENTS_PARTITIONS: i32 = FIXES_PARTITIONS;
 
 /// The prefix of the environment variables that pass a librdkafka property through.
 pub const PROPERTY_ENV_PREFIX: &str = "KAFKA_PROPERTY_";
@@ -221,6 +223,7 @@ pub async fn ensure_standard_topics(args: &KafkaArgs) -> Result<(), RuntimeError
         &[
             (&args.fixes_topic, FIXES_PARTITIONS),
             (&args.rejected_topic, REJECTED_PARTITIONS),
+            (&args.events_topic, EVENTS_PARTITIONS),
         ],
     )
     .await

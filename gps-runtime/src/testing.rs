@@ -72,7 +72,8 @@ impl TestDb {
     }
 }
 
-/// Kafka settings with fresh, unique topics (fixes with 8 partitions, rejected with 1).
+/// Kafka settings with fresh, unique topics (fixes with 8 partitions, rejected with 1, events
+/// with 8).
 pub async fn kafka_topics() -> KafkaArgs {
     let mut args = KafkaArgs::local();
     if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
@@ -81,6 +82,7 @@ pub async fn kafka_topics() -> KafkaArgs {
     let suffix = unique_suffix();
     args.fixes_topic = format!("test.fixes.{suffix}");
     args.rejected_topic = format!("test.rejected.{suffix}");
+    args.events_topic = format!("test.events.{suffix}");
     kafka::ensure_standard_topics(&args)
         .await
         .expect("the stack's Kafka broker answers (run `dev/stack up`)");

@@ -296,8 +296,8 @@ impl Columns {
 const PG_EPOCH_MS: i64 = 946_684_800_000;
 
 /// Rows in PostgreSQL's binary COPY format, in [`COLUMNS`] order (the statement:
-/// [`copy_into`]). The processor's hot path: one pass, no per-field allocation but the
-/// attributes' JSON.
+/// [`copy_into`]). The processor's hot path: one pass into one buffer, no allocation per row
+/// or field (the attributes' JSON is written in place).
 /// Format: <https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4>
 pub fn encode_copy(rows: &[StoredFix]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(19 + rows.len() * 200 + 2);
@@ -327,15 +327,16 @@ pub fn encode_copy(rows: &[StoredFix]) -> Vec<u8> {
         }
         put_f64(&mut buf, f.hdop);
         put_bytes(&mut buf, row.protocol.as_str().as_bytes());
-        match attributes_json(f) {
-            Some(json) => {
-                // jsonb binary format: version byte 1, then the text.
-                let len = i32::try_from(json.len() + 1).unwrap_or(i32::MAX);
-                buf.extend_from_slice(&len.to_be_bytes());
-                buf.push(1);
-                buf.extend_from_slice(json.as_bytes());
-            }
-            None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+        if f.attributes.is_empty() {
+            buf.extend_from_slice(&(-1i32).to_be_bytes());
+        } else {
+            // jsonb binary format: version byte 1, then the text, serialized in place behind
+            // its length (no String per row).
+            let at = buf.len();
+            buf.extend_from_slice(&[0, 0, 0, 0, 1]);
+            serde_json::to_writer(&mut buf, &f.attributes).expect("json values serialize");
+            let len = i32::try_from(buf.len() - at - 4).unwrap_or(i32::MAX);
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
         buf.extend_from_slice(&1i32.to_be_bytes());
         buf.push(u8::from(f.valid));

@@ -24,7 +24,7 @@ use crate::config::ProducerArgs;
 use crate::metrics::Metrics;
 use crate::overload::Overload;
 use gps_domain::status::DeviceStatus;
-use gps_domain::{Fix, FixEnvelope, Protocol};
+use gps_domain::{EnvelopeFormat, Fix, FixEnvelope, Protocol};
 use gps_runtime::config::KafkaArgs;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -237,6 +237,7 @@ pub struct FixProducer {
     policy: Arc<LanePolicy>,
     overload: Option<Overload>,
     topic: String,
+    envelope_format: EnvelopeFormat,
     delivery_timeout: Duration,
     retry_after_secs: u32,
     metrics: Metrics,
@@ -305,6 +306,7 @@ impl FixProducer {
             policy: Arc::new(LanePolicy::new(args.immediate_max_inflight as usize)),
             overload: None,
             topic: kafka.fixes_topic.clone(),
+            envelope_format: args.envelope_format,
             delivery_timeout: args.delivery_timeout(),
             retry_after_secs: args.retry_after_secs,
             metrics,
@@ -390,7 +392,7 @@ impl FixProducer {
         );
         envelope.status = status;
         let key = envelope.key();
-        let payload = envelope.encode();
+        let payload = envelope.encode_as(self.envelope_format);
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
         let (generation, producer) = lane.current();
         match producer.send_result(record) {

@@ -3,6 +3,7 @@
 
 use crate::batches::BatchLimits;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gps_domain::events::EventRules;
 use gps_runtime::config::{DatabaseArgs, KafkaArgs, LogArgs, RedisArgs};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,6 +41,11 @@ pub struct Config {
     #[command(flatten)]
     pub upkeep: UpkeepArgs,
     #[command(flatten)]
+    pub events: EventArgs,
+    /// Webhook delivery (`WEBHOOK_*`, docs/processor.md).
+    #[command(flatten)]
+    pub webhooks: gps_webhooks::WebhookArgs,
+    #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -59,6 +65,8 @@ impl Config {
             batch: BatchArgs::default(),
             member: MemberArgs::default(),
             upkeep: UpkeepArgs::default(),
+            events: EventArgs::default(),
+            webhooks: gps_webhooks::WebhookArgs::default(),
             database: DatabaseArgs::local(),
             kafka: KafkaArgs::local(),
             redis: RedisArgs::local(),
@@ -77,10 +85,25 @@ pub enum Command {
     Replay(ReplayArgs),
 }
 
+/// What `replay` reads and rebuilds.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Where it starts.
+    #[command(flatten)]
+    pub start: ReplayStart,
+    /// Rebuild events: each replayed device's events and event state are deleted in the
+    /// transaction of the first batch that meets it, then folded again from its records. Only
+    /// from the beginning of the log (the state before a later start is not known). Without
+    /// it a replay keeps the stored states, so the replayed fixes (all at or before each
+    /// device's last applied fix) raise nothing.
+    #[arg(long = "rebuild-events", conflicts_with = "from_time")]
+    pub rebuild_events: bool,
+}
+
 /// Where `replay` starts reading.
 #[derive(Debug, Clone, Args)]
 #[group(required = true, multiple = false)]
-pub struct ReplayArgs {
+pub struct ReplayStart {
     /// Read every partition from its first retained record.
     #[arg(long = "from-beginning")]
     pub from_beginning: bool,
@@ -266,6 +289,69 @@ impl MemberArgs {
     }
 }
 
+/// Event evaluation (`crate::events`, `docs/events.md`).
+#[derive(Debug, Clone, Args)]
+pub struct EventArgs {
+    /// How often a tenant's geofences (and each device's groups and speed limit) are looked at
+    /// again, milliseconds: a new or changed fence takes effect within this. A look is one
+    /// small query per batch's stale tenants; fences are reloaded only when they changed.
+    #[arg(long = "fence-refresh-ms", env = "PROCESSOR_FENCE_REFRESH_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
+    pub fence_refresh_ms: u64,
+    /// How often the offline timer looks for online devices that stopped reporting,
+    /// milliseconds.
+    #[arg(long = "offline-check-ms", env = "PROCESSOR_OFFLINE_CHECK_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
+    pub offline_check_ms: u64,
+    /// The rules' tunables as JSON, over the defaults (`EventRules`: `boundary_margin_m`,
+    /// `overspeed_margin_mps`, `motion_start_mps`, `motion_stop_mps`, `motion_stop_after_ms`,
+    /// `offline_after_ms`), e.g. `{"offline_after_ms": 300000}`. For every tenant.
+    #[arg(long = "event-rules", env = "PROCESSOR_EVENT_RULES", value_parser = parse_rules, default_value = "{}", global = true)]
+    pub rules: EventRules,
+}
+
+impl Default for EventArgs {
+    fn default() -> Self {
+        Self {
+            fence_refresh_ms: 2_000,
+            offline_check_ms: 30_000,
+            rules: EventRules::default(),
+        }
+    }
+}
+
+impl EventArgs {
+    /// The fence refresh period.
+    pub fn fence_refresh(&self) -> Duration {
+        Duration::from_millis(self.fence_refresh_ms)
+    }
+
+    /// The offline timer's period.
+    pub fn offline_check(&self) -> Duration {
+        Duration::from_millis(self.offline_check_ms)
+    }
+}
+
+fn parse_rules(s: &str) -> Result<EventRules, String> {
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(s).map_err(|e| format!("expected a JSON object of rules: {e}"))?;
+    let rules: EventRules = serde_json::from_value(object.into())
+        .map_err(|e| format!("expected a JSON object of rules: {e}"))?;
+    let positive = [
+        ("boundary_margin_m", rules.boundary_margin_m >= 0.0),
+        ("overspeed_margin_mps", rules.overspeed_margin_mps >= 0.0),
+        ("motion_start_mps", rules.motion_start_mps > 0.0),
+        ("motion_stop_mps", rules.motion_stop_mps >= 0.0),
+        ("motion_stop_after_ms", rules.motion_stop_after_ms >= 0),
+        ("offline_after_ms", rules.offline_after_ms > 0),
+    ];
+    match positive.iter().find(|(_, ok)| !ok) {
+        Some((field, _)) => Err(format!("{field} is out of range")),
+        None if rules.motion_stop_mps > rules.motion_start_mps => {
+            Err("motion_stop_mps must not be above motion_start_mps".into())
+        }
+        None => Ok(rules),
+    }
+}
+
 /// Partition upkeep (native partitioning only; TimescaleDB manages its chunks).
 #[derive(Debug, Clone, Args)]
 pub struct UpkeepArgs {
@@ -308,8 +394,11 @@ mod tests {
         assert!(matches!(
             config.command,
             Some(Command::Replay(ReplayArgs {
-                from_beginning: true,
-                ..
+                start: ReplayStart {
+                    from_beginning: true,
+                    ..
+                },
+                rebuild_events: false,
             }))
         ));
         let config =
@@ -318,10 +407,35 @@ mod tests {
         assert!(matches!(
             config.command,
             Some(Command::Replay(ReplayArgs {
-                from_time: Some(_),
+                start: ReplayStart {
+                    from_time: Some(_),
+                    ..
+                },
                 ..
             }))
         ));
+        let config = Config::try_parse_from([
+            "processor",
+            "replay",
+            "--from-beginning",
+            "--rebuild-events",
+        ])
+        .unwrap();
+        assert!(matches!(
+            config.command,
+            Some(Command::Replay(ReplayArgs {
+                rebuild_events: true,
+                ..
+            }))
+        ));
+        assert!(Config::try_parse_from([
+            "processor",
+            "replay",
+            "--from-time",
+            "2026-11-01T00:00:00Z",
+            "--rebuild-events"
+        ])
+        .is_err());
         assert!(Config::try_parse_from(["processor", "replay"]).is_err());
         assert!(Config::try_parse_from([
             "processor",
@@ -354,6 +468,31 @@ mod tests {
         let config = Config::try_parse_from(["processor", "--instance-id", " "]).unwrap();
         let err = config.member.check().unwrap_err().to_string();
         assert!(err.contains("PROCESSOR_INSTANCE_ID"), "{err}");
+    }
+
+    #[test]
+    fn event_rules_come_over_the_defaults_and_are_checked() {
+        let config = Config::try_parse_from(["processor"]).unwrap();
+        assert_eq!(config.events.rules, EventRules::default());
+        let config = Config::try_parse_from([
+            "processor",
+            "--event-rules",
+            r#"{"offline_after_ms": 1000}"#,
+        ])
+        .unwrap();
+        assert_eq!(config.events.rules.offline_after_ms, 1000);
+        assert_eq!(config.events.rules.boundary_margin_m, 10.0);
+        for bad in [
+            r#"{"offline_after_ms": 0}"#,
+            r#"{"nope": 1}"#,
+            r#"{"motion_stop_mps": 5}"#,
+            "[]",
+        ] {
+            assert!(
+                Config::try_parse_from(["processor", "--event-rules", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

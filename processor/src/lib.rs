@@ -4,8 +4,10 @@
 //! rejects to quarantine and the duplicates out); [`pipeline`] loads what it needs, writes with
 //! [`writer`] and quarantines in one go; [`batches`] is the one batch loop (fill, run with
 //! retries, publish, commit) over a batch source: the consumer group of the service
-//! ([`consumer`]) or a bounded range of the log ([`replay`]). [`publisher`] sends newly stored
-//! valid fixes and changed device statuses to Redis after the commit; [`upkeep`] maintains daily partitions when TimescaleDB is
+//! ([`consumer`]) or a bounded range of the log ([`replay`]). [`events`] folds each batch's
+//! reports into events in the batch's transaction and runs the offline timer. [`publisher`]
+//! sends newly stored valid fixes, changed device statuses and new events to Redis (and the
+//! events to their topic) after the commit; [`upkeep`] maintains daily partitions when TimescaleDB is
 //! absent; [`watchdog`] watches the group's progress (lag, stalls, freshness, readiness) and
 //! rejoins the group when a dead member left partitions behind. `run` takes a bound listener so tests can bind port 0 and call it.
 
@@ -14,6 +16,7 @@ pub mod config;
 pub mod consumer;
 pub mod dedupe;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
@@ -23,7 +26,7 @@ pub mod upkeep;
 pub mod watchdog;
 pub mod writer;
 
-pub use config::{Command, Config, ReplayArgs, WriteMode};
+pub use config::{Command, Config, ReplayArgs, ReplayStart, WriteMode};
 pub use error::ProcessorError;
 
 use batches::{run_batches, RetryPolicy, Sinks};
@@ -34,7 +37,7 @@ use gps_runtime::service::Service;
 use gps_runtime::shutdown::Shutdown;
 use metrics::Metrics;
 use pipeline::{Pipeline, RejectSink};
-use publisher::Publisher;
+use publisher::{EventTopic, Publisher};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -73,6 +76,7 @@ pub async fn run(
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry);
+    let webhook_metrics = gps_webhooks::Metrics::new(&registry);
     let (mut source, watchdog) = GroupSource::subscribe(
         &config.kafka,
         &config.group_id,
@@ -90,6 +94,8 @@ pub async fn run(
         metrics.clone(),
     );
     let (publisher, publish_task) = Publisher::new(config.redis.clone(), metrics.clone());
+    let publisher = publisher.with_event_topic(EventTopic::new(&config.kafka)?);
+    let lag_gauges = registry.clone();
     // Redis is not needed now: an outage only delays the live view (counted, announced).
     let readiness = Readiness::new()
         .postgres(&pool)
@@ -109,7 +115,30 @@ pub async fn run(
             ops::router("processor", registry, readiness),
         )
         .background("publisher", publish_task)
-        .background("watchdog", watchdog.run(stop.clone()));
+        .background("watchdog", watchdog.run(stop.clone()))
+        .background(
+            "offline-timer",
+            events::offline_timer(
+                pool.clone(),
+                config.events.rules.offline_after_ms,
+                config.events.offline_check(),
+                move || events::unstored_age(&lag_gauges),
+                publisher.clone(),
+                metrics.clone(),
+                stop.clone(),
+            ),
+        );
+    // Webhook deliveries of the outbox the batches fill; every instance delivers (`SKIP LOCKED`
+    // shares the rows). Ends only at shutdown, or at start when no HTTP client can be built.
+    service.critical(
+        "webhooks",
+        gps_webhooks::run(
+            pool.clone(),
+            config.webhooks.clone(),
+            webhook_metrics,
+            stop.clone(),
+        ),
+    );
     if storage == StorageMode::Partitioned {
         let drops = pipeline.writer().partition_drops();
         let upkeep = upkeep::run(

@@ -1,7 +1,9 @@
 //! The processor's metrics, registered in its own registry: what was consumed, accepted,
-//! rejected (by reason), deduplicated, written and published, and how far behind it is.
-//! Labels are bounded: reason codes, dedupe stages and partition numbers only.
+//! rejected (by reason), deduplicated, written and published, the events raised, and how far
+//! behind it is. Labels are bounded: reason codes, dedupe stages, event types and partition
+//! numbers only.
 
+use gps_domain::events::{Event, EventType};
 use gps_domain::reject::RejectReason;
 use gps_runtime::ops::register;
 use prometheus::{
@@ -36,6 +38,10 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Daily partitions created and dropped by upkeep and the writer, by action.
     pub partitions: IntCounterVec,
+    /// Events newly stored, by type.
+    pub events: IntCounterVec,
+    /// Events that could not be produced to the events topic.
+    pub event_publish_failures: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,7 +130,19 @@ impl Metrics {
                 "daily position partitions created or dropped",
                 &["action"],
             ),
+            events: counter_vec(
+                "gps_processor_events_total",
+                "events newly stored, by type",
+                &["type"],
+            ),
+            event_publish_failures: counter(
+                "gps_processor_event_publish_failures_total",
+                "events not produced to the events topic",
+            ),
         };
+        for event_type in EventType::ALL {
+            metrics.events.with_label_values(&[event_type.as_str()]);
+        }
         for reason in RejectReason::ALL {
             metrics.rejected.with_label_values(&[reason.as_str()]);
         }
@@ -132,5 +150,14 @@ impl Metrics {
             metrics.duplicates.with_label_values(&[stage]);
         }
         metrics
+    }
+
+    /// Count newly stored events.
+    pub fn count_events<'a>(&self, events: impl IntoIterator<Item = &'a Event>) {
+        for event in events {
+            self.events
+                .with_label_values(&[event.event_type.as_str()])
+                .inc();
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! One batch from records to committed rows, shared by the service and `replay`: load what the
-//! pure core needs (tenant thresholds, devices' previous fixes), [`classify`] the batch, write
-//! its rows and quarantine its rejects concurrently, then [`BatchPlan::settle`] the caches.
+//! pure core needs (tenant thresholds, devices' previous fixes), [`classify`] the batch, load
+//! what its event fold needs ([`EventEngine::prepare`]), write its rows, statuses and events in
+//! one transaction and quarantine its rejects concurrently, then [`BatchPlan::settle`] the
+//! caches.
 //!
 //! A batch either succeeds as a whole or fails and can be run again with the same records:
 //! the caches only learn what the database committed, and rejects are produced (and
@@ -9,6 +11,7 @@
 use crate::batches::BatchStage;
 use crate::config::Config;
 use crate::error::ProcessorError;
+use crate::events::EventEngine;
 use crate::metrics::Metrics;
 use crate::plan::{classify, BatchOutcome, BatchPlan, Caches, InRecord};
 use crate::writer::Writer;
@@ -38,16 +41,25 @@ impl std::fmt::Debug for RejectSink {
     }
 }
 
+/// A producer with the pipeline's delivery guarantees (idempotent, `acks=all`), for the
+/// processor's own topics (rejects, events).
+pub(crate) fn reliable_producer(
+    kafka: &gps_runtime::config::KafkaArgs,
+    client_id: &str,
+) -> Result<FutureProducer, ProcessorError> {
+    Ok(gps_runtime::kafka::client_config(kafka, client_id)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
 impl RejectSink {
     /// A sink to the quarantine topic of `kafka`, with the pipeline's delivery guarantees
     /// (idempotent, `acks=all`).
     pub fn new(kafka: &gps_runtime::config::KafkaArgs) -> Result<Self, ProcessorError> {
-        let producer = gps_runtime::kafka::client_config(kafka, "gps-processor-rejects")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create()?;
+        let producer = reliable_producer(kafka, "gps-processor-rejects")?;
         Ok(Self {
             producer,
             topic: kafka.rejected_topic.clone(),
@@ -129,6 +141,7 @@ pub struct Pipeline {
     rejects: Option<RejectSink>,
     caches: Caches,
     tenants: TenantCache,
+    events: EventEngine,
     metrics: Metrics,
     topic: String,
 }
@@ -155,6 +168,7 @@ impl Pipeline {
         let batch = &config.batch;
         Self {
             writer: Writer::new(pool.clone(), batch.write_mode, storage, metrics.clone()),
+            events: EventEngine::new(pool.clone(), &config.events, batch.device_cache_capacity),
             pool,
             rejects,
             caches: Caches::new(batch.dedupe_capacity, batch.device_cache_capacity),
@@ -172,6 +186,11 @@ impl Pipeline {
         &self.writer
     }
 
+    /// The event engine, to set it up for a replay ([`EventEngine::replaying`]).
+    pub fn events_mut(&mut self) -> &mut EventEngine {
+        &mut self.events
+    }
+
     /// Run one batch. On `Err` nothing was committed to the caches and the batch may be run
     /// again with the same records.
     pub async fn process(&mut self, records: &[InRecord]) -> Result<BatchOutcome, ProcessorError> {
@@ -185,8 +204,11 @@ impl Pipeline {
         );
         log_rejects(&plan);
         self.metrics.batch_fixes.observe(plan.rows.len() as f64);
+        self.events.prepare(&plan).await?;
+        let fold = self.events.fold(&plan);
         let (written, sent) = tokio::join!(
-            self.writer.write(&plan.rows, &plan.statuses, &plan.seen),
+            self.writer
+                .write_with_events(&plan.rows, &plan.statuses, &plan.seen, Some(&fold)),
             async {
                 match &self.rejects {
                     Some(sink) if !plan.rejects.is_empty() => sink.send_all(&plan.rejects).await,
@@ -197,6 +219,8 @@ impl Pipeline {
         sent?;
         let written = written?;
         // Committed: now the caches and counters may learn from it.
+        self.events.learn(&written.events);
+        self.metrics.count_events(&written.events.new);
         let outcome = plan.settle(&mut self.caches, &written);
         self.count(records.len(), &outcome);
         Ok(outcome)
@@ -285,6 +309,7 @@ impl BatchStage for Pipeline {
 
     fn forget_devices(&mut self) {
         self.caches.devices.clear();
+        self.events.forget_devices();
     }
 }
 

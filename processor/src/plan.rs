@@ -23,8 +23,9 @@
 //!   into batches differently gives the same stored status.
 
 use crate::dedupe::{DedupeCache, DeviceCache};
+use crate::events::EventsWritten;
 use gps_domain::fix::EpochMillis;
-use gps_domain::live::LiveStatus;
+use gps_domain::live::{LiveEvent, LiveStatus};
 use gps_domain::reject::{RejectReason, RejectRecord, SourcePosition};
 use gps_domain::validation::{validate, Thresholds, Track, MIN_FIX_TIME};
 use gps_domain::{DeviceStatus, FixEnvelope};
@@ -253,6 +254,25 @@ pub struct BatchPlan {
     pub statuses: Vec<StatusChange>,
     /// When each device with a row in [`BatchPlan::rows`] was last heard from through them.
     pub seen: Vec<Seen>,
+    /// What each record contributed, in log order: the input of the event fold
+    /// (`crate::events`), which must not depend on where the log was cut into batches.
+    pub reports: Vec<Report>,
+}
+
+/// One record's contribution to the event fold: the rows it added to [`BatchPlan::rows`] (a
+/// contiguous range, in the record's order) and its status report, made fit for storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Tenant of the device.
+    pub tenant: Uuid,
+    /// Device id.
+    pub device: Uuid,
+    /// The device's own identifier (for the live message).
+    pub uid: Arc<str>,
+    /// Its accepted fixes: indices into [`BatchPlan::rows`].
+    pub rows: std::ops::Range<usize>,
+    /// Its status report ([`sanitize_status`]d).
+    pub status: Option<DeviceStatus>,
 }
 
 /// What the database committed for a batch: the fix keys that were new, and the status rows it
@@ -263,6 +283,8 @@ pub struct Written {
     pub inserted: HashSet<FixKey>,
     /// Status rows the batch changed (status or alarm moved forward).
     pub statuses: Vec<StatusRow>,
+    /// The events the batch raised that were new, and the event states it left.
+    pub events: EventsWritten,
 }
 
 /// What one batch did, once committed.
@@ -276,6 +298,9 @@ pub struct BatchOutcome {
     pub rejected: HashMap<RejectReason, usize>,
     /// Duplicates dropped.
     pub duplicates: Duplicates,
+    /// Events newly stored, in fix-time order per device, for the live publish and the events
+    /// topic.
+    pub events: Vec<LiveEvent>,
 }
 
 /// Judge every fix of `records`, in order: validate it against its tenant's thresholds (the
@@ -315,6 +340,7 @@ pub fn classify(
             }
         };
         let uid: Arc<str> = Arc::from(envelope.uid.as_str());
+        let first_row = plan.rows.len();
         let limits = thresholds
             .get(&envelope.tenant)
             .copied()
@@ -372,8 +398,10 @@ pub fn classify(
                 fix: fix.clone(),
             });
         }
+        let mut reported = None;
         if let Some(status) = &envelope.status {
             let report = sanitize_status(status, envelope.rx);
+            reported = Some(report.clone());
             match status_of.get(&envelope.device) {
                 Some(&i) => plan.statuses[i].fold(report),
                 None => {
@@ -381,11 +409,20 @@ pub fn classify(
                     plan.statuses.push(StatusChange::new(
                         envelope.tenant,
                         envelope.device,
-                        uid,
+                        uid.clone(),
                         report,
                     ));
                 }
             }
+        }
+        if plan.rows.len() > first_row || reported.is_some() {
+            plan.reports.push(Report {
+                tenant: envelope.tenant,
+                device: envelope.device,
+                uid,
+                rows: first_row..plan.rows.len(),
+                status: reported,
+            });
         }
     }
     plan
@@ -413,6 +450,19 @@ impl BatchPlan {
         for (device, track) in self.tracks {
             caches.devices.put(device, track);
         }
+        let reporters: HashMap<Uuid, &str> =
+            self.reports.iter().map(|r| (r.device, &*r.uid)).collect();
+        let events = written
+            .events
+            .new
+            .iter()
+            .filter_map(|event| {
+                Some(LiveEvent {
+                    uid: (*reporters.get(&event.device_id)?).to_owned(),
+                    event: event.clone(),
+                })
+            })
+            .collect();
         let uids: HashMap<Uuid, &str> = self.statuses.iter().map(|s| (s.device, &*s.uid)).collect();
         let statuses = written
             .statuses
@@ -433,6 +483,7 @@ impl BatchPlan {
             stored,
             statuses,
             rejected,
+            events,
         }
     }
 }
@@ -486,7 +537,7 @@ mod tests {
             .collect();
         let written = Written {
             inserted,
-            statuses: Vec::new(),
+            ..Written::default()
         };
         plan.settle(caches, &written)
     }
@@ -755,6 +806,41 @@ mod tests {
             envelope.status = Some(status);
         }
         r
+    }
+
+    #[test]
+    fn each_record_reports_its_accepted_rows_and_status_in_log_order_for_the_event_fold() {
+        let (a, b) = (Uuid::from_u128(9), Uuid::from_u128(10));
+        let mut alarm = DeviceStatus::new(RX + 60_000);
+        alarm.alarm = Some(" sos ".into());
+        let records = vec![
+            record(1, a, vec![walk(2), walk(1)]),
+            // Rejected fix (null island) and a repeat of a stored key: no rows, no report.
+            record(2, b, vec![Fix::new(RX, 0.0, 0.0)]),
+            with_status(record(3, a, vec![walk(1), walk(3)]), alarm),
+            with_status(record(4, b, Vec::new()), DeviceStatus::new(RX - 1)),
+        ];
+        let plan = plan(&records, &caches());
+        let reports: Vec<(Uuid, std::ops::Range<usize>, Option<EpochMillis>)> = plan
+            .reports
+            .iter()
+            .map(|r| (r.device, r.rows.clone(), r.status.as_ref().map(|s| s.time)))
+            .collect();
+        // Record 3's repeat of walk(1) is dropped, its walk(3) is row 2; its status, from the
+        // future, is sanitized to the receive time.
+        assert_eq!(
+            reports,
+            vec![
+                (a, 0..2, None),
+                (a, 2..3, Some(RX)),
+                (b, 3..3, Some(RX - 1))
+            ]
+        );
+        assert_eq!(plan.rows[2].fix.fix_time, walk(3).fix_time);
+        assert_eq!(
+            plan.reports[1].status.as_ref().unwrap().alarm.as_deref(),
+            Some("sos")
+        );
     }
 
     #[test]

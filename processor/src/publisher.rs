@@ -1,6 +1,9 @@
-//! The live publish: after a batch commits, its newly stored valid fixes and the device statuses
-//! it changed go to Redis as one [`LiveBatch`] per tenant on [`channel_for`]`(tenant)`
-//! (`docs/live.md`). A fix the device called invalid is history only, never live.
+//! The live publish: after a batch commits, its newly stored valid fixes, the device statuses
+//! it changed and the events it raised go to Redis as one [`LiveBatch`] per tenant on
+//! [`channel_for`]`(tenant)` (`docs/live.md`). A fix the device called invalid is history only,
+//! never live. The events also go to the events topic ([`EventTopic`], key = device id, value
+//! = the event as JSON), best effort like the live publish: a failure is counted
+//! (`gps_processor_event_publish_failures_total`) and logged; the `events` table is the record.
 //!
 //! Publishing runs in its own task (the service starts [`Publisher::new`]'s future) behind a
 //! bounded queue, so a slow or absent Redis never
@@ -8,11 +11,13 @@
 //! (`gps_processor_publish_failures_total`) and logged, and the connection manager reconnects.
 //! Live is a best-effort projection; the database (and the log) stay complete.
 
+use crate::error::ProcessorError;
 use crate::metrics::Metrics;
 use crate::plan::BatchOutcome;
-use gps_domain::live::{channel_for, LiveBatch, LiveFix, LiveStatus};
+use gps_domain::live::{channel_for, LiveBatch, LiveEvent, LiveFix, LiveStatus};
 use gps_runtime::config::RedisArgs;
 use gps_store::positions::StoredFix;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,11 +31,73 @@ const QUEUE: usize = 1024;
 /// Longest wait for one PUBLISH or connection attempt.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Produces events to the events topic (idempotent, `acks=all`), without waiting: a delivery
+/// failure is counted when the broker answers.
+#[derive(Clone)]
+pub struct EventTopic {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for EventTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventTopic")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl EventTopic {
+    /// A producer to `kafka`'s events topic.
+    pub fn new(kafka: &gps_runtime::config::KafkaArgs) -> Result<Self, ProcessorError> {
+        let producer = crate::pipeline::reliable_producer(kafka, "gps-processor-events")?;
+        Ok(Self {
+            producer,
+            topic: kafka.events_topic.clone(),
+        })
+    }
+
+    /// Queue `events` to the topic; failures (a full queue now, a delivery error later) are
+    /// counted on `metrics` and logged.
+    fn send(&self, events: &[LiveEvent], metrics: &Metrics) {
+        let mut deliveries = Vec::with_capacity(events.len());
+        for live in events {
+            let event = &live.event;
+            let key = event.device_id.to_string();
+            let payload = serde_json::to_vec(event).expect("events serialize");
+            let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => {
+                    metrics.event_publish_failures.inc();
+                    tracing::warn!(event = %event.id, %error, "event not produced to the events topic");
+                }
+            }
+        }
+        if deliveries.is_empty() {
+            return;
+        }
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            for delivery in deliveries {
+                let error = match delivery.await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err((error, _))) => error.to_string(),
+                    Err(_cancelled) => "producer dropped".to_owned(),
+                };
+                metrics.event_publish_failures.inc();
+                tracing::warn!(%error, "event not delivered to the events topic");
+            }
+        });
+    }
+}
+
 /// Handle to the publisher task. Dropping every handle lets the task drain and stop.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     tx: mpsc::Sender<(String, Vec<u8>)>,
     metrics: Metrics,
+    events: Option<EventTopic>,
 }
 
 impl Publisher {
@@ -39,30 +106,69 @@ impl Publisher {
     pub fn new(args: RedisArgs, metrics: Metrics) -> (Self, impl Future<Output = ()> + Send) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = publish_loop(args, rx, metrics.clone());
-        (Self { tx, metrics }, task)
+        let publisher = Self {
+            tx,
+            metrics,
+            events: None,
+        };
+        (publisher, task)
     }
 
-    /// Queue what one committed batch changed (its new valid fixes, its changed statuses), one
-    /// message per tenant.
+    /// The same publisher, also producing events to `topic`.
+    pub fn with_event_topic(mut self, topic: EventTopic) -> Self {
+        self.events = Some(topic);
+        self
+    }
+
+    /// Queue what one committed batch changed (its new valid fixes, its changed statuses, its
+    /// new events), one message per tenant, and its events to the events topic.
     pub fn publish(&self, outcome: &BatchOutcome) {
-        for (tenant, batch) in live_batches(&outcome.stored, &outcome.statuses) {
+        self.queue(live_batches(
+            &outcome.stored,
+            &outcome.statuses,
+            &outcome.events,
+        ));
+        self.produce(&outcome.events);
+    }
+
+    /// Queue committed events that no batch carries (the offline timer's), one message per
+    /// tenant, and to the events topic.
+    pub fn publish_events(&self, events: &[LiveEvent]) {
+        self.queue(live_batches(&[], &[], events));
+        self.produce(events);
+    }
+
+    fn produce(&self, events: &[LiveEvent]) {
+        if let Some(topic) = self.events.as_ref().filter(|_| !events.is_empty()) {
+            topic.send(events, &self.metrics);
+        }
+    }
+
+    fn queue(&self, batches: Vec<(Uuid, LiveBatch)>) {
+        for (tenant, batch) in batches {
             if self
                 .tx
                 .try_send((channel_for(tenant), batch.encode()))
                 .is_err()
             {
                 self.metrics.publish_failures.inc();
-                tracing::warn!(%tenant, fixes = batch.fixes.len(), statuses = batch.statuses.len(), reason = "queue_full", "live publish dropped");
+                tracing::warn!(%tenant, fixes = batch.fixes.len(), statuses = batch.statuses.len(), events = batch.events.len(), reason = "queue_full", "live publish dropped");
             }
         }
     }
 }
 
-/// Group stored valid rows and changed statuses per tenant (`statuses` pairs each with its
-/// tenant); each tenant's fixes ordered by fix time (stable), so every device's fixes are in
-/// fix-time order. A tenant with neither gets no message.
-pub fn live_batches(rows: &[StoredFix], statuses: &[(Uuid, LiveStatus)]) -> Vec<(Uuid, LiveBatch)> {
-    let mut per_tenant: BTreeMap<Uuid, (Vec<LiveFix>, Vec<LiveStatus>)> = BTreeMap::new();
+/// Group stored valid rows, changed statuses and new events per tenant (`statuses` pairs each
+/// with its tenant; an event names its own); each tenant's fixes ordered by fix time (stable),
+/// so every device's fixes are in fix-time order, and its events in the order given (fix-time
+/// order per device). A tenant with none of them gets no message.
+pub fn live_batches(
+    rows: &[StoredFix],
+    statuses: &[(Uuid, LiveStatus)],
+    events: &[LiveEvent],
+) -> Vec<(Uuid, LiveBatch)> {
+    type Parts = (Vec<LiveFix>, Vec<LiveStatus>, Vec<LiveEvent>);
+    let mut per_tenant: BTreeMap<Uuid, Parts> = BTreeMap::new();
     for row in rows.iter().filter(|r| r.fix.valid) {
         per_tenant.entry(row.tenant).or_default().0.push(LiveFix {
             device: row.device,
@@ -79,14 +185,21 @@ pub fn live_batches(rows: &[StoredFix], statuses: &[(Uuid, LiveStatus)]) -> Vec<
             .1
             .push(status.clone());
     }
+    for event in events {
+        per_tenant
+            .entry(event.event.tenant_id)
+            .or_default()
+            .2
+            .push(event.clone());
+    }
     per_tenant
         .into_iter()
-        .map(|(tenant, (mut fixes, statuses))| {
+        .map(|(tenant, (mut fixes, statuses, events))| {
             fixes.sort_by_key(|f| f.fix.fix_time);
-            (
-                tenant,
-                LiveBatch::new(tenant, fixes).with_statuses(statuses),
-            )
+            let batch = LiveBatch::new(tenant, fixes)
+                .with_statuses(statuses)
+                .with_events(events);
+            (tenant, batch)
         })
         .collect()
 }
@@ -164,7 +277,7 @@ mod tests {
             fix: Fix::new(t, 1.0, 1.0),
         };
         let rows = [row(a, 3), row(b, 1), row(a, 2)];
-        let batches = live_batches(&rows, &[]);
+        let batches = live_batches(&rows, &[], &[]);
         assert_eq!(batches.len(), 2);
         let of_a = &batches.iter().find(|(t, _)| *t == a).unwrap().1;
         let times: Vec<i64> = of_a.fixes.iter().map(|f| f.fix.fix_time).collect();
@@ -175,6 +288,48 @@ mod tests {
             (fix.device, fix.uid.as_str(), fix.proto, fix.rx),
             (Uuid::from_u128(1), "u", Protocol::Json, 9)
         );
+    }
+
+    #[test]
+    fn events_ride_with_their_tenants_fixes_in_the_order_given() {
+        use gps_domain::events::{event_id, Event, EventType};
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let device = Uuid::from_u128(1);
+        let event = |tenant, event_type, t| LiveEvent {
+            uid: "u".into(),
+            event: Event {
+                id: event_id(device, event_type, t, None),
+                tenant_id: tenant,
+                device_id: device,
+                event_type,
+                fix_time: t,
+                lat: Some(1.0),
+                lon: Some(1.0),
+                geofence_id: None,
+                details: serde_json::json!({}),
+            },
+        };
+        let rows = [StoredFix {
+            tenant: a,
+            device,
+            uid: "u".into(),
+            protocol: Protocol::Json,
+            received: 9,
+            fix: Fix::new(5, 1.0, 1.0),
+        }];
+        let events = [
+            event(a, EventType::DeviceOnline, 5),
+            event(b, EventType::DeviceOffline, 3),
+            event(a, EventType::MotionStart, 5),
+        ];
+        let batches = live_batches(&rows, &[], &events);
+        assert_eq!(batches.len(), 2, "a tenant with only events gets a message");
+        let of_a = &batches.iter().find(|(t, _)| *t == a).unwrap().1;
+        assert_eq!(of_a.fixes.len(), 1);
+        assert_eq!(of_a.events, [events[0].clone(), events[2].clone()]);
+        let of_b = &batches.iter().find(|(t, _)| *t == b).unwrap().1;
+        assert!(of_b.fixes.is_empty());
+        assert_eq!(of_b.events, [events[1].clone()]);
     }
 
     #[test]
@@ -202,7 +357,7 @@ mod tests {
             alarm_time: None,
             attributes: Default::default(),
         };
-        let batches = live_batches(&rows, &[(b, status.clone())]);
+        let batches = live_batches(&rows, &[(b, status.clone())], &[]);
         assert_eq!(
             batches.len(),
             1,

@@ -119,6 +119,7 @@ pub async fn replay(
         progress: progress_bar(total, show_progress),
     };
     let mut pipeline = Pipeline::from_config(config, pool, storage, None, metrics.clone());
+    pipeline.events_mut().replaying(args.rebuild_events);
     let sinks = Sinks {
         publisher: None,
         metrics: &metrics,
@@ -148,7 +149,7 @@ fn bounds(
     for p in 0..partitions as i32 {
         low_high.push((p, consumer.fetch_watermarks(topic, p, timeout)?));
     }
-    let from_time_offsets = match args.from_time {
+    let from_time_offsets = match args.start.from_time {
         Some(t) => {
             let mut query = TopicPartitionList::new();
             for (p, _) in &low_high {

@@ -4,7 +4,10 @@
 //! valid), so a late or invalid fix lands in history without rewinding the live position, and
 //! moves each device's `device_status` forward: its status and alarm from the batch's status
 //! reports (only ever by a newer report, returning the rows that changed, for the live publish),
-//! its `last_seen` from the batch's fixes.
+//! its `last_seen` from the batch's fixes. The batch's events (`crate::events::EventFold`: lock
+//! the devices' event states, fold, insert the events with their webhook deliveries, upsert
+//! the states) run in the same transaction on every path, so positions, statuses, events and
+//! the state they were computed from commit together or not at all.
 //!
 //! Two bulk paths, chosen by [`WriteMode`]:
 //! - `copy`: binary `COPY` straight into `positions`, plus one small upsert of each device's
@@ -25,6 +28,7 @@
 //! `gps_store::positions`; this module owns only the statements and the transaction.
 
 use crate::config::WriteMode;
+use crate::events::{EventFold, EventsWritten};
 use crate::metrics::Metrics;
 use crate::plan::{Seen, StatusChange, Written};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -220,8 +224,23 @@ impl Writer {
         statuses: &[StatusChange],
         seen: &[Seen],
     ) -> Result<Written, sqlx::Error> {
+        self.write_with_events(rows, statuses, seen, None).await
+    }
+
+    /// [`Writer::write`], and run `events` (the batch's event fold) in the same transaction.
+    pub async fn write_with_events(
+        &mut self,
+        rows: &[StoredFix],
+        statuses: &[StatusChange],
+        seen: &[Seen],
+        events: Option<&EventFold<'_>>,
+    ) -> Result<Written, sqlx::Error> {
         self.forget_dropped_days();
-        let status = DeviceStatusWrite { statuses, seen };
+        let status = DeviceStatusWrite {
+            statuses,
+            seen,
+            events,
+        };
         let result = self.write_once(rows, &status).await;
         if result.is_err() {
             // A partition may have been dropped under us between upkeep's report and this
@@ -250,11 +269,12 @@ impl Writer {
                 return Ok(Written::default());
             }
             let mut tx = self.pool.begin().await?;
-            let statuses = status.apply(&mut tx, &self.sql.statuses).await?;
+            let (statuses, events) = status.apply(&mut tx, &self.sql.statuses).await?;
             tx.commit().await?;
             return Ok(Written {
                 inserted: HashSet::new(),
                 statuses,
+                events,
             });
         }
         let started = Instant::now();
@@ -262,11 +282,12 @@ impl Writer {
         let direct = self.mode == WriteMode::Copy && self.direct_copy_allowed();
         let (path, written) = match self.mode {
             WriteMode::Copy if direct => match self.copy_direct(rows, status).await {
-                Ok(statuses) => (
+                Ok((statuses, events)) => (
                     "copy",
                     Written {
                         inserted: rows.iter().map(StoredFix::key).collect(),
                         statuses,
+                        events,
                     },
                 ),
                 Err(e) if is_unique_violation(&e) => {
@@ -302,14 +323,14 @@ impl Writer {
     }
 
     /// COPY every row into `positions`, upsert each device's newest valid fix into
-    /// `last_positions` and write the device statuses, in one transaction; returns the status
-    /// rows that changed. Fails with a unique violation, and changes nothing, when any row is
-    /// already stored.
+    /// `last_positions`, write the device statuses and the events, in one transaction; returns
+    /// the status rows that changed and what the events wrote. Fails with a unique violation,
+    /// and changes nothing, when any row is already stored.
     async fn copy_direct(
         &self,
         rows: &[StoredFix],
         status: &DeviceStatusWrite<'_>,
-    ) -> Result<Vec<StatusRow>, sqlx::Error> {
+    ) -> Result<(Vec<StatusRow>, EventsWritten), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut copy = tx.copy_in_raw(&self.sql.direct_copy).await?;
         copy.send(encode_copy(rows)).await?;
@@ -320,9 +341,9 @@ impl Writer {
                 .execute(&mut *tx)
                 .await?;
         }
-        let statuses = status.apply(&mut tx, &self.sql.statuses).await?;
+        let written = status.apply(&mut tx, &self.sql.statuses).await?;
         tx.commit().await?;
-        Ok(statuses)
+        Ok(written)
     }
 
     /// COPY into the staging table, then insert what is new; returns the new keys.
@@ -348,11 +369,12 @@ impl Writer {
         let inserted: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(&self.sql.from_staging)
             .fetch_all(&mut *tx)
             .await?;
-        let statuses = status.apply(&mut tx, &self.sql.statuses).await?;
+        let (statuses, events) = status.apply(&mut tx, &self.sql.statuses).await?;
         tx.commit().await?;
         Ok(Written {
             inserted: keys_of(inserted),
             statuses,
+            events,
         })
     }
 
@@ -367,11 +389,12 @@ impl Writer {
             sqlx::query_as_with(&self.sql.unnest, Columns::of(rows).into_arguments()?)
                 .fetch_all(&mut *tx)
                 .await?;
-        let statuses = status.apply(&mut tx, &self.sql.statuses).await?;
+        let (statuses, events) = status.apply(&mut tx, &self.sql.statuses).await?;
         tx.commit().await?;
         Ok(Written {
             inserted: keys_of(inserted),
             statuses,
+            events,
         })
     }
 
@@ -422,21 +445,25 @@ impl Writer {
     }
 }
 
-/// A batch's `device_status` writes, run inside the batch's transaction after its positions.
+/// A batch's `device_status` writes and its events, run inside the batch's transaction after
+/// its positions.
 struct DeviceStatusWrite<'a> {
     statuses: &'a [StatusChange],
     seen: &'a [Seen],
+    events: Option<&'a EventFold<'a>>,
 }
 
 impl DeviceStatusWrite<'_> {
     /// Apply the status changes with `upsert` ([`upsert_statuses`]), then move `last_seen` to
-    /// the fixes' times; returns the status rows that changed. Two statements, because one
-    /// statement may not update a row twice.
+    /// the fixes' times, then run the event fold (last: it locks the devices' event states,
+    /// which are then held only until the commit that follows); returns the status rows that
+    /// changed and what the fold wrote. Two status statements, because one statement may not
+    /// update a row twice.
     async fn apply(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         upsert: &str,
-    ) -> Result<Vec<StatusRow>, sqlx::Error> {
+    ) -> Result<(Vec<StatusRow>, EventsWritten), sqlx::Error> {
         let mut changed = Vec::new();
         if !self.statuses.is_empty() {
             let s = self.statuses;
@@ -480,7 +507,11 @@ impl DeviceStatusWrite<'_> {
                 .execute(&mut **tx)
                 .await?;
         }
-        Ok(changed)
+        let events = match self.events {
+            Some(fold) => fold.run(tx).await?,
+            None => EventsWritten::default(),
+        };
+        Ok((changed, events))
     }
 }
 

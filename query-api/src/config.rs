@@ -78,6 +78,9 @@ pub struct Config {
     /// The dashboard (`WEB_DIR`, `WEB_TILE_URL`, `WEB_LIVE_URL`).
     #[command(flatten)]
     pub web: crate::web::WebArgs,
+    /// `WEBHOOK_ALLOW_PRIVATE_CIDRS`: the special addresses a webhook URL may name.
+    #[command(flatten)]
+    pub webhook_urls: gps_webhooks::UrlPolicyArgs,
 }
 
 /// Administrative subcommands.
@@ -146,6 +149,8 @@ pub struct Settings {
     pub limits: Limits,
     /// The reverse proxies whose `X-Forwarded-For` is believed (login and refresh limits).
     pub trusted_proxies: gps_runtime::client_ip::TrustedProxies,
+    /// Which webhook URLs may be created (SSRF).
+    pub webhook_urls: gps_webhooks::UrlPolicy,
 }
 
 /// The caps that bound what one request may cost (see `docs/query-api.md`, "Errors and limits").
@@ -200,6 +205,7 @@ impl Config {
                 export_idle_timeout: std::time::Duration::from_secs(self.export_idle_timeout_secs),
             },
             trusted_proxies: self.client_ip.trusted_proxies.clone(),
+            webhook_urls: self.webhook_urls.policy(),
         })
     }
 

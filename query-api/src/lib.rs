@@ -107,6 +107,7 @@ pub fn api_router(state: AppState) -> Router {
         .route("/v1/events", get(routes::events::list_events))
         // Fence bodies have a larger body limit of their own.
         .merge(routes::geofences::router())
+        .merge(routes::webhooks::router())
         .route("/openapi.json", get(openapi::document))
         // Bodies over the limit are refused (413) before they are buffered.
         .layer(axum::extract::DefaultBodyLimit::max(app::MAX_BODY_BYTES))

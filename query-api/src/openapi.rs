@@ -51,16 +51,16 @@ pub const ROUTES: &[Operation] = &[
     op("post", "/v1/auth/password", "Change one's own password (current_password, new_password): ends every older session, answers a fresh login", None),
     op("post", "/v1/live/ticket", "Single-use ticket for the fanout WebSocket", Some("live:read")),
     op("get", "/v1/devices", "List the devices the caller may see", Some("devices:read")),
-    op("post", "/v1/devices", "Create a device (uid, name, uid_only, speed_unit, payload_secret write-only); returns its ingest token and UDP key once; 409 if the uid exists in the tenant, 409 uid_taken if it is uid-only in another", Some("devices:write")),
+    op("post", "/v1/devices", "Create a device (uid, name, uid_only, speed_unit, payload_secret write-only, speed_limit_mps in (0, 150]); returns its ingest token and UDP key once; 409 if the uid exists in the tenant, 409 uid_taken if it is uid-only in another", Some("devices:write")),
     op("get", "/v1/devices/{id}", "Read a device", Some("devices:read")),
-    op("patch", "/v1/devices/{id}", "Change name, disabled, uid_only, speed_unit, payload_secret (null: tenant default / remove); 409 uid_taken", Some("devices:write")),
+    op("patch", "/v1/devices/{id}", "Change name, disabled, uid_only, speed_unit, payload_secret (null: tenant default / remove), speed_limit_mps (m/s in (0, 150], null: none); 409 uid_taken", Some("devices:write")),
     op("delete", "/v1/devices/{id}", "Delete a device", Some("devices:write")),
     op("get", "/v1/tenant", "The tenant's device defaults: uid_only_devices, osmand_speed_unit", Some("devices:read")),
     op("patch", "/v1/tenant", "Change the tenant's device defaults (admins: also needs roles:write); 409 uid_taken", Some("devices:write")),
     op("post", "/v1/devices/{id}/rotate-token", "New ingest token, shown once", Some("devices:write")),
     op("post", "/v1/devices/{id}/rotate-udp-key", "New UDP HMAC key, shown once", Some("devices:write")),
     op("get", "/v1/devices/{id}/positions", "History: from, to, limit, cursor, format (json|geojson|gpx|csv), simplify, bucket, as_of, geometry", Some("positions:read")),
-    op("get", "/v1/devices/{id}/summary", "Distance, moving time, speeds, trips and stops", Some("positions:read")),
+    op("get", "/v1/devices/{id}/summary", "Distance, moving time, speeds, trips and stops; with events:read also event_counts (events of the range per type)", Some("positions:read")),
     op("get", "/v1/devices/{id}/status", "Device status: last_seen, status_time, battery_pct, charging, motion, alarm, alarm_time, attributes (all null when never heard from)", Some("devices:read")),
     op("get", "/v1/positions", "Area query: bbox, from, to, limit", Some("positions:read")),
     op("get", "/v1/positions/latest", "Last known positions: group, bbox; each with the device's status (null when it never sent one)", Some("positions:read")),
@@ -88,6 +88,13 @@ pub const ROUTES: &[Operation] = &[
     op("put", "/v1/geofences/{id}", "Replace a geofence (same body as the create)", Some("geofences:write")),
     op("delete", "/v1/geofences/{id}", "Delete a geofence", Some("geofences:write")),
     op("get", "/v1/event-types", "The event types and what raises each", Some("events:read")),
+    op("get", "/v1/webhooks", "The tenant's webhooks (never their secrets)", Some("webhooks:write")),
+    op("post", "/v1/webhooks", "Create a webhook: url (http/https; private, loopback, link-local and other special addresses refused: 400 private_address), event_types (empty: all), secret (16..256 characters, write-only), disabled", Some("webhooks:write")),
+    op("get", "/v1/webhooks/{id}", "Read a webhook (never its secret)", Some("webhooks:write")),
+    op("put", "/v1/webhooks/{id}", "Change a webhook: the fields present of url, event_types, secret, disabled", Some("webhooks:write")),
+    op("delete", "/v1/webhooks/{id}", "Delete a webhook and its delivery log", Some("webhooks:write")),
+    op("get", "/v1/webhooks/{id}/deliveries", "The delivery log, newest first: status (pending|delivered|failed), limit (1..1000, default 100), cursor", Some("webhooks:write")),
+    op("post", "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", "Send a delivery again (same event id), due now with a fresh attempt budget", Some("webhooks:write")),
     op("get", "/v1/events", "Events, oldest first: device, type (comma list), from, to, limit (1..10000), cursor, format (json|csv); a viewer sees its groups' devices only", Some("events:read")),
     public("get", "/openapi.json", "This document"),
 ];
@@ -96,7 +103,11 @@ pub const ROUTES: &[Operation] = &[
 /// body (deletes, memberships, logout), `200` otherwise (as the handlers answer).
 fn success_status(method: &str, path: &str) -> &'static str {
     match (method, path) {
-        ("post", "/v1/devices" | "/v1/users" | "/v1/groups" | "/v1/api-keys" | "/v1/geofences") => {
+        (
+            "post",
+            "/v1/devices" | "/v1/users" | "/v1/groups" | "/v1/api-keys" | "/v1/geofences"
+            | "/v1/webhooks",
+        ) => {
             "201"
         }
         ("delete", _) | ("post", "/v1/auth/logout") => "204",
@@ -114,8 +125,13 @@ pub fn build() -> serde_json::Value {
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| {
-                serde_json::json!({ "name": name, "in": "path", "required": true,
-                                    "schema": { "type": "string", "format": "uuid" } })
+                // Every path id is a uuid but a webhook delivery's (a number).
+                let schema = if name == "delivery_id" {
+                    serde_json::json!({ "type": "integer", "format": "int64", "minimum": 1 })
+                } else {
+                    serde_json::json!({ "type": "string", "format": "uuid" })
+                };
+                serde_json::json!({ "name": name, "in": "path", "required": true, "schema": schema })
             })
             .collect();
         let error = serde_json::json!({ "$ref": "#/components/responses/Error" });

@@ -5,10 +5,13 @@
 //! Both are bounded by design, since their input comes from a caller: simplification is
 //! iterative (an explicit stack, never recursion as deep as the track) with a work budget, and
 //! the summary is a fold ([`Summarizer`]) that sees one fix at a time, so a route can feed it
-//! straight from the database without holding the range in memory.
+//! straight from the database without holding the range in memory. The route adds the range's
+//! event counts per type ([`event_counts`], from rows it reads) beside the track figures.
 
+use gps_domain::events::EventType;
 use gps_domain::geo::EARTH_RADIUS_M;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 // Re-exported for the track benches, which measure the distance sum the summary runs.
 use gps_domain::geo::haversine_m;
@@ -146,6 +149,23 @@ pub struct Summary {
     pub stops: Vec<Segment>,
     /// More trips or stops than [`MAX_SEGMENTS`] happened; the lists hold the first ones.
     pub segments_truncated: bool,
+    /// Events of the range per type, every type present ([`event_counts`]); absent when the
+    /// caller may not read events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_counts: Option<BTreeMap<&'static str, i64>>,
+}
+
+/// Event counts keyed by every type's name (0 for a type without events), from `(type, count)`
+/// rows; a name that is no event type (a row of a newer build) is left out.
+pub fn event_counts(rows: impl IntoIterator<Item = (String, i64)>) -> BTreeMap<&'static str, i64> {
+    let mut counts: BTreeMap<&'static str, i64> =
+        EventType::ALL.iter().map(|t| (t.as_str(), 0)).collect();
+    for (name, count) in rows {
+        if let Ok(event_type) = name.parse::<EventType>() {
+            *counts.entry(event_type.as_str()).or_default() += count;
+        }
+    }
+    counts
 }
 
 /// Summarise `points` (sorted by time). A step is "moving" when its speed (reported at the
@@ -189,6 +209,7 @@ impl Summarizer {
                 trips: Vec::new(),
                 stops: Vec::new(),
                 segments_truncated: false,
+                event_counts: None,
             },
             first: None,
             previous: None,
@@ -420,6 +441,22 @@ mod tests {
         assert_eq!(simplify_indices_within(&straight, 5.0, 1_000), vec![0, 99]);
         assert_eq!(simplify_indices_within(&straight, 5.0, 10).len(), 100);
         assert_eq!(simplify_indices(&straight, f64::NAN).len(), 100);
+    }
+
+    #[test]
+    fn event_counts_name_every_type_and_skip_unknown_ones() {
+        let counts = event_counts([
+            ("overspeed".to_owned(), 3),
+            ("teleport".to_owned(), 9),
+            ("alarm".to_owned(), 1),
+        ]);
+        assert_eq!(counts.len(), EventType::ALL.len());
+        assert_eq!(counts["overspeed"], 3);
+        assert_eq!(counts["alarm"], 1);
+        assert_eq!(counts["geofence_enter"], 0);
+        assert!(!counts.contains_key("teleport"));
+        let json = serde_json::to_value(summarize(&[], 300.0, 0.5)).unwrap();
+        assert!(json.get("event_counts").is_none(), "absent unless filled");
     }
 
     #[test]

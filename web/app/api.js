@@ -4,13 +4,16 @@
 
 const REFRESH_KEY = 'gps.refresh';
 
-/** The permissions of each role (as `gps_domain::auth::Role::permissions`): what the UI offers. */
-const ROLE_PERMISSIONS = {
+/** The permissions of each role (as `gps_domain::auth::Role::permissions`, which a browser test
+ * compares): what the UI offers. */
+export const ROLE_PERMISSIONS = {
   admin: ['users:read', 'users:write', 'roles:write', 'keys:read', 'keys:write', 'devices:read', 'devices:write',
-    'groups:read', 'groups:write', 'audit:read', 'positions:read', 'positions:export', 'live:read', 'fixes:write'],
-  manager: ['devices:read', 'devices:write', 'groups:read', 'groups:write', 'positions:read', 'positions:export', 'live:read'],
-  analyst: ['devices:read', 'groups:read', 'positions:read', 'positions:export', 'live:read'],
-  viewer: ['devices:read', 'groups:read', 'positions:read', 'live:read'],
+    'groups:read', 'groups:write', 'audit:read', 'positions:read', 'positions:export', 'live:read', 'fixes:write',
+    'geofences:read', 'geofences:write', 'events:read', 'webhooks:write'],
+  manager: ['devices:read', 'devices:write', 'groups:read', 'groups:write', 'positions:read', 'positions:export', 'live:read',
+    'geofences:read', 'geofences:write', 'events:read', 'webhooks:write'],
+  analyst: ['devices:read', 'groups:read', 'positions:read', 'positions:export', 'live:read', 'geofences:read', 'events:read'],
+  viewer: ['devices:read', 'groups:read', 'positions:read', 'live:read', 'geofences:read', 'events:read'],
 };
 
 export class ApiError extends Error {

@@ -6,6 +6,8 @@
 import { call, json, session } from './api.js';
 import { h, fill, time, duration, localInput, download } from './dom.js';
 import { project } from './map.js';
+import { formatSpeed } from './units.js';
+import { EVENT_LABELS } from './events.js';
 
 const MAX_POINTS = 100_000;
 
@@ -13,6 +15,12 @@ function search(ts, t) {
   let lo = 0, hi = ts.length - 1;
   while (lo < hi) { const mid = (lo + hi) >> 1; if (ts[mid] < t) lo = mid + 1; else hi = mid; }
   return lo;
+}
+
+/** "2 Overspeed, 1 Alarm" from the summary's per-type counts (`none` when all are 0). */
+function eventCounts(counts) {
+  const parts = Object.entries(counts).filter(([, n]) => n > 0).map(([type, n]) => `${n} ${EVENT_LABELS[type] || type}`);
+  return parts.length ? parts.join(', ') : 'none';
 }
 
 export class HistoryView {
@@ -163,7 +171,6 @@ export class HistoryView {
       this.map.baseDirty = true;
     }
     const km = (m) => `${(m / 1000).toFixed(2)} km`;
-    const kmh = (mps) => `${(mps * 3.6).toFixed(1)} km/h`;
     const row = (kind, seg) => h('li', { class: `segment ${kind}`, onclick: () => this.seekTime(seg.start_ms) },
       `${kind === 'trip' ? 'Trip' : 'Stop'} ${time(seg.start_ms)} · ${duration((seg.end_ms - seg.start_ms) / 1000)}`,
       kind === 'trip' ? ` · ${km(seg.distance_m)}` : '');
@@ -176,7 +183,8 @@ export class HistoryView {
         h('dt', {}, 'Fixes'), h('dd', {}, sum.fix_count.toLocaleString()),
         h('dt', {}, 'Distance'), h('dd', {}, km(sum.distance_m)),
         h('dt', {}, 'Moving'), h('dd', {}, duration(sum.moving_time_s)),
-        h('dt', {}, 'Max speed'), h('dd', {}, kmh(sum.max_speed_mps))),
+        h('dt', {}, 'Max speed'), h('dd', {}, formatSpeed(sum.max_speed_mps)),
+        sum.event_counts ? [h('dt', {}, 'Events'), h('dd', { id: 'history-event-counts' }, eventCounts(sum.event_counts))] : null),
       h('ul', { class: 'segments', id: 'history-segments' }, segments.slice(0, 500).map(([k, seg]) => row(k, seg))));
   }
 
@@ -190,7 +198,7 @@ export class HistoryView {
     this.index = Math.max(0, Math.min(t.xs.length - 1, i));
     this.slider.value = this.index;
     const speed = t.speeds[this.index];
-    fill(this.readout, `${time(t.ts[this.index])}${Number.isFinite(speed) ? ` · ${(speed * 3.6).toFixed(1)} km/h` : ''}`);
+    fill(this.readout, `${time(t.ts[this.index])}${Number.isFinite(speed) ? ` · ${formatSpeed(speed)}` : ''}`);
     this.map.baseDirty = true;
   }
 

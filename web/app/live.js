@@ -3,7 +3,8 @@
 // of device states, and draw them on the map's overlay canvas at most once per animation frame
 // (messages only mark the layer dirty, so 10,000 fixes a second cost one draw per frame).
 // Reconnects by itself with backoff; after a `gap` (the server lost its Redis feed) or an
-// `access_changed`, it takes a fresh snapshot.
+// `access_changed`, it takes a fresh snapshot. With `wantEvents` the subscription also asks for
+// events (`events: true`); their frames go to the listeners as ('event', frame).
 
 import { json } from './api.js';
 import { project } from './map.js';
@@ -57,6 +58,9 @@ export class LiveLayer {
     this.attempt = 0;
     this.requestId = 0;
     this.trailSegments = TRAIL_SEGMENTS;
+    this.wantEvents = false;
+    // A fanout that predates events refuses the field: subscribe without it from then on.
+    this.eventsRefused = false;
     this.draw = this.draw.bind(this);
     map.overlayLayers.push(this.draw);
     // Ages change with time even without fixes.
@@ -64,6 +68,14 @@ export class LiveLayer {
   }
 
   on(f) { this.listeners.add(f); }
+
+  emit(what, detail) { for (const f of this.listeners) f(what, detail); }
+
+  subscribe() {
+    const message = { type: 'subscribe', id: ++this.requestId, all: true };
+    if (this.wantEvents && !this.eventsRefused) message.events = true;
+    this.send(message);
+  }
 
   setState(state, detail = '') {
     this.state = state;
@@ -122,7 +134,7 @@ export class LiveLayer {
   /** A fresh snapshot of everything visible (after a gap or an access change). */
   resync() {
     this.send({ type: 'unsubscribe', id: ++this.requestId });
-    this.send({ type: 'subscribe', id: ++this.requestId, all: true });
+    this.subscribe();
   }
 
   message(ws, m) {
@@ -131,7 +143,8 @@ export class LiveLayer {
       case 'welcome':
         this.attempt = 0;
         this.setState('live');
-        this.send({ type: 'subscribe', id: ++this.requestId, all: true });
+        this.subscribe();
+        this.emit('connected');
         break;
       case 'snapshot':
         for (const p of m.positions) this.apply(p);
@@ -140,6 +153,9 @@ export class LiveLayer {
         break;
       case 'fix':
         this.apply(m);
+        break;
+      case 'event':
+        this.emit('event', m);
         break;
       case 'lagged':
         this.lagged += m.coalesced;
@@ -153,8 +169,14 @@ export class LiveLayer {
         this.devices.clear();
         this.resync();
         this.changed();
+        this.emit('access_changed');
         break;
       case 'error':
+        if (typeof m.field === 'string' && m.field.startsWith('events') && !this.eventsRefused) {
+          this.eventsRefused = true;
+          this.subscribe();
+          break;
+        }
         this.setState(this.state, `server: ${m.message}`);
         break;
       default:

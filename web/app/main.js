@@ -1,6 +1,6 @@
 // The dashboard's entry point: configuration, login (and the silent refresh of api.js), the
-// pages (Live, History, Devices, Setup; hash routes) and the shared map. What a page offers
-// follows the role of the login answer; the API decides what data comes back.
+// pages (Live, Events, Geofences, History, Devices, Setup; hash routes) and the shared map. What
+// a page offers follows the role of the login answer; the API decides what data comes back.
 
 import { session, login, refresh, logout, json, call } from './api.js';
 import { h, fill, $, age } from './dom.js';
@@ -8,17 +8,20 @@ import { MapView } from './map.js';
 import { LiveLayer } from './live.js';
 import { HistoryView } from './history.js';
 import { renderSetup, showCredentials } from './setup.js';
+import { EventFeed, renderEvents, focusLayer, describe, EVENT_LABELS } from './events.js';
+import { GeofenceLayer, renderGeofences } from './geofences.js';
+import { formatSpeed, speedUnit, setSpeedUnit, SPEED_UNITS } from './units.js';
 
 // Uncaught errors are kept for the browser tests (which print them when a step times out).
 window.__errors = [];
 window.addEventListener('error', (e) => window.__errors.push(`${e.message} (${e.filename}:${e.lineno})`));
 window.addEventListener('unhandledrejection', (e) => window.__errors.push(`unhandled: ${e.reason && e.reason.stack || e.reason}`));
 
-const state = { config: null, devices: [], page: null, fitted: false };
+const state = { config: null, devices: [], deviceById: new Map(), page: null, fitted: false, connections: 0, focused: null };
 
 const map = new MapView($('#map'));
 const panel = $('#panel');
-let live, history;
+let live, history, feed, fences, eventsUpdate = null, fencePage = null;
 
 async function boot() {
   state.config = await (await fetch('/config.json')).json();
@@ -26,24 +29,44 @@ async function boot() {
   map.loadBasemap('/vendor/land-110m.json');
   live = new LiveLayer(map, state.config.live_url);
   history = new HistoryView(map, h('div'));
-  live.on((what) => {
+  feed = new EventFeed();
+  fences = new GeofenceLayer(map);
+  map.overlayLayers.push(focusLayer(() => state.focused));
+  feed.on((what, event) => {
+    if (what === 'alarm') announce(event);
+    renderBadge();
+    if (what === 'changed' && state.page === 'events') scheduleEventsUpdate();
+  });
+  live.on((what, detail) => {
+    if (what === 'event') feed.frame(detail);
+    // Events raised while the connection was down are not replayed by the server: reload them.
+    if (what === 'connected' && ++state.connections > 1 && session.can('events:read')) feed.load();
+    // What may be seen changed: the feed is read again from scratch.
+    if (what === 'access_changed' && session.can('events:read')) { feed.clear(); feed.load(); }
     if (what === 'state') renderLiveState();
     if (what !== 'devices') return;
     if (!state.fitted && live.devices.size) fitToDevices();
     if (state.page === 'live') renderLiveList();
   });
   map.on((e) => {
+    if (e.type === 'click' && state.page === 'geofences' && fencePage) {
+      fencePage.click(...map.fromScreen(e.x, e.y));
+      return;
+    }
     if (e.type !== 'click' || state.page !== 'live') return;
     const d = live.pick(e.x, e.y);
     live.selected = d ? d.id : null;
     map.overlayDirty = true;
     renderLiveList();
   });
-  window.__dash = { map, live, history, state, stats: () => ({
+  window.__dash = { map, live, history, feed, fences, state, stats: () => ({
     frames: map.frames, last_frame_ms: map.lastFrameMs, devices: live.devices.size, fixes: live.fixes,
     live: live.state, history: history.stats, page: state.page }) };
   session.onChange((on) => { if (!on) showLogin('Your session ended: log in again.'); });
   $('#logout').addEventListener('click', () => logout());
+  const unit = $('#speed-unit');
+  fill(unit, Object.entries(SPEED_UNITS).map(([key, u]) => h('option', { value: key, selected: key === speedUnit() }, u.label)));
+  unit.addEventListener('change', () => { setSpeedUnit(unit.value); route(); });
   $('#login-form').addEventListener('submit', async (e) => {
     e.preventDefault();
     const status = $('#login-status');
@@ -73,6 +96,11 @@ async function boot() {
 function showLogin(message) {
   if (live) live.stop();
   history && history.clear();
+  feed && feed.clear();
+  fences && fences.clear();
+  state.focused = null;
+  state.connections = 0;
+  renderBadge();
   document.body.classList.remove('signed-in');
   $('#login').hidden = false;
   if (message) fill($('#login-status'), message);
@@ -87,7 +115,10 @@ async function start() {
     link.hidden = !session.can(link.dataset.permission);
   }
   await loadDevices();
+  live.wantEvents = session.can('events:read');
   live.start();
+  if (session.can('events:read')) feed.load();
+  if (session.can('geofences:read')) fences.load().then(() => { map.baseDirty = true; });
   route();
 }
 
@@ -97,6 +128,7 @@ async function loadDevices() {
   } catch (e) {
     state.devices = [];
   }
+  state.deviceById = new Map(state.devices.map((d) => [d.id, d]));
   live.names = new Map(state.devices.filter((d) => d.name).map((d) => [d.id, d.name]));
 }
 
@@ -112,13 +144,22 @@ function fitToDevices() {
 function route() {
   if (!session.access) return;
   let page = (location.hash.replace(/^#\/?/, '') || 'live').split('?')[0];
-  const allowed = { live: 'live:read', history: 'positions:read', devices: 'devices:read', setup: 'devices:write' };
+  const allowed = { live: 'live:read', events: 'events:read', geofences: 'geofences:read', history: 'positions:read',
+    devices: 'devices:read', setup: 'devices:write' };
   if (!allowed[page] || !session.can(allowed[page])) page = 'live';
   state.page = page;
   for (const link of document.querySelectorAll('nav a')) link.classList.toggle('active', link.dataset.page === page);
   document.body.dataset.page = page;
   if (page !== 'history') history.clear();
+  if (page !== 'geofences' && fencePage) { fencePage.leave(); fencePage = null; }
+  if (page !== 'events') eventsUpdate = null;
   if (page === 'live') renderLive();
+  if (page === 'events') eventsUpdate = renderEvents(panel, feed, names, focusEvent);
+  if (page === 'geofences') {
+    renderFences();
+    // Fences others wrote since: read them again into the list (a drawing under way stays).
+    fences.load().then(() => { if (state.page === 'geofences' && fencePage) fencePage.refresh(); });
+  }
   if (page === 'history') { history.panel = panel; history.render(state.devices, live.selected); }
   if (page === 'devices') renderDevices();
   if (page === 'setup') renderSetup(panel, state.config, async () => { await loadDevices(); });
@@ -174,9 +215,63 @@ function renderLiveList() {
     h('dt', {}, 'Name'), h('dd', {}, live.names.get(sel.id) || '—'),
     h('dt', {}, 'Fix'), h('dd', {}, new Date(sel.t).toLocaleString()),
     h('dt', {}, 'Position'), h('dd', {}, `${sel.lat.toFixed(5)}, ${sel.lon.toFixed(5)}`),
-    h('dt', {}, 'Speed'), h('dd', {}, sel.spd === null ? '—' : `${(sel.spd * 3.6).toFixed(1)} km/h`),
+    h('dt', {}, 'Speed'), h('dd', {}, formatSpeed(sel.spd ?? NaN)),
     h('dt', {}, 'Protocol'), h('dd', {}, sel.proto || '—')),
     h('a', { href: '#/history', class: 'button' }, 'History of this device'));
+}
+
+// --- Events and geofences -----------------------------------------------------------------------
+/** How the feed names a device and a fence. */
+const names = {
+  device(id, uid) {
+    const d = state.deviceById.get(id);
+    if (d) return d.name || d.uid;
+    const seen = live.devices.get(id);
+    return uid || (seen && seen.uid) || id.slice(0, 8);
+  },
+  fence: (id) => fences.name(id),
+};
+
+let eventsFrame = false;
+function scheduleEventsUpdate() {
+  if (eventsFrame) return;
+  eventsFrame = true;
+  requestAnimationFrame(() => { eventsFrame = false; if (eventsUpdate) eventsUpdate(); });
+}
+
+/** Show an event on the map: its device selected, the view on its position, a ring there. */
+function focusEvent(e) {
+  state.focused = e;
+  live.selected = e.device;
+  if (e.lat !== null && e.lon !== null) map.setView(e.lon, e.lat, Math.max(map.zoom, 14));
+  map.overlayDirty = true;
+}
+
+function renderBadge() {
+  const badge = $('#alarm-badge');
+  const n = feed ? feed.unseen.size : 0;
+  badge.hidden = n === 0;
+  fill(badge, String(n), h('span', { class: 'sr-only' }, n === 1 ? ' unseen alarm' : ' unseen alarms'));
+}
+
+/** A new live alarm, read out by screen readers (the region is aria-live). */
+function announce(e) {
+  const detail = describe(e, names);
+  fill($('#announcer'), `${EVENT_LABELS.alarm}${detail ? ` ${detail}` : ''} from ${names.device(e.device, e.uid)} at ${new Date(e.t).toLocaleTimeString()}`);
+}
+
+async function renderFences() {
+  let groups = [];
+  if (session.can('geofences:write') && session.can('groups:read')) {
+    groups = await json('/v1/groups').then((b) => b.groups).catch(() => []);
+    if (state.page !== 'geofences') return;
+  }
+  if (fencePage) fencePage.leave();
+  fencePage = renderGeofences(panel, fences, groups, async (selected) => {
+    await fences.load();
+    fences.selected = selected;
+    if (state.page === 'geofences') renderFences();
+  });
 }
 
 function bucket(ms) { return ms < 30_000 ? 'fresh' : ms < 120_000 ? 'recent' : ms < 600_000 ? 'stale' : 'old'; }

@@ -216,12 +216,18 @@ export class MapView {
       this.zoomAt(e.clientX - r.left, e.clientY - r.top, -Math.sign(e.deltaY) * 0.5);
     }, { passive: false });
     target.addEventListener('dblclick', (e) => {
+      // Clicks place points while drawing: two quick ones must not zoom.
+      if (this.drawing) return;
       const r = target.getBoundingClientRect();
       this.zoomAt(e.clientX - r.left, e.clientY - r.top, 1);
     });
   }
 
   on(f) { this.listeners.add(f); }
+
+  /** Whether clicks draw (a geofence): no double-click zoom, a crosshair cursor. */
+  get drawing() { return this.overlay.classList.contains('drawing'); }
+  set drawing(on) { this.overlay.classList.toggle('drawing', Boolean(on)); }
 
   invalidate() {
     this.baseDirty = true;

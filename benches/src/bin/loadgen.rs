@@ -5,7 +5,9 @@
 //! processor alone against the COPY ceiling; `loadgen ws latency|idle` loads a running fanout
 //! with WebSocket clients; `loadgen drill` runs the pipeline as processes and applies a scripted
 //! sequence of faults under load; `loadgen history-scale` times history reads as `positions`
-//! grows; `loadgen concurrency` times single-fix requests at fixed numbers in flight.
+//! grows; `loadgen concurrency` times single-fix requests at fixed numbers in flight;
+//! `loadgen overload` offers more than the store keeps up with and charts what is shed;
+//! `loadgen events` measures events with many fences (rates, fix-to-event latency).
 
 use anyhow::Context;
 use benches::ceiling;
@@ -13,7 +15,9 @@ use benches::concurrency;
 use benches::demo::{self, CancelFlag, DemoConfig};
 use benches::drain;
 use benches::drill::{self, DrillConfig, Fault};
+use benches::events_load::{self, EventsConfig};
 use benches::history_scale;
+use benches::overload;
 use benches::report;
 use benches::run::{self, RunConfig, RunEnv};
 use benches::sim::FaultRates;
@@ -67,6 +71,95 @@ enum Command {
     HistoryScale(HistoryScaleArgs),
     /// Single-fix requests at fixed numbers in flight: requests/s and p50/p99 per level.
     Concurrency(ConcurrencyArgs),
+    /// Offer more than the store keeps up with (a noisy tenant in steps, quiet tenants steady)
+    /// to running services: offered, acknowledged, shed, stored and the lag per second (CSV,
+    /// SVG chart, summary).
+    Overload(OverloadArgs),
+    /// Issue 16's load: N polygon fences in the run's tenant, the fleet driven through them;
+    /// fixes/s acknowledged and stored, events/s and fix-to-event latency on the WebSocket,
+    /// optionally against the same run without fences.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    /// The run of each phase (`loadgen run`'s flags; `--report` gets the events report).
+    #[command(flatten)]
+    run: RunArgs,
+    /// Polygon fences in the tenant.
+    #[arg(long, default_value_t = 10_000)]
+    fences: usize,
+    /// First the same run without fences, then with them, back to back; prints the ratio of
+    /// the stored rates.
+    #[arg(long)]
+    compare_no_fences: bool,
+    /// Seconds to keep listening for event frames after the run settled.
+    #[arg(long, default_value_t = 1.0)]
+    event_drain_secs: f64,
+}
+
+#[derive(Debug, Args)]
+struct OverloadArgs {
+    /// Ingest HTTP base URL (its `/metrics` too).
+    #[arg(
+        long,
+        env = "LOADGEN_INGEST_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    ingest_url: String,
+    /// The processor's ops base URL (its `/metrics`).
+    #[arg(long, default_value = "http://127.0.0.1:8084")]
+    processor_url: String,
+    /// Offered fixes/s of all tenants together, one step after the other, comma separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "20000,50000,80000,110000,140000,170000,200000"
+    )]
+    steps: Vec<f64>,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 15.0)]
+    step_secs: f64,
+    /// Longest sampling after the load, seconds (ends once the lag is 0).
+    #[arg(long, default_value_t = 60.0)]
+    tail_secs: f64,
+    /// Devices of the noisy tenant.
+    #[arg(long, default_value_t = 2_000)]
+    noisy_devices: usize,
+    /// Fixes per request of the noisy tenant.
+    #[arg(long, default_value_t = 100)]
+    noisy_batch: usize,
+    /// Quiet tenants.
+    #[arg(long, default_value_t = 3)]
+    quiet_tenants: usize,
+    /// Devices of each quiet tenant.
+    #[arg(long, default_value_t = 200)]
+    quiet_devices: usize,
+    /// Fixes/s of each quiet tenant.
+    #[arg(long, default_value_t = 1_000.0)]
+    quiet_rate: f64,
+    /// Fixes per request of the quiet tenants.
+    #[arg(long, default_value_t = 10)]
+    quiet_batch: usize,
+    /// Requests in flight per tenant at most (more counts as not sent).
+    #[arg(long, default_value_t = 1_024)]
+    max_in_flight: usize,
+    /// A device answered 503 + Retry-After waits that long (its fixes counted as held back);
+    /// without it every device keeps sending on schedule.
+    #[arg(long)]
+    honour_retry_after: bool,
+    /// CSV of the seconds.
+    #[arg(long, default_value = "overload.csv")]
+    csv: PathBuf,
+    /// SVG chart.
+    #[arg(long, default_value = "overload.svg")]
+    chart: PathBuf,
+    /// The chart's title.
+    #[arg(long, default_value = "loadgen overload")]
+    title: String,
+    /// Print JSON (the summary and every second) instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -521,6 +614,8 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Overload(args) => overload_command(args, &cli.database).await,
+        Command::Events(args) => events_command(args, cli.database, cli.kafka).await,
         Command::HistoryScale(args) => {
             let mut sizes = args.sizes;
             sizes.sort_unstable();
@@ -546,6 +641,39 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn overload_command(args: OverloadArgs, database: &DatabaseArgs) -> anyhow::Result<()> {
+    let pool = connect_with_retry(database).await?;
+    let config = overload::OverloadConfig {
+        ingest_url: args.ingest_url,
+        processor_url: args.processor_url,
+        steps: args.steps,
+        step_duration: Duration::from_secs_f64(args.step_secs.max(1.0)),
+        tail: Duration::from_secs_f64(args.tail_secs.max(0.0)),
+        noisy_devices: args.noisy_devices.max(1),
+        noisy_batch: args.noisy_batch.max(1),
+        quiet_tenants: args.quiet_tenants,
+        quiet_devices: args.quiet_devices.max(1),
+        quiet_rate: args.quiet_rate.max(0.0),
+        quiet_batch: args.quiet_batch.max(1),
+        max_in_flight: args.max_in_flight.max(1),
+        honour_retry_after: args.honour_retry_after,
+    };
+    let report = overload::run(&pool, &config).await?;
+    overload::write_csv(&report.seconds, &args.csv)?;
+    overload::write_svg(&report.seconds, &args.title, &args.chart)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", overload::table(&report));
+        println!(
+            "csv: {}  chart: {}",
+            args.csv.display(),
+            args.chart.display()
+        );
+    }
+    Ok(())
 }
 
 async fn drill_command(args: DrillArgs, database: DatabaseArgs) -> anyhow::Result<()> {
@@ -646,6 +774,48 @@ async fn connect_with_retry(db: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
     unreachable!("the loop returns")
 }
 
+async fn events_command(
+    args: EventsArgs,
+    database: DatabaseArgs,
+    kafka: KafkaArgs,
+) -> anyhow::Result<()> {
+    let pool = gps_runtime::db::connect(&database)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let config = EventsConfig {
+        run: run_config(&args.run),
+        fences: args.fences,
+        compare_no_fences: args.compare_no_fences,
+        event_drain: Duration::from_secs_f64(args.event_drain_secs.clamp(0.0, 60.0)),
+    };
+    let env = RunEnv {
+        pool,
+        kafka,
+        jwt_secret: args.run.jwt_secret,
+    };
+    let result = events_load::run(&config, &env).await?;
+    print!("{}", events_load::table(&result));
+    let path = &args.run.report;
+    std::fs::write(path, serde_json::to_vec_pretty(&result)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(last) = result.phases.last() {
+        let title = format!(
+            "loadgen events - {} fences, acked {:.0} fixes/s",
+            last.fences, last.acked_rate
+        );
+        report::write_svg(&last.run.timeline, &title, &args.run.chart)?;
+    }
+    println!(
+        "report: {}  chart: {}",
+        path.display(),
+        args.run.chart.display()
+    );
+    if args.run.fail_on_loss && result.phases.iter().any(|p| !p.loss_passed) {
+        anyhow::bail!("loss check failed");
+    }
+    Ok(())
+}
+
 async fn run_command(
     args: RunArgs,
     database: DatabaseArgs,
@@ -654,30 +824,7 @@ async fn run_command(
     let pool = gps_runtime::db::connect(&database)
         .await
         .context("connecting to PostgreSQL")?;
-    let config = RunConfig {
-        mode: args.mode,
-        ingest_url: args.ingest_url,
-        udp_addr: args.udp_addr,
-        fanout_url: args.fanout_url,
-        devices: args.devices.max(1),
-        workers: args.workers.max(1),
-        rate: args.rate.filter(|r| *r > 0.0),
-        duration: Duration::from_secs_f64(args.duration.max(0.1)),
-        batch: args.batch.max(1),
-        seed: args.seed,
-        faults: FaultRates {
-            duplicate: args.duplicate_rate.clamp(0.0, 0.3),
-            late: args.late_rate.clamp(0.0, 0.3),
-            bad: args.bad_rate.clamp(0.0, 0.3),
-        },
-        subscribers: args.subscribers,
-        probe_devices: args.probe_devices.max(1),
-        poll_interval: Duration::from_millis(args.poll_ms.max(5)),
-        settle_timeout: Duration::from_secs_f64(args.settle_secs.max(1.0)),
-        check_quarantine: !args.no_quarantine,
-        progress: !args.quiet,
-        cleanup: args.cleanup,
-    };
+    let config = run_config(&args);
     let env = RunEnv {
         pool,
         kafka,
@@ -702,4 +849,32 @@ async fn run_command(
         anyhow::bail!("loss check failed");
     }
     Ok(())
+}
+
+/// The run `args` describe (the one reading of `loadgen run`'s flags, shared with `events`).
+fn run_config(args: &RunArgs) -> RunConfig {
+    RunConfig {
+        mode: args.mode,
+        ingest_url: args.ingest_url.clone(),
+        udp_addr: args.udp_addr,
+        fanout_url: args.fanout_url.clone(),
+        devices: args.devices.max(1),
+        workers: args.workers.max(1),
+        rate: args.rate.filter(|r| *r > 0.0),
+        duration: Duration::from_secs_f64(args.duration.max(0.1)),
+        batch: args.batch.max(1),
+        seed: args.seed,
+        faults: FaultRates {
+            duplicate: args.duplicate_rate.clamp(0.0, 0.3),
+            late: args.late_rate.clamp(0.0, 0.3),
+            bad: args.bad_rate.clamp(0.0, 0.3),
+        },
+        subscribers: args.subscribers,
+        probe_devices: args.probe_devices.max(1),
+        poll_interval: Duration::from_millis(args.poll_ms.max(5)),
+        settle_timeout: Duration::from_secs_f64(args.settle_secs.max(1.0)),
+        check_quarantine: !args.no_quarantine,
+        progress: !args.quiet,
+        cleanup: args.cleanup,
+    }
 }

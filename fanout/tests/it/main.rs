@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod bad_input;
+mod events;
 mod flow;
 mod limits;
 mod proxies;

@@ -121,15 +121,19 @@ impl Running {
     }
 }
 
-/// Publish one live batch to `redis`.
+/// Publish one live batch of fixes to `redis`.
 pub(crate) async fn publish(
     redis: &mut impl redis::aio::ConnectionLike,
     tenant: Uuid,
     fixes: Vec<LiveFix>,
 ) {
-    let batch = LiveBatch::new(tenant, fixes);
+    publish_batch(redis, &LiveBatch::new(tenant, fixes)).await;
+}
+
+/// Publish one live batch (fixes, statuses, events) on its tenant's channel.
+pub(crate) async fn publish_batch(redis: &mut impl redis::aio::ConnectionLike, batch: &LiveBatch) {
     redis::cmd("PUBLISH")
-        .arg(channel_for(tenant))
+        .arg(channel_for(batch.tenant))
         .arg(batch.encode())
         .query_async::<i64>(redis)
         .await

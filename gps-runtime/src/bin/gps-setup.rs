@@ -25,7 +25,8 @@ struct Cli {
 enum Command {
     /// Apply pending migrations to DATABASE_URL.
     Migrate,
-    /// Create the topics on KAFKA_BROKERS (gps.fixes with 8 partitions, gps.fixes.rejected).
+    /// Create the topics on KAFKA_BROKERS (gps.fixes with 8 partitions, gps.fixes.rejected,
+    /// gps.events with 8).
     Topics,
     /// Both.
     All,
@@ -48,11 +49,13 @@ async fn main() -> ExitCode {
             kafka::probe(&cli.kafka, Duration::from_secs(10)).await?;
             kafka::ensure_standard_topics(&cli.kafka).await?;
             eprintln!(
-                "topics ready on {}: {} ({} partitions), {}",
+                "topics ready on {}: {} ({} partitions), {}, {} ({} partitions)",
                 cli.kafka.brokers,
                 cli.kafka.fixes_topic,
                 kafka::FIXES_PARTITIONS,
-                cli.kafka.rejected_topic
+                cli.kafka.rejected_topic,
+                cli.kafka.events_topic,
+                kafka::EVENTS_PARTITIONS
             );
         }
         Ok::<_, gps_runtime::RuntimeError>(())

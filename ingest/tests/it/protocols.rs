@@ -1,10 +1,10 @@
 //! Each protocol end to end: the request shapes devices really send, read back from the fixes
 //! topic, every field and unit conversion checked.
 
-use crate::support::{api_key, read_envelopes, read_fixes, Ingest};
+use crate::support::{api_key, read_envelopes, read_fixes, read_records, Ingest};
 use gps_domain::fix::units;
 use gps_domain::wire::udp;
-use gps_domain::{Fix, Protocol};
+use gps_domain::{EnvelopeFormat, Fix, Protocol};
 use gps_runtime::testing::{seed_device, wait_until};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -497,4 +497,33 @@ async fn json_time_in_seconds_is_refused_per_item_naming_the_field() {
         .collect();
     assert_eq!(times, vec![1_714_557_602_000]);
     ingest.stop().await;
+}
+
+/// Ingest writes the binary envelope by default, and JSON with `INGEST_ENVELOPE_FORMAT=json` (a
+/// rolling upgrade while old processors still run); both carry the same fix.
+#[tokio::test]
+async fn envelopes_are_binary_by_default_and_json_when_configured() {
+    for (format, first_byte) in [
+        (EnvelopeFormat::default(), 0xB5),
+        (EnvelopeFormat::Json, b'{'),
+    ] {
+        let ingest = Ingest::start_with(|c| c.producer.envelope_format = format).await;
+        let r = ingest
+            .client
+            .post(ingest.url("/v1/fixes"))
+            .bearer_auth(&ingest.device.token)
+            .json(&json!({"time": 1_714_557_601_000_i64, "lat": 52.5, "lon": 13.4, "speed": 1.5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let records = read_records(&ingest.kafka, 1).await;
+        let [(payload, envelope)] = &records[..] else {
+            panic!("one record expected, got {}", records.len())
+        };
+        assert_eq!(payload[0], first_byte, "{format}");
+        assert_eq!(envelope.device, ingest.device.device_id);
+        close(envelope.fixes[0].speed_mps, 1.5);
+        ingest.stop().await;
+    }
 }

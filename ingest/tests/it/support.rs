@@ -152,6 +152,24 @@ async fn read_until(
     kafka: &KafkaArgs,
     done: impl Fn(&[FixEnvelope]) -> bool + Send + 'static,
 ) -> Vec<FixEnvelope> {
+    read_records_until(kafka, done)
+        .await
+        .into_iter()
+        .map(|(_, envelope)| envelope)
+        .collect()
+}
+
+/// The first `count` records of the fixes topic as written (payload) and decoded.
+pub(crate) async fn read_records(kafka: &KafkaArgs, count: usize) -> Vec<(Vec<u8>, FixEnvelope)> {
+    read_records_until(kafka, move |read| read.len() >= count).await
+}
+
+/// Read the fixes topic from the beginning, keeping each payload beside its envelope, until
+/// `done` says so or 20 s passed.
+async fn read_records_until(
+    kafka: &KafkaArgs,
+    done: impl Fn(&[FixEnvelope]) -> bool + Send + 'static,
+) -> Vec<(Vec<u8>, FixEnvelope)> {
     let mut config = gps_runtime::kafka::client_config(kafka, "ingest-test-reader");
     config
         .set("group.id", format!("ingest-test-{}", uuid::Uuid::new_v4()))
@@ -166,16 +184,19 @@ async fn read_until(
         }
         consumer.assign(&tpl).unwrap();
         let mut out = Vec::new();
+        let mut envelopes = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !done(&out) && Instant::now() < deadline {
+        while !done(&envelopes) && Instant::now() < deadline {
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
-                let envelope = FixEnvelope::decode(message.payload().unwrap()).unwrap();
+                let payload = message.payload().unwrap();
+                let envelope = FixEnvelope::decode(payload).unwrap();
                 assert_eq!(
                     message.key().unwrap(),
                     envelope.key().as_bytes(),
                     "record key is the device id"
                 );
-                out.push(envelope);
+                envelopes.push(envelope.clone());
+                out.push((payload.to_vec(), envelope));
             }
         }
         out

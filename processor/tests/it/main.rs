@@ -1,6 +1,7 @@
 //! processor integration tests, against the real stack (`dev/stack up`).
 
 mod crash;
+mod events;
 mod group;
 mod pipeline;
 mod recovery;
@@ -8,4 +9,5 @@ mod smoke;
 mod speed;
 mod status;
 mod support;
+mod webhooks;
 mod writer;

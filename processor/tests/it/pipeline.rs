@@ -126,10 +126,9 @@ async fn stores_each_distinct_fix_once_quarantines_rejects_publishes_and_replays
         b"\x00not an envelope",
     )
     .await;
-    let future_version =
-        String::from_utf8(input[0].encode())
-            .unwrap()
-            .replacen("{\"v\":1,", "{\"v\":9,", 1);
+    let future_version = String::from_utf8(input[0].encode_as(gps_domain::EnvelopeFormat::Json))
+        .unwrap()
+        .replacen("{\"v\":1,", "{\"v\":9,", 1);
     produce_raw(
         &producer,
         &kafka.fixes_topic,
@@ -137,6 +136,14 @@ async fn stores_each_distinct_fix_once_quarantines_rejects_publishes_and_replays
         future_version.as_bytes(),
     )
     .await;
+    // An old JSON record among the binary ones (written before the binary encoding, or by an
+    // ingest on INGEST_ENVELOPE_FORMAT=json) is stored like the others.
+    let dev_c = Uuid::new_v4();
+    let old = envelope(tenant, dev_c, rx, vec![walk(base, 50)]);
+    let old_json = old.encode_as(gps_domain::EnvelopeFormat::Json);
+    assert_eq!(old_json[0], b'{');
+    produce_raw(&producer, &kafka.fixes_topic, &old.key(), &old_json).await;
+    expected.insert((dev_c, base + 50_000));
 
     let running = Running::start(config(&db, &kafka, &group())).await;
     let want = expected.len() as i64;
@@ -216,7 +223,8 @@ async fn stores_each_distinct_fix_once_quarantines_rejects_publishes_and_replays
     let replay_config = config(&empty, &kafka, &group());
     let summary = replay_all(&replay_config).await;
     assert_eq!(summary.stored, expected.len() as u64, "{summary}");
-    assert_eq!(summary.records, input.len() as u64 + 2);
+    // The envelopes, the garbage, the future version and the old JSON record.
+    assert_eq!(summary.records, input.len() as u64 + 3);
     assert_eq!(snapshot(&empty.pool).await, snapshot(&db.pool).await);
     // Replaying again into the rebuilt database changes nothing.
     let again = replay_all(&replay_config).await;

@@ -6,9 +6,7 @@
 
 use crate::support::*;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use gps_domain::fix::{now_millis, Fix, Protocol};
-use gps_domain::live::{channel_for, LiveBatch};
 use gps_domain::{DeviceStatus, FixEnvelope};
 use gps_runtime::testing::{kafka_topics, seed_device, TestDb};
 use std::time::Duration;
@@ -43,39 +41,6 @@ fn ms(t: DateTime<Utc>) -> i64 {
 fn status_envelope(tenant: Uuid, device: Uuid, rx: i64, status: DeviceStatus) -> FixEnvelope {
     FixEnvelope::new(tenant, device, "phone-1", Protocol::Osmand, rx, Vec::new())
         .with_status(status)
-}
-
-/// A Redis subscription to a tenant's live channel.
-async fn live_messages(tenant: Uuid) -> redis::aio::PubSub {
-    let client = redis::Client::open(
-        secrecy::ExposeSecret::expose_secret(&gps_runtime::testing::redis_args().redis_url)
-            .to_owned(),
-    )
-    .unwrap();
-    let mut pubsub = client.get_async_pubsub().await.unwrap();
-    pubsub.subscribe(channel_for(tenant)).await.unwrap();
-    pubsub
-}
-
-/// Live batches until `done` says the last one is enough (or panic after 30 s).
-async fn live_until(
-    pubsub: &mut redis::aio::PubSub,
-    mut done: impl FnMut(&LiveBatch) -> bool,
-) -> Vec<LiveBatch> {
-    let mut messages = pubsub.on_message();
-    let mut seen = Vec::new();
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .expect("live messages arrive")
-            .unwrap();
-        let batch = LiveBatch::decode(message.get_payload_bytes()).unwrap();
-        let enough = done(&batch);
-        seen.push(batch);
-        if enough {
-            return seen;
-        }
-    }
 }
 
 #[tokio::test]

@@ -1,6 +1,9 @@
 //! Shared helpers: a processor config for a test's database and topics, producing envelopes,
-//! reading rejects back, running the service in-process, and waiting for conditions.
+//! reading rejects back, subscribing to a tenant's live messages, running the service
+//! in-process, and waiting for conditions.
 
+use futures::StreamExt;
+use gps_domain::live::{channel_for, LiveBatch};
 use gps_domain::reject::RejectRecord;
 use gps_domain::FixEnvelope;
 use gps_runtime::config::KafkaArgs;
@@ -176,6 +179,7 @@ impl Process {
             .env("KAFKA_BROKERS", &kafka.brokers)
             .env("KAFKA_FIXES_TOPIC", &kafka.fixes_topic)
             .env("KAFKA_REJECTED_TOPIC", &kafka.rejected_topic)
+            .env("KAFKA_EVENTS_TOPIC", &kafka.events_topic)
             .env("PROCESSOR_GROUP_ID", group)
             .env("PROCESSOR_ADDR", format!("127.0.0.1:{port}"))
             .env("PROCESSOR_BATCH_MAX_FIXES", "400")
@@ -211,8 +215,11 @@ impl Drop for Process {
 /// Replay the whole fixes topic of `config` (no progress bar).
 pub(crate) async fn replay_all(config: &Config) -> processor::replay::ReplaySummary {
     let everything = processor::ReplayArgs {
-        from_beginning: true,
-        from_time: None,
+        start: processor::ReplayStart {
+            from_beginning: true,
+            from_time: None,
+        },
+        rebuild_events: false,
     };
     processor::replay::replay(config, &everything, false)
         .await
@@ -237,4 +244,37 @@ pub(crate) async fn stored_keys(pool: &PgPool) -> Vec<(Uuid, i64)> {
     rows.into_iter()
         .map(|(d, t)| (d, t.timestamp_millis()))
         .collect()
+}
+
+/// A Redis subscription to a tenant's live channel.
+pub(crate) async fn live_messages(tenant: Uuid) -> redis::aio::PubSub {
+    let client = redis::Client::open(
+        secrecy::ExposeSecret::expose_secret(&gps_runtime::testing::redis_args().redis_url)
+            .to_owned(),
+    )
+    .unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(channel_for(tenant)).await.unwrap();
+    pubsub
+}
+
+/// Live batches until `done` says the last one is enough (or panic after 30 s).
+pub(crate) async fn live_until(
+    pubsub: &mut redis::aio::PubSub,
+    mut done: impl FnMut(&LiveBatch) -> bool,
+) -> Vec<LiveBatch> {
+    let mut messages = pubsub.on_message();
+    let mut seen = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("live messages arrive")
+            .unwrap();
+        let batch = LiveBatch::decode(message.get_payload_bytes()).unwrap();
+        let enough = done(&batch);
+        seen.push(batch);
+        if enough {
+            return seen;
+        }
+    }
 }

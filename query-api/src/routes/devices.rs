@@ -8,6 +8,10 @@
 //! "the tenant's default" (`uid_only_devices`, `osmand_speed_unit`); the effective values are
 //! resolved by the `device_identity` view, the one rule ingest reads too.
 //!
+//! `speed_limit_mps` (issue 16) is the device's own speed limit for `overspeed` events, in
+//! (0, [`MAX_SPEED_LIMIT_MPS`]] m/s like a fence's; `null`: none of its own (a fence's may still
+//! apply). The processor reads it when it evaluates the device's fixes.
+//!
 //! Uids are unique per tenant: another tenant's device with the same uid is no conflict and is
 //! not disclosed. The one exception is uid-only mode: a protocol that carries nothing but the
 //! uid can serve one device per uid across all tenants, so making a device uid-only while the
@@ -23,6 +27,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use gps_domain::auth::{self, Permission, Visibility};
+use gps_domain::events::MAX_SPEED_LIMIT_MPS;
 use gps_domain::fix::units::SpeedUnit;
 use gps_store::visibility::visibility;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -40,12 +45,14 @@ pub(crate) struct DeviceRow {
     speed_unit: Option<String>,
     /// Whether an OwnTracks payload secret is set (the secret itself is never answered).
     payload_secret_set: bool,
+    /// The device's own speed limit for `overspeed` events, m/s; `null`: none.
+    speed_limit_mps: Option<f64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
 const DEVICE_COLUMNS: &str = "id, uid, name, disabled, uid_only, speed_unit, \
-    payload_secret IS NOT NULL AS payload_secret_set, created_at, updated_at";
+    payload_secret IS NOT NULL AS payload_secret_set, speed_limit_mps, created_at, updated_at";
 
 /// Longest OwnTracks payload secret, in characters (the column's CHECK).
 const MAX_PAYLOAD_SECRET_CHARS: usize = 256;
@@ -69,6 +76,18 @@ fn check_payload_secret(secret: &str) -> ApiResult<()> {
         return Err(ApiError::field(
             "payload_secret",
             format!("must be 1 to {MAX_PAYLOAD_SECRET_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// 400 unless a device speed limit is in (0, [`MAX_SPEED_LIMIT_MPS`]] m/s (the column's CHECK,
+/// and a fence's rule).
+fn check_speed_limit(limit: f64) -> ApiResult<()> {
+    if !(limit > 0.0 && limit <= MAX_SPEED_LIMIT_MPS) {
+        return Err(ApiError::field(
+            "speed_limit_mps",
+            format!("must be above 0 and at most {MAX_SPEED_LIMIT_MPS} m/s"),
         ));
     }
     Ok(())
@@ -156,6 +175,8 @@ pub(crate) struct CreateDevice {
     speed_unit: Option<String>,
     #[serde(default)]
     payload_secret: Option<String>,
+    #[serde(default)]
+    speed_limit_mps: Option<f64>,
 }
 
 /// `POST /v1/devices`: returns the ingest token and UDP key once; 409 when the uid exists in the
@@ -179,13 +200,16 @@ pub(crate) async fn create_device(
     if let Some(secret) = &body.payload_secret {
         check_payload_secret(secret)?;
     }
+    if let Some(limit) = body.speed_limit_mps {
+        check_speed_limit(limit)?;
+    }
     let token = auth::new_device_token();
     let udp_key = auth::new_udp_key();
     let mut tx = state.pool.begin().await?;
     let row: DeviceRow = sqlx::query_as(&format!(
         "INSERT INTO devices (tenant_id, uid, name, token_hash, udp_key, uid_only, speed_unit,
-                              payload_secret)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {DEVICE_COLUMNS}"
+                              payload_secret, speed_limit_mps)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {DEVICE_COLUMNS}"
     ))
     .bind(caller.tenant())
     .bind(uid)
@@ -195,6 +219,7 @@ pub(crate) async fn create_device(
     .bind(body.uid_only)
     .bind(speed_unit.map(SpeedUnit::as_str))
     .bind(&body.payload_secret)
+    .bind(body.speed_limit_mps)
     .fetch_one(&mut *tx)
     .await?;
     check_uid_only_unique(&mut tx, caller.tenant(), row.id).await?;
@@ -210,6 +235,7 @@ pub(crate) async fn create_device(
             "uid_only": row.uid_only,
             "speed_unit": row.speed_unit,
             "payload_secret_set": row.payload_secret_set,
+            "speed_limit_mps": row.speed_limit_mps,
         }),
     )
     .await;
@@ -254,10 +280,13 @@ pub(crate) struct PatchDevice {
     speed_unit: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     payload_secret: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    speed_limit_mps: Option<Option<f64>>,
 }
 
-/// `PATCH /v1/devices/{id}`: name, disabled and the identity settings (`null` resets a setting
-/// to the tenant default, or removes the payload secret). Not the uid, not the tenant.
+/// `PATCH /v1/devices/{id}`: name, disabled, the identity settings (`null` resets a setting
+/// to the tenant default, or removes the payload secret) and the speed limit (`null`: none).
+/// Not the uid, not the tenant.
 pub(crate) async fn patch_device(
     State(state): State<AppState>,
     caller: Caller,
@@ -277,12 +306,16 @@ pub(crate) async fn patch_device(
     if let Some(Some(secret)) = &body.payload_secret {
         check_payload_secret(secret)?;
     }
+    if let Some(Some(limit)) = body.speed_limit_mps {
+        check_speed_limit(limit)?;
+    }
     let mut tx = state.pool.begin().await?;
     let row: DeviceRow = sqlx::query_as(&format!(
         "UPDATE devices SET name = coalesce($3, name), disabled = coalesce($4, disabled),
                 uid_only = CASE WHEN $5 THEN $6 ELSE uid_only END,
                 speed_unit = CASE WHEN $7 THEN $8 ELSE speed_unit END,
                 payload_secret = CASE WHEN $9 THEN $10 ELSE payload_secret END,
+                speed_limit_mps = CASE WHEN $11 THEN $12 ELSE speed_limit_mps END,
                 updated_at = now()
          WHERE id = $1 AND tenant_id = $2 RETURNING {DEVICE_COLUMNS}"
     ))
@@ -296,6 +329,8 @@ pub(crate) async fn patch_device(
     .bind(speed_unit.flatten().map(SpeedUnit::as_str))
     .bind(body.payload_secret.is_some())
     .bind(body.payload_secret.clone().flatten())
+    .bind(body.speed_limit_mps.is_some())
+    .bind(body.speed_limit_mps.flatten())
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound)?;
@@ -314,6 +349,7 @@ pub(crate) async fn patch_device(
             "uid_only": row.uid_only,
             "speed_unit": row.speed_unit,
             "payload_secret_changed": body.payload_secret.is_some(),
+            "speed_limit_mps": row.speed_limit_mps,
         }),
     )
     .await;

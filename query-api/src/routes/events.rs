@@ -3,7 +3,8 @@
 //! in keyset pages, as JSON or CSV). `events:read`, by the device visibility rule: a viewer reads
 //! only its groups' devices' events, and naming another tenant's device (or one outside the
 //! caller's scope) is a `404`. The range is capped like history's (`HISTORY_MAX_RANGE_DAYS`),
-//! a page holds at most [`MAX_LIMIT`] events, and every read is audited.
+//! a page holds at most [`MAX_LIMIT`] events, and every read is audited. [`count_by_type`]
+//! gives a device summary its event counts.
 
 use crate::app::{audit_caller, ApiQuery, AppState, Caller};
 use crate::error::{ApiError, ApiResult};
@@ -244,6 +245,27 @@ pub(crate) async fn list_events(
         })
         .collect();
     Ok(Json(json!({ "events": events, "next_cursor": next })).into_response())
+}
+
+/// The events of `device` (of `tenant`) with `from <= fix_time <= to` (the summary's range), per
+/// type, every type present. One range scan of the `(tenant_id, device_id, fix_time)` index.
+pub(crate) async fn count_by_type(
+    pool: &sqlx::PgPool,
+    (device, tenant): (Uuid, Uuid),
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+) -> ApiResult<std::collections::BTreeMap<&'static str, i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT type, count(*) FROM events
+         WHERE tenant_id = $1 AND device_id = $2 AND fix_time >= $3 AND fix_time <= $4
+         GROUP BY type",
+    )
+    .bind(tenant)
+    .bind(device)
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?;
+    Ok(crate::summary::event_counts(rows))
 }
 
 /// One page as CSV (the details as a JSON text column); the next cursor in `x-next-cursor`.

@@ -24,6 +24,7 @@ pub mod identity;
 pub mod status;
 pub mod tenants;
 pub mod users;
+pub mod webhooks;
 
 /// Parse an id from a path; a malformed id is just an object that does not exist.
 pub(crate) fn parse_id(raw: &str) -> ApiResult<Uuid> {

@@ -310,3 +310,138 @@ async fn event_types_are_listed_and_a_replayed_event_is_stored_once() {
     .unwrap();
     assert_eq!(duplicate.rows_affected(), 0);
 }
+
+#[tokio::test]
+async fn a_device_summary_counts_its_events_of_the_range_per_type() {
+    let api = Api::start().await;
+    let tenant = api.tenant("ev-summary").await;
+    let other_tenant = api.tenant("ev-summary-other").await;
+    let analyst = api.user(tenant, Role::Analyst).await;
+    let (device, other) = (api.device(tenant).await, api.device(tenant).await);
+    api.track(tenant, device, T, 11).await;
+    let fence = Some(Uuid::new_v4());
+    put_event(
+        &api,
+        tenant,
+        device,
+        EventType::GeofenceEnter,
+        T + 500,
+        fence,
+    )
+    .await;
+    put_event(&api, tenant, device, EventType::Overspeed, T + 1_000, None).await;
+    put_event(&api, tenant, device, EventType::Overspeed, T + 2_000, None).await;
+    // Not counted: before the range, another device, a row of another tenant.
+    put_event(&api, tenant, device, EventType::Alarm, T - 10_000, None).await;
+    put_event(&api, tenant, other, EventType::Overspeed, T + 1_000, None).await;
+    put_event(
+        &api,
+        other_tenant,
+        device,
+        EventType::Alarm,
+        T + 3_000,
+        None,
+    )
+    .await;
+
+    let path = format!("/v1/devices/{device}/summary?{}", range());
+    let (status, body) = api.call("get", &path, &analyst.token, None).await;
+    assert_eq!(status, 200, "{body}");
+    let summary = &body["summary"];
+    assert_eq!(summary["fix_count"], 11, "{summary}");
+    let counts = summary["event_counts"].as_object().expect("event_counts");
+    assert_eq!(counts.len(), EventType::ALL.len(), "every type, zeros too");
+    assert_eq!(counts["overspeed"], 2);
+    assert_eq!(counts["geofence_enter"], 1);
+    assert_eq!(counts["alarm"], 0);
+    assert_eq!(counts["motion_stop"], 0);
+
+    // A caller without `events:read` (a key scoped to positions) gets the track figures only.
+    let admin = api.user(tenant, Role::Admin).await;
+    let (status, created) = api
+        .call(
+            "post",
+            "/v1/api-keys",
+            &admin.token,
+            Some(json!({
+                "name": "tracks",
+                "scopes": ["positions:read"],
+                "expires_at": crate::auth::in_a_month(),
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap();
+    let (status, body) = api.call("get", &path, key, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["summary"]["fix_count"], 11);
+    assert!(body["summary"].get("event_counts").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn a_device_speed_limit_is_created_changed_cleared_and_range_checked() {
+    let api = Api::start().await;
+    let tenant = api.tenant("ev-limit").await;
+    let admin = api.user(tenant, Role::Admin).await;
+    let create = |body: Value| api.call("post", "/v1/devices", &admin.token, Some(body));
+    for bad in [json!(0), json!(-3.5), json!(150.01)] {
+        let (status, body) = create(json!({ "uid": "car-bad", "speed_limit_mps": bad })).await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (400, Some("speed_limit_mps")),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = create(json!({ "uid": "car-1", "speed_limit_mps": 27.8 })).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["device"]["speed_limit_mps"], 27.8);
+    let id = body["device"]["id"].as_str().unwrap().to_owned();
+    let (_, plain) = create(json!({ "uid": "car-2" })).await;
+    assert_eq!(plain["device"]["speed_limit_mps"], Value::Null, "no limit");
+
+    let path = format!("/v1/devices/{id}");
+    let patch = |body: Value| api.call("patch", &path, &admin.token, Some(body));
+    let stored = || async {
+        sqlx::query_scalar::<_, Option<f64>>("SELECT speed_limit_mps FROM devices WHERE id = $1")
+            .bind(id.parse::<Uuid>().unwrap())
+            .fetch_one(&api.db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(stored().await, Some(27.8), "what the processor reads");
+    let (status, body) = patch(json!({ "speed_limit_mps": 150 })).await;
+    assert_eq!((status, &body["speed_limit_mps"]), (200, &json!(150.0)));
+    let (status, body) = patch(json!({ "speed_limit_mps": 151 })).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("speed_limit_mps"))
+    );
+    let (status, body) = patch(json!({ "name": "renamed" })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["speed_limit_mps"], 150.0, "absent: unchanged");
+    let (_, body) = api.call("get", &path, &admin.token, None).await;
+    assert_eq!(body["speed_limit_mps"], 150.0);
+    let (_, list) = api.call("get", "/v1/devices", &admin.token, None).await;
+    assert!(list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["id"] == id.as_str() && d["speed_limit_mps"] == 150.0));
+    let (status, body) = patch(json!({ "speed_limit_mps": null })).await;
+    assert_eq!((status, &body["speed_limit_mps"]), (200, &Value::Null));
+    assert_eq!(stored().await, None);
+
+    // Another tenant's admin cannot see or change it.
+    let stranger_tenant = api.tenant("ev-limit-other").await;
+    let stranger = api.user(stranger_tenant, Role::Admin).await;
+    let (status, _) = api
+        .call(
+            "patch",
+            &path,
+            &stranger.token,
+            Some(json!({ "speed_limit_mps": 10 })),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(stored().await, None);
+}

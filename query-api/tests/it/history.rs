@@ -18,31 +18,17 @@ async fn pagination_returns_every_row_exactly_once() {
     let device = api.device(tenant).await;
     api.track(tenant, device, START_MS, 1_000).await;
     for as_of in ["fix", "received"] {
-        let mut seen = HashSet::new();
-        let mut cursor: Option<String> = None;
-        let mut pages = 0;
-        loop {
-            let mut path =
-                format!("/v1/devices/{device}/positions?{RANGE}&limit=137&as_of={as_of}");
-            if let Some(c) = &cursor {
-                path.push_str(&format!("&cursor={c}"));
-            }
-            let (status, page) = api.call("get", &path, &analyst.token, None).await;
-            assert_eq!(status, 200, "{page}");
-            for p in page["positions"].as_array().unwrap() {
-                assert!(
-                    seen.insert(p["fix_time"].as_str().unwrap().to_owned()),
-                    "duplicate row across pages"
-                );
-            }
-            pages += 1;
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => break,
-            }
-        }
+        let path = format!("/v1/devices/{device}/positions?{RANGE}&limit=137&as_of={as_of}");
+        let pages = all_pages(&api, &analyst.token, &path).await;
+        let rows = pages.concat();
+        let seen: HashSet<&String> = rows.iter().collect();
+        assert_eq!(
+            seen.len(),
+            rows.len(),
+            "{as_of}: duplicate row across pages"
+        );
         assert_eq!(seen.len(), 1_000, "{as_of}");
-        assert_eq!(pages, 8, "{as_of}: 1000 rows in pages of 137");
+        assert_eq!(pages.len(), 8, "{as_of}: 1000 rows in pages of 137");
     }
     let (status, body) = api
         .call(
@@ -298,4 +284,128 @@ async fn area_and_latest_accept_a_bbox_across_the_antimeridian() {
         (400, Some("bbox")),
         "{body}"
     );
+}
+
+/// The fix times of a JSON history page.
+fn fix_times(page: &serde_json::Value) -> Vec<String> {
+    page["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["fix_time"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every page of `path` (which ends with its query), following `next_cursor`.
+async fn all_pages(api: &Api, token: &str, path: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{path}&cursor={c}"),
+            None => path.to_owned(),
+        };
+        let (status, page) = api.call("get", &url, token, None).await;
+        assert_eq!(status, 200, "{url}: {page}");
+        pages.push(fix_times(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return pages,
+        }
+    }
+}
+
+#[tokio::test]
+async fn bucketed_pages_hold_the_first_fix_of_each_bucket_once() {
+    let api = Api::start().await;
+    let tenant = api.tenant("buckets").await;
+    let analyst = api.user(tenant, Role::Analyst).await;
+    let device = api.device(tenant).await;
+    // Ten minutes at 1 Hz from 22:13:20, silence, then 100 s from an hour later: empty buckets
+    // between the two stretches must be skipped, not returned or stopped at.
+    api.track(tenant, device, START_MS, 600).await;
+    api.track(tenant, device, START_MS + 3_600_000, 100).await;
+    let (_, raw) = api
+        .call(
+            "get",
+            &format!("/v1/devices/{device}/positions?{RANGE}&limit=100000"),
+            &analyst.token,
+            None,
+        )
+        .await;
+    let raw = fix_times(&raw);
+    assert_eq!(raw.len(), 700);
+    for (bucket, secs) in [("1m", 60_000_i64), ("7s", 7_000), ("1h", 3_600_000)] {
+        // What bucketing has always meant: of the rows in fix-time order, the first of each
+        // bucket of `secs`, buckets aligned on the Unix epoch.
+        let mut last_bucket = None;
+        let expected: Vec<String> = raw
+            .iter()
+            .filter(|t| {
+                let ms = chrono::DateTime::parse_from_rfc3339(t)
+                    .unwrap()
+                    .timestamp_millis();
+                let bucket = ms.div_euclid(secs);
+                last_bucket.replace(bucket) != Some(bucket)
+            })
+            .cloned()
+            .collect();
+        let base = format!("/v1/devices/{device}/positions?{RANGE}&bucket={bucket}");
+        let whole = all_pages(&api, &analyst.token, &format!("{base}&limit=100000")).await;
+        assert_eq!(whole, vec![expected.clone()], "bucket={bucket}, one page");
+        // `limit` counts buckets, and a bucket is never split over two pages.
+        let pages = all_pages(&api, &analyst.token, &format!("{base}&limit=3")).await;
+        assert!(pages.iter().all(|p| p.len() <= 3), "bucket={bucket}");
+        assert_eq!(pages.len(), expected.len().div_ceil(3), "bucket={bucket}");
+        assert_eq!(pages.concat(), expected, "bucket={bucket}, pages of 3");
+        // The whole-page path (a line) buckets the same way.
+        let (_, line) = api
+            .call(
+                "get",
+                &format!("{base}&limit=100000&format=geojson&geometry=line"),
+                &analyst.token,
+                None,
+            )
+            .await;
+        assert_eq!(
+            line["features"][0]["properties"]["fixes"],
+            expected.len(),
+            "bucket={bucket}, line"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_summary_longer_than_a_page_counts_every_fix_once() {
+    let api = Api::start().await;
+    let tenant = api.tenant("summary-pages").await;
+    let analyst = api.user(tenant, Role::Analyst).await;
+    let device = api.device(tenant).await;
+    // 200,001 fixes 1 s and 10 m apart (2.3 days): more than two pages of the summary's keyset
+    // read, so a row lost or repeated at a page boundary changes the count and the distance.
+    let fixes = 200_001_i64;
+    api.track(tenant, device, START_MS, fixes).await;
+    let to = START_MS + 3 * 86_400_000;
+    let (status, body) = api
+        .call(
+            "get",
+            &format!("/v1/devices/{device}/summary?from={START_MS}&to={to}"),
+            &analyst.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let s = &body["summary"];
+    assert_eq!(s["fix_count"], fixes);
+    let steps = (fixes - 1) as f64;
+    assert!(
+        (s["distance_m"].as_f64().unwrap() - 10.0 * steps).abs() < 200.0,
+        "{s}"
+    );
+    assert!(
+        (s["moving_time_s"].as_f64().unwrap() - steps).abs() < 1e-6,
+        "{s}"
+    );
+    assert_eq!(s["trips"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s["stops"].as_array().unwrap().len(), 0, "{s}");
 }

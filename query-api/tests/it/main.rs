@@ -14,3 +14,4 @@ mod smoke;
 mod stalled;
 mod status;
 mod support;
+mod webhooks;

@@ -1,8 +1,9 @@
 //! The dashboard end to end in headless Chromium: log in, watch devices move, draw and export a
 //! history, set up a device, see only one's groups as a viewer, and recover after fanout
-//! restarts. A screenshot per step goes to `<target dir>/web-artifacts/`; with
+//! restarts; the event feed and geofences in `events.rs`. A screenshot per step goes to `<target dir>/web-artifacts/`; with
 //! `UPDATE_SCREENSHOT=1` the live step's also replaces the README's `docs/img/dashboard.png`.
 
+mod events;
 mod measure;
 mod support;
 
@@ -23,10 +24,8 @@ fn live_device(id: Uuid) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dashboard_end_to_end() {
     let mut stack = Stack::start().await;
-    let tenant = stack.tenant().await;
-    let (_, admin_email) = stack.user(tenant, Role::Admin).await;
+    let (tenant, admin_email, admin) = stack.tenant_admin().await;
     let (viewer, viewer_email) = stack.user(tenant, Role::Viewer).await;
-    let admin = stack.token(&admin_email).await;
 
     // A fleet on the Baltic coast (the offline basemap's coastline shows at this zoom), one
     // device in no group of the viewer, with a name that would be markup if inserted as HTML.

@@ -3,7 +3,6 @@
 //! feed of N devices (the same `apply` path as WebSocket frames, without the network).
 
 use crate::support::{Browser, Stack};
-use gps_domain::auth::Role;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -18,9 +17,7 @@ async fn sample(browser: &Browser) -> Value {
 #[ignore = "measurement: cargo test -p web-tests --test it measure -- --ignored --nocapture"]
 async fn measure_first_load_and_history() {
     let stack = Stack::start().await;
-    let tenant = stack.tenant().await;
-    let (_, email) = stack.user(tenant, Role::Admin).await;
-    let admin = stack.token(&email).await;
+    let (tenant, email, admin) = stack.tenant_admin().await;
     let (device, _) = stack.device(&admin, "day-1hz", "A day at 1 Hz").await;
 
     // A day of 1 Hz fixes ending now, wandering (so that simplification keeps detail).

@@ -167,6 +167,14 @@ impl Stack {
             .unwrap()
     }
 
+    /// A new tenant with an admin: (tenant, the admin's email, an access token of it).
+    pub(crate) async fn tenant_admin(&self) -> (Uuid, String, String) {
+        let tenant = self.tenant().await;
+        let (_, email) = self.user(tenant, Role::Admin).await;
+        let token = self.token(&email).await;
+        (tenant, email, token)
+    }
+
     /// A user of `role` in `tenant`; returns its email (the password is [`PASSWORD`]).
     pub(crate) async fn user(&self, tenant: Uuid, role: Role) -> (Uuid, String) {
         let email = format!("{}-{}@example.test", role.as_str(), Uuid::new_v4().simple());
