@@ -12,7 +12,7 @@
 //! broker, the processor's batch and commit, Redis and fanout. An event without such a fix
 //! (`device_offline`, raised by the timer) has no sample.
 
-use crate::run::{self, Report, RunConfig, RunEnv, SendHook};
+use crate::run::{self, FleetOptions, Report, RunConfig, RunEnv};
 use crate::sim::FixKind;
 use crate::stats::{Latency, Percentiles};
 use crate::LoadgenError;
@@ -55,7 +55,16 @@ pub struct EventsConfig {
     pub compare_no_fences: bool,
     /// How long to keep listening for event frames after the run settled.
     pub event_drain: Duration,
+    /// How far back the fleet's clocks start: well under the offline timeout (10 minutes by
+    /// default), or the offline timer takes the whole fleet for offline (its last fix is that
+    /// old) and the run measures a `device_offline`/`device_online` churn; and within the
+    /// processor's future tolerance (10 minutes) of real time for as long as the run lasts.
+    pub clock_behind: Duration,
 }
+
+/// The clocks' default start for `loadgen events`: two minutes back (a fleet sent as fast as
+/// acknowledgements allow runs its clocks ~2.5 times faster than real time).
+pub const EVENTS_CLOCK_BEHIND: Duration = Duration::from_secs(120);
 
 /// One phase: a fresh tenant with `fences` fences, driven once.
 #[derive(Debug, Clone, Serialize)]
@@ -235,10 +244,13 @@ async fn phase(config: &EventsConfig, env: &RunEnv, fences: usize) -> Result<Pha
     let ws = open_event_subscription(&config.run.fanout_url, &token).await?;
     let listener = tokio::spawn(listen(ws, watch.clone()));
     let hook_watch = watch.clone();
-    let hook: SendHook = Arc::new(move |device, fixes, sent_ms| {
-        hook_watch.sent(device, fixes, sent_ms);
-    });
-    let outcome = run::run_fleet(&config.run, env, &fleet, Some(hook)).await;
+    let options = FleetOptions {
+        on_send: Some(Arc::new(move |device, fixes, sent_ms| {
+            hook_watch.sent(device, fixes, sent_ms);
+        })),
+        clock_behind: config.clock_behind,
+    };
+    let outcome = run::run_fleet(&config.run, env, &fleet, options).await;
     tokio::time::sleep(config.event_drain).await;
     listener.abort();
     let ws_error = listener

@@ -121,18 +121,14 @@ impl OverloadConfig {
     }
 }
 
-/// One second of the run.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SecondSample {
-    /// Seconds since the load started.
-    pub t: u64,
-    /// Scheduled fixes per second, all tenants (0 after the load).
-    pub target: f64,
-    /// Fixes offered this second, all tenants.
+/// Fixes by what became of them: a tenant's totals, or per second over some tenants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct FixCounts {
+    /// Fixes offered (the schedule's).
     pub offered: u64,
-    /// Fixes of requests answered 2xx this second.
+    /// Fixes of requests answered 2xx.
     pub acked: u64,
-    /// Fixes of requests answered `503` with `Retry-After` this second.
+    /// Fixes of requests answered `503` with `Retry-After`.
     pub shed: u64,
     /// Fixes of requests that failed otherwise.
     pub failed: u64,
@@ -140,14 +136,68 @@ pub struct SecondSample {
     pub unsent: u64,
     /// Fixes held back by devices waiting out a `Retry-After`.
     pub held_back: u64,
+}
+
+impl FixCounts {
+    fn fields(&self) -> [u64; 6] {
+        [
+            self.offered,
+            self.acked,
+            self.shed,
+            self.failed,
+            self.unsent,
+            self.held_back,
+        ]
+    }
+
+    fn from_fields([offered, acked, shed, failed, unsent, held_back]: [u64; 6]) -> Self {
+        Self {
+            offered,
+            acked,
+            shed,
+            failed,
+            unsent,
+            held_back,
+        }
+    }
+
+    /// Per second of `interval`: the growth from `before` to these totals.
+    fn per_second_since(&self, before: &Self, interval: Duration) -> Self {
+        let (now, before) = (self.fields(), before.fields());
+        Self::from_fields(std::array::from_fn(|i| {
+            per_second(Some(now[i] as f64), Some(before[i] as f64), interval)
+        }))
+    }
+
+    fn add(&mut self, other: &Self) {
+        let (mine, other) = (self.fields(), other.fields());
+        *self = Self::from_fields(std::array::from_fn(|i| mine[i] + other[i]));
+    }
+
+    /// Percent of the offered fixes.
+    fn percent(&self, part: u64) -> f64 {
+        if self.offered == 0 {
+            0.0
+        } else {
+            part as f64 * 100.0 / self.offered as f64
+        }
+    }
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SecondSample {
+    /// Seconds since the load started.
+    pub t: u64,
+    /// Scheduled fixes per second, all tenants (0 after the load).
+    pub target: f64,
+    /// All tenants' fixes this second.
+    #[serde(flatten)]
+    pub fixes: FixCounts,
+    /// The quiet tenants' fixes this second, together.
+    pub quiet: FixCounts,
     /// Fixes the processor stored this second (its accepted counter).
     pub stored: u64,
-    /// The quiet tenants' fixes offered, together.
-    pub quiet_offered: u64,
-    /// The quiet tenants' fixes acknowledged.
-    pub quiet_acked: u64,
-    /// The quiet tenants' fixes shed.
-    pub quiet_shed: u64,
     /// Fixes ingest's guard refused as overloaded this second (ingest's counter).
     pub guard_refused: u64,
     /// The store lag ingest polls, records.
@@ -177,18 +227,9 @@ pub struct TenantSummary {
     pub devices: usize,
     /// Fixes per request.
     pub batch: usize,
-    /// Fixes offered.
-    pub offered: u64,
-    /// Fixes acknowledged.
-    pub acked: u64,
-    /// Fixes shed (`503` with `Retry-After`).
-    pub shed: u64,
-    /// Fixes of requests that failed otherwise.
-    pub failed: u64,
-    /// Fixes not sent (client cap).
-    pub unsent: u64,
-    /// Fixes held back while waiting out a `Retry-After`.
-    pub held_back: u64,
+    /// What became of the tenant's fixes.
+    #[serde(flatten)]
+    pub fixes: FixCounts,
     /// Acknowledgement latency of 2xx answers.
     pub ack: Percentiles,
 }
@@ -235,16 +276,18 @@ struct Counters {
 }
 
 impl Counters {
-    fn totals(&self) -> [u64; 6] {
-        [
-            &self.offered,
-            &self.acked,
-            &self.shed,
-            &self.failed,
-            &self.unsent,
-            &self.held_back,
-        ]
-        .map(|c| c.load(Ordering::Relaxed))
+    fn totals(&self) -> FixCounts {
+        FixCounts::from_fields(
+            [
+                &self.offered,
+                &self.acked,
+                &self.shed,
+                &self.failed,
+                &self.unsent,
+                &self.held_back,
+            ]
+            .map(|c| c.load(Ordering::Relaxed)),
+        )
     }
 }
 
@@ -512,7 +555,7 @@ async fn sample(
     let (publish, latest) = tokio::sync::watch::channel(None);
     let scraping = tokio::spawn(scraper(client.clone(), config.clone(), publish));
     let mut seconds = Vec::new();
-    let mut previous: Vec<[u64; 6]> = tenants.iter().map(|t| t.counters.totals()).collect();
+    let mut previous: Vec<FixCounts> = tenants.iter().map(|t| t.counters.totals()).collect();
     let mut previous_at = Instant::now();
     let mut used_scrape: Option<(Instant, Scrape)> = None;
     let (mut stored, mut guard_refused) = (0, 0);
@@ -523,7 +566,7 @@ async fn sample(
             break;
         }
         tokio::time::sleep_until(at.into()).await;
-        let totals: Vec<[u64; 6]> = tenants.iter().map(|t| t.counters.totals()).collect();
+        let totals: Vec<FixCounts> = tenants.iter().map(|t| t.counters.totals()).collect();
         let now = Instant::now();
         let interval = now - previous_at;
         previous_at = now;
@@ -558,16 +601,9 @@ async fn sample(
         };
         let (mut all, mut quiet) = (Latency::default(), Latency::default());
         for ((tenant, before), totals) in tenants.iter_mut().zip(previous.iter_mut()).zip(totals) {
-            let [offered, acked, shed, failed, unsent, held_back] = std::array::from_fn(|i| {
-                per_second(Some(totals[i] as f64), Some(before[i] as f64), interval)
-            });
+            let fixes = totals.per_second_since(before, interval);
             *before = totals;
-            sample.offered += offered;
-            sample.acked += acked;
-            sample.shed += shed;
-            sample.failed += failed;
-            sample.unsent += unsent;
-            sample.held_back += held_back;
+            sample.fixes.add(&fixes);
             let second = std::mem::take(
                 &mut *tenant
                     .counters
@@ -580,9 +616,7 @@ async fn sample(
             }
             all.merge(&second);
             if tenant.quiet {
-                sample.quiet_offered += offered;
-                sample.quiet_acked += acked;
-                sample.quiet_shed += shed;
+                sample.quiet.add(&fixes);
                 quiet.merge(&second);
             }
         }
@@ -597,9 +631,9 @@ async fn sample(
         };
         tracing::info!(
             t,
-            offered = sample.offered,
-            acked = sample.acked,
-            shed = sample.shed,
+            offered = sample.fixes.offered,
+            acked = sample.fixes.acked,
+            shed = sample.fixes.shed,
             stored = sample.stored,
             lag = sample.lag_records,
             limit = sample.tenant_limit,
@@ -639,21 +673,13 @@ fn summarize(
         load_secs: load_secs as f64,
         tenants: tenants
             .iter()
-            .map(|t| {
-                let [offered, acked, shed, failed, unsent, held_back] = t.counters.totals();
-                TenantSummary {
-                    name: t.name.clone(),
-                    quiet: t.quiet,
-                    devices: t.devices,
-                    batch: t.batch,
-                    offered,
-                    acked,
-                    shed,
-                    failed,
-                    unsent,
-                    held_back,
-                    ack: t.latency.percentiles(),
-                }
+            .map(|t| TenantSummary {
+                name: t.name.clone(),
+                quiet: t.quiet,
+                devices: t.devices,
+                batch: t.batch,
+                fixes: t.counters.totals(),
+                ack: t.latency.percentiles(),
             })
             .collect(),
         stored_rate_under_load: stored as f64 / load_secs.max(1) as f64,
@@ -694,6 +720,7 @@ pub fn table(report: &OverloadReport) -> String {
         "| tenant | devices x batch | offered | acknowledged | shed (503) | failed | not sent | held back | ack p50 / p99 ms |\n|---|---|---|---|---|---|---|---|---|"
     );
     for t in &report.tenants {
+        let f = &t.fixes;
         let _ = writeln!(
             out,
             "| {} ({}) | {} x {} | {} | {} ({:.1} %) | {} ({:.1} %) | {} | {} | {} | {:.1} / {:.1} |",
@@ -701,14 +728,14 @@ pub fn table(report: &OverloadReport) -> String {
             if t.quiet { "quiet" } else { "noisy" },
             t.devices,
             t.batch,
-            t.offered,
-            t.acked,
-            percent(t.acked, t.offered),
-            t.shed,
-            percent(t.shed, t.offered),
-            t.failed,
-            t.unsent,
-            t.held_back,
+            f.offered,
+            f.acked,
+            f.percent(f.acked),
+            f.shed,
+            f.percent(f.shed),
+            f.failed,
+            f.unsent,
+            f.held_back,
             t.ack.p50,
             t.ack.p99
         );
@@ -729,14 +756,6 @@ pub fn table(report: &OverloadReport) -> String {
     out
 }
 
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
-    }
-}
-
 /// Write the seconds as CSV (one row per second, the columns of [`SecondSample`]).
 pub fn write_csv(seconds: &[SecondSample], path: &Path) -> Result<(), LoadgenError> {
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
@@ -748,19 +767,14 @@ pub fn write_csv(seconds: &[SecondSample], path: &Path) -> Result<(), LoadgenErr
     for s in seconds {
         let _ = writeln!(
             out,
-            "{},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{:.0},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             s.t,
             s.target,
-            s.offered,
-            s.acked,
-            s.shed,
-            s.failed,
-            s.unsent,
-            s.held_back,
+            s.fixes.fields().map(|n| n.to_string()).join(","),
             s.stored,
-            s.quiet_offered,
-            s.quiet_acked,
-            s.quiet_shed,
+            s.quiet.offered,
+            s.quiet.acked,
+            s.quiet.shed,
             s.guard_refused,
             opt(s.lag_records),
             opt(s.bound_records),
@@ -802,24 +816,28 @@ pub fn write_svg(seconds: &[SecondSample], title: &str, path: &Path) -> Result<(
         (
             "all tenants, fixes per second",
             vec![
-                ("offered", BLUE, count(|s| s.offered)),
-                ("acknowledged", GREEN, count(|s| s.acked)),
-                ("shed (503)", RED, count(|s| s.shed)),
+                ("offered", BLUE, count(|s| s.fixes.offered)),
+                ("acknowledged", GREEN, count(|s| s.fixes.acked)),
+                ("shed (503)", RED, count(|s| s.fixes.shed)),
                 ("stored", BLACK, count(|s| s.stored)),
                 (
                     "not sent (client's in-flight cap)",
                     grey,
-                    count(|s| s.unsent),
+                    count(|s| s.fixes.unsent),
                 ),
-                ("held back (Retry-After)", orange, count(|s| s.held_back)),
+                (
+                    "held back (Retry-After)",
+                    orange,
+                    count(|s| s.fixes.held_back),
+                ),
             ],
         ),
         (
             "quiet tenants together, fixes per second",
             vec![
-                ("offered", BLUE, count(|s| s.quiet_offered)),
-                ("acknowledged", GREEN, count(|s| s.quiet_acked)),
-                ("shed (503)", RED, count(|s| s.quiet_shed)),
+                ("offered", BLUE, count(|s| s.quiet.offered)),
+                ("acknowledged", GREEN, count(|s| s.quiet.acked)),
+                ("shed (503)", RED, count(|s| s.quiet.shed)),
             ],
         ),
         (
@@ -942,12 +960,18 @@ mod tests {
             .map(|t| SecondSample {
                 t,
                 target: 1_000.0,
-                offered: 1_000,
-                acked: 800,
-                shed: 200,
+                fixes: FixCounts {
+                    offered: 1_000,
+                    acked: 800,
+                    shed: 200,
+                    ..FixCounts::default()
+                },
+                quiet: FixCounts {
+                    offered: 100,
+                    acked: 100,
+                    ..FixCounts::default()
+                },
                 stored: 700,
-                quiet_offered: 100,
-                quiet_acked: 100,
                 lag_records: Some(if t > 4 { 0.0 } else { 10.0 * t as f64 }),
                 bound_records: Some(20.0),
                 freshness_s: Some(t as f64),

@@ -397,9 +397,30 @@ impl DeviceEventState {
     /// Apply one fix (the device's fixes must come in fix-time order, as the log keeps them per
     /// device once a batch is sorted). Returns its events in a fixed order: online, fence
     /// events by fence id, overspeed, motion.
+    ///
+    /// Liveness follows the fix's own time here; the processor uses [`Self::apply_received`],
+    /// which follows when the server received the report.
     pub fn apply(
         &mut self,
         fix: &Fix,
+        fences: &FenceIndex,
+        profile: &DeviceProfile<'_>,
+        rules: &EventRules,
+    ) -> Vec<Event> {
+        self.apply_received(fix, fix.fix_time, fences, profile, rules)
+    }
+
+    /// [`Self::apply`] for a fix the server received at `received` (UTC ms, the envelope's
+    /// `rx`, which the log keeps, so a replay computes the same). Online/offline follow
+    /// reception, not the device's clock: "no report for 10 minutes" is about reports, and a
+    /// device whose clock is behind (or that uploads a buffer of old fixes) is alive when it
+    /// sends. `device_online` and `device_offline` are therefore dated in server time; the
+    /// other events in fix time. A late fix (at or before the last applied one) still changes
+    /// nothing at all.
+    pub fn apply_received(
+        &mut self,
+        fix: &Fix,
+        received: EpochMillis,
         fences: &FenceIndex,
         profile: &DeviceProfile<'_>,
         rules: &EventRules,
@@ -413,7 +434,7 @@ impl DeviceEventState {
             return events;
         }
         let position = (fix.lat, fix.lon);
-        self.seen(fix.fix_time, Some(position), rules, &mut events);
+        self.seen(received, Some(position), rules, &mut events);
         if !fix.valid {
             return events;
         }
@@ -433,13 +454,24 @@ impl DeviceEventState {
     /// Apply a status report: liveness, and an `alarm` event when it carries one. A report at or
     /// before the last one applied raises nothing.
     pub fn apply_status(&mut self, status: &DeviceStatus, rules: &EventRules) -> Vec<Event> {
+        self.apply_status_received(status, status.time, rules)
+    }
+
+    /// [`Self::apply_status`] for a report the server received at `received` (liveness follows
+    /// reception, as in [`Self::apply_received`]).
+    pub fn apply_status_received(
+        &mut self,
+        status: &DeviceStatus,
+        received: EpochMillis,
+        rules: &EventRules,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
         if self.last_status_time.is_some_and(|t| status.time <= t) {
             return events;
         }
         self.last_status_time = Some(status.time);
         let position = self.last_position();
-        self.seen(status.time, position, rules, &mut events);
+        self.seen(received, position, rules, &mut events);
         if let Some(alarm) = status.alarm.as_deref() {
             events.push(self.event(
                 EventType::Alarm,

@@ -19,6 +19,8 @@ pub struct ErrorResponse {
     extra: serde_json::Map<String, serde_json::Value>,
     headers: HeaderMap,
     cause: Option<String>,
+    /// False for refusals counted elsewhere, too many to log one by one (ingest's sheds).
+    logged: bool,
 }
 
 impl ErrorResponse {
@@ -32,6 +34,7 @@ impl ErrorResponse {
             extra: serde_json::Map::new(),
             headers: HeaderMap::new(),
             cause: None,
+            logged: true,
         }
     }
 
@@ -64,6 +67,13 @@ impl ErrorResponse {
         self
     }
 
+    /// Not logged when answered: a refusal a metric counts and its service summarizes (a
+    /// request shed for overload), where a line per request would cost more than the answer.
+    pub fn unlogged(mut self) -> Self {
+        self.logged = false;
+        self
+    }
+
     /// The status it answers with.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -82,7 +92,7 @@ impl ErrorResponse {
     }
 
     fn log(&self) {
-        if !self.status.is_server_error() {
+        if !self.logged || !self.status.is_server_error() {
             return;
         }
         let cause = self.cause.as_deref().unwrap_or("unknown");

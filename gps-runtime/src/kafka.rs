@@ -1,6 +1,7 @@
 //! Kafka plumbing: the client settings every service shares (with any librdkafka property
-//! passed through the environment, [`KafkaProperties`]), topic creation, and a reachability
-//! probe for `/readyz` and start-up errors.
+//! passed through the environment, [`KafkaProperties`]), topic creation, a reachability
+//! probe for `/readyz` and start-up errors, and the idempotent producer every service replaces
+//! instead of letting librdkafka time a record out ([`ReplaceableProducer`]).
 
 use crate::config::{ConfigError, KafkaArgs};
 use crate::RuntimeError;
@@ -9,8 +10,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
-use std::sync::Once;
+use std::sync::{Once, RwLock};
 use std::time::Duration;
 
 /// Partitions of the fixes topic (keyed by device).
@@ -269,6 +271,194 @@ pub async fn partition_count(args: &KafkaArgs, topic: &str) -> Result<Option<usi
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))??;
     Ok(count)
+}
+
+/// How much later than a service's own delivery deadline librdkafka gives up on a record
+/// (`message.timeout.ms`, see [`ReplaceableProducer::message_timeout`]). librdkafka must never
+/// time a record out itself: after such a timeout the idempotent producer bumps its epoch on its
+/// own and resumes with it as soon as the broker is back, which wedges tansu 0.6
+/// (docs/operations.md, "Known broker defects"). The service's deadline comes first, and the
+/// producer holding the late record is replaced (its queue purged, so it sends nothing more)
+/// before librdkafka would act.
+pub const LIBRDKAFKA_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a record of a [`ReplaceableProducer`] was not acknowledged.
+#[derive(Debug)]
+pub enum DeliveryFailure {
+    /// The broker refused or never acknowledged the record.
+    Broker(KafkaError),
+    /// No acknowledgement within the caller's deadline: the producer was replaced.
+    TimedOut,
+    /// The producer was dropped with the record in flight.
+    ShutDown,
+}
+
+/// A record enqueued on one generation of a [`ReplaceableProducer`], not yet acknowledged.
+pub struct PendingDelivery {
+    delivery: DeliveryFuture,
+    /// The generation of the producer that holds the record.
+    generation: u64,
+}
+
+/// An idempotent producer that is replaced instead of repaired.
+///
+/// The idempotent producer keeps a producer id and per-partition sequence numbers. When records
+/// time out while the broker is away, a restarted broker can refuse the producer's next sequence
+/// for good (tansu answers `UNKNOWN_SERVER_ERROR`; Kafka `OUT_OF_ORDER_SEQUENCE_NUMBER` or
+/// `UNKNOWN_PRODUCER_ID`), and a librdkafka timeout bumps the epoch, which wedges tansu 0.6.
+/// Such errors, and a record not acknowledged within the caller's deadline
+/// ([`ReplaceableProducer::acknowledged`]), replace the producer with a fresh one (a new
+/// producer id; the old one's queue is purged first, so it sends nothing more). Each producer is
+/// replaced once (a generation number), however many of its records fail. Create it with
+/// `message.timeout.ms` from [`ReplaceableProducer::message_timeout`] of the deadline used.
+pub struct ReplaceableProducer {
+    /// The producer and its generation (counts replacements).
+    producer: RwLock<(u64, FutureProducer)>,
+    config: ClientConfig,
+}
+
+impl ReplaceableProducer {
+    /// A producer of `config`, replaced by another of `config` when needed.
+    pub fn new(config: ClientConfig) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: RwLock::new((0, config.create()?)),
+            config,
+        })
+    }
+
+    /// librdkafka's `message.timeout.ms` for a producer whose records are awaited for at most
+    /// `deadline`: [`LIBRDKAFKA_TIMEOUT_GRACE`] later, so the deadline always fires first.
+    pub fn message_timeout(deadline: Duration) -> String {
+        (deadline + LIBRDKAFKA_TIMEOUT_GRACE)
+            .as_millis()
+            .to_string()
+    }
+
+    /// The current producer and its generation.
+    fn current(&self) -> (u64, FutureProducer) {
+        self.producer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Enqueue `record` on the current producer without waiting (a full queue fails at once,
+    /// `QueueFull`).
+    pub fn send<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<PendingDelivery, KafkaError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        let (generation, producer) = self.current();
+        producer
+            .send_result(record)
+            .map(|delivery| PendingDelivery {
+                delivery,
+                generation,
+            })
+            .map_err(|(error, _)| error)
+    }
+
+    /// Wait at most `deadline` for the broker's acknowledgement of `pending`. A record late by
+    /// it, or failed with an error the producer cannot recover from, replaces the producer that
+    /// held it; `deadline` must be the one `message.timeout.ms` was derived from.
+    pub async fn acknowledged(
+        &self,
+        pending: PendingDelivery,
+        deadline: Duration,
+    ) -> Result<(), DeliveryFailure> {
+        match tokio::time::timeout(deadline, pending.delivery).await {
+            Ok(Ok(Ok(_delivery))) => Ok(()),
+            Ok(Ok(Err((error, _)))) => {
+                if self.needs_replacing(&error) {
+                    self.replace(pending.generation, &error);
+                }
+                Err(DeliveryFailure::Broker(error))
+            }
+            Ok(Err(_canceled)) => Err(DeliveryFailure::ShutDown),
+            Err(_elapsed) => {
+                self.replace(
+                    pending.generation,
+                    &KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                );
+                Err(DeliveryFailure::TimedOut)
+            }
+        }
+    }
+
+    /// Records queued or in flight on the current producer.
+    pub fn in_flight_count(&self) -> i32 {
+        self.current().1.in_flight_count()
+    }
+
+    /// Flush the current producer, waiting at most `timeout` (blocking: call from a blocking
+    /// task).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.current().1.flush(timeout)
+    }
+
+    /// Replace the producer of `generation` after an error it cannot recover from by itself;
+    /// nothing when it was replaced already (its other records fail the same way, or are
+    /// purged, and must not replace its successor).
+    fn replace(&self, generation: u64, cause: &KafkaError) {
+        // Many records of one producer fail together: only the first creates a successor.
+        if self.current().0 != generation {
+            return;
+        }
+        let fresh = match self.config.create::<FutureProducer>() {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!(error = %e, "kafka producer could not be recreated");
+                return;
+            }
+        };
+        let old = {
+            let mut current = self
+                .producer
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.0 != generation {
+                // Lost the race to another failing record: the spare goes unused.
+                drop_off_runtime(fresh);
+                return;
+            }
+            let next = (generation + 1, fresh);
+            std::mem::replace(&mut *current, next).1
+        };
+        let client_id = self.config.get("client.id").unwrap_or_default();
+        tracing::warn!(error = %cause, client_id, generation = generation + 1, "kafka producer replaced after an unrecoverable error");
+        // Purge before anything else: the old producer must not send another record (with an
+        // epoch of its own making) once the broker is back. Dropping it purges again and waits
+        // for its threads, which blocks: not on the runtime.
+        old.purge(PurgeConfig::default().queue().inflight());
+        drop_off_runtime(old);
+    }
+
+    /// Errors after which the idempotent producer's state is unusable, or would have to be
+    /// repaired by an epoch bump: after a record timed out, librdkafka bumps the epoch of the
+    /// same producer id itself and produces with it once the broker is back, which tansu 0.6
+    /// cannot handle (its storage panics and it stops serving). A fresh producer (new id) avoids
+    /// that dance on every broker. The caller's deadline normally replaces the producer first;
+    /// these are the errors that still reach it.
+    fn needs_replacing(&self, error: &KafkaError) -> bool {
+        matches!(
+            error,
+            KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageTimedOut
+                    | RDKafkaErrorCode::Unknown
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fatal
+            )
+        ) || self.current().1.client().fatal_error().is_some()
+    }
+}
+
+/// Drop a producer on a thread of its own: dropping purges, flushes and joins librdkafka's
+/// threads, which blocks.
+fn drop_off_runtime(producer: FutureProducer) {
+    std::thread::spawn(move || drop(producer));
 }
 
 #[cfg(test)]

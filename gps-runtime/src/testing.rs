@@ -259,6 +259,136 @@ pub async fn assert_serves_ops_then_stops<E: std::fmt::Debug>(
         .expect("the service stops without an error");
 }
 
+/// A private broker (tansu, the binary `dev/stack` caches) on a free port, with its sqlite data
+/// in a temp dir: for tests that stop, freeze or restart the broker, never the shared one.
+pub struct PrivateBroker {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    /// Its working directory (sqlite data, `tansu.log`), removed on drop.
+    pub dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+/// Where `dev/stack` caches the broker (`TANSU_BIN` overrides).
+pub fn default_tansu() -> String {
+    let cache = std::env::var("GPS_CACHE_DIR").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/gps-telemetry",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into())
+        )
+    });
+    format!("{cache}/tansu-0.6.0/bin/tansu")
+}
+
+impl PrivateBroker {
+    /// The tansu binary, if it is there.
+    pub fn tansu_path() -> Option<std::path::PathBuf> {
+        let path = std::env::var("TANSU_BIN").unwrap_or_else(|_| default_tansu());
+        let path = std::path::PathBuf::from(path);
+        path.exists().then_some(path)
+    }
+
+    /// Start one on a free port; `None` without the binary.
+    pub async fn start() -> Option<Self> {
+        Self::tansu_path()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("tansu-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = Self {
+            port,
+            dir,
+            child: None,
+        };
+        broker.spawn().await;
+        Some(broker)
+    }
+
+    /// Its address, for `KAFKA_BROKERS`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Start the broker process (again, after [`PrivateBroker::kill`]: on the same data) and
+    /// wait until it listens.
+    pub async fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
+        let child = std::process::Command::new(Self::tansu_path().unwrap())
+            .current_dir(&self.dir)
+            .args([
+                "broker",
+                "--storage-engine",
+                "sqlite://tansu.db",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(
+            Duration::from_secs(15),
+            "the private tansu to listen",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+    }
+
+    /// The last `lines` lines of the broker's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Freeze the broker (SIGSTOP): connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaw a paused broker (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = std::process::Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {signal} failed");
+        }
+    }
+
+    /// SIGKILL the broker and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! The SQL of events (issue 16): the tenant's fences for the evaluator ([`load_fences`], with a
 //! cheap [`fence_versions`] fingerprint to tell when to load them again), each device's profile
 //! (its groups and its own speed limit, [`device_profiles`]), the per-device event state
-//! ([`lock_states`], [`upsert_states`], [`lock_overdue`] for the offline timer,
+//! ([`read_states`] and [`write_states_guarded`] on the batch path, [`lock_states`] and
+//! [`upsert_states`] where a guard failed, [`lock_overdue`] for the offline timer,
 //! [`reset_devices`]), and the insert of events with their webhook deliveries
 //! ([`insert_events`]), in the caller's transaction.
 //!
@@ -190,6 +191,27 @@ pub async fn lock_states(
     conn: &mut PgConnection,
     probes: &[StateProbe],
 ) -> Result<HashMap<Uuid, LockedState>, sqlx::Error> {
+    probe_states(conn, probes, "FOR UPDATE OF s").await
+}
+
+/// [`lock_states`] without the lock: what the batch path reads for devices it has no cached
+/// state for. [`write_states_guarded`] then checks, under the row lock its own write takes, that
+/// the row still carries what was read.
+pub async fn read_states(
+    conn: &mut PgConnection,
+    probes: &[StateProbe],
+) -> Result<HashMap<Uuid, LockedState>, sqlx::Error> {
+    if probes.is_empty() {
+        return Ok(HashMap::new());
+    }
+    probe_states(conn, probes, "").await
+}
+
+async fn probe_states(
+    conn: &mut PgConnection,
+    probes: &[StateProbe],
+    lock: &str,
+) -> Result<HashMap<Uuid, LockedState>, sqlx::Error> {
     let devices: Vec<Uuid> = probes.iter().map(|p| p.device).collect();
     let known: Vec<bool> = probes.iter().map(|p| p.cached.is_some()).collect();
     let stamp = |f: fn(&StateStamp) -> Option<EpochMillis>| -> Vec<Option<DateTime<Utc>>> {
@@ -202,7 +224,7 @@ pub async fn lock_states(
         .iter()
         .map(|p| p.cached.is_some_and(|c| c.online))
         .collect();
-    let rows: Vec<(Uuid, Option<serde_json::Value>)> = sqlx::query_as(
+    let sql = format!(
         "SELECT s.device_id,
                 CASE WHEN c.known
                       AND s.last_fix_time IS NOT DISTINCT FROM c.last_fix_time
@@ -213,15 +235,16 @@ pub async fn lock_states(
          JOIN unnest($1::uuid[], $2::bool[], $3::timestamptz[], $4::timestamptz[], $5::bool[])
               AS c(device_id, known, last_fix_time, last_seen, online) USING (device_id)
          ORDER BY s.device_id
-         FOR UPDATE OF s",
-    )
-    .bind(&devices)
-    .bind(&known)
-    .bind(stamp(|c| c.last_fix_time))
-    .bind(stamp(|c| c.last_seen))
-    .bind(&online)
-    .fetch_all(&mut *conn)
-    .await?;
+         {lock}"
+    );
+    let rows: Vec<(Uuid, Option<serde_json::Value>)> = sqlx::query_as(&sql)
+        .bind(&devices)
+        .bind(&known)
+        .bind(stamp(|c| c.last_fix_time))
+        .bind(stamp(|c| c.last_seen))
+        .bind(&online)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut found: HashMap<Uuid, LockedState> =
         devices.iter().map(|d| (*d, LockedState::Missing)).collect();
     for (device, document) in rows {
@@ -240,6 +263,142 @@ pub async fn lock_states(
     Ok(found)
 }
 
+/// One device's outcome of a batch's fold for [`write_states_guarded`]: the state it folded
+/// from (`expected`, the stamp of the cached or read state; `None`: no row) and the state it
+/// folded to.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedState<'a> {
+    /// The stamp the stored row must still carry (`None`: there must be no row).
+    pub expected: Option<StateStamp>,
+    /// The folded state.
+    pub state: &'a DeviceEventState,
+    /// Whether the fold changed it (an unchanged state is only checked, not written).
+    pub changed: bool,
+}
+
+/// Write the changed states of `guarded` whose stored row still carries the expected stamp
+/// (insert where no row was expected), and check the unchanged ones; return the devices for
+/// which that did not hold (their fold started from a state that is no longer the stored one:
+/// the caller locks them with [`lock_states`], folds again and writes with [`upsert_states`]).
+///
+/// One statement instead of a lock and a write. Why it is as safe as locking first: the
+/// `UPDATE` takes the row lock, and if another transaction (the offline timer) holds it, waits
+/// for that commit and re-checks the guard against the row it left, so a write succeeds only on
+/// the row its fold started from, and holds the lock until commit (the timer's `SKIP LOCKED`
+/// passes over it). An insert that meets a row (`ON CONFLICT DO NOTHING`) fails the same way.
+/// An unchanged state writes nothing, so nothing is lost if the timer changes the row after
+/// this check: that orders the timer after this batch.
+pub async fn write_states_guarded(
+    conn: &mut PgConnection,
+    guarded: &[GuardedState<'_>],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if guarded.is_empty() {
+        return Ok(Vec::new());
+    }
+    let expected = |f: fn(&StateStamp) -> Option<EpochMillis>| -> Vec<Option<DateTime<Utc>>> {
+        guarded
+            .iter()
+            .map(|g| g.expected.as_ref().and_then(f).map(ts))
+            .collect()
+    };
+    let columns = StateColumns::of(guarded.iter().map(|g| g.state));
+    sqlx::query_scalar(
+        "WITH c AS (
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]::jsonb[], $4::timestamptz[],
+                                 $5::timestamptz[], $6::bool[], $7::bool[], $8::bool[],
+                                 $9::timestamptz[], $10::timestamptz[], $11::bool[])
+                AS c(device_id, tenant_id, state, last_fix_time, last_seen, online, changed,
+                     known, was_fix_time, was_seen, was_online)
+        ), upd AS (
+            UPDATE device_event_state s SET
+                tenant_id = c.tenant_id, state = c.state, last_fix_time = c.last_fix_time,
+                last_seen = c.last_seen, online = c.online, updated_at = now()
+            FROM c
+            WHERE c.changed AND c.known AND s.device_id = c.device_id
+              AND s.last_fix_time IS NOT DISTINCT FROM c.was_fix_time
+              AND s.last_seen IS NOT DISTINCT FROM c.was_seen
+              AND s.online = c.was_online
+            RETURNING s.device_id
+        ), ins AS (
+            INSERT INTO device_event_state (device_id, tenant_id, state, last_fix_time,
+                                            last_seen, online)
+            SELECT device_id, tenant_id, state, last_fix_time, last_seen, online
+            FROM c WHERE c.changed AND NOT c.known
+            ON CONFLICT (device_id) DO NOTHING
+            RETURNING device_id
+        )
+        SELECT c.device_id FROM c
+        WHERE CASE WHEN c.changed
+                   THEN c.device_id NOT IN (SELECT device_id FROM upd
+                                            UNION ALL SELECT device_id FROM ins)
+                   ELSE c.known IS DISTINCT FROM EXISTS (
+                       SELECT 1 FROM device_event_state s
+                       WHERE s.device_id = c.device_id
+                         AND (NOT c.known
+                              OR (s.last_fix_time IS NOT DISTINCT FROM c.was_fix_time
+                                  AND s.last_seen IS NOT DISTINCT FROM c.was_seen
+                                  AND s.online = c.was_online)))
+              END",
+    )
+    .bind(columns.devices)
+    .bind(columns.tenants)
+    .bind(columns.documents)
+    .bind(columns.last_fix_times)
+    .bind(columns.last_seens)
+    .bind(columns.online)
+    .bind(guarded.iter().map(|g| g.changed).collect::<Vec<_>>())
+    .bind(
+        guarded
+            .iter()
+            .map(|g| g.expected.is_some())
+            .collect::<Vec<_>>(),
+    )
+    .bind(expected(|c| c.last_fix_time))
+    .bind(expected(|c| c.last_seen))
+    .bind(
+        guarded
+            .iter()
+            .map(|g| g.expected.is_some_and(|c| c.online))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// The columns of `device_event_state` for a list of states, as bind arrays.
+struct StateColumns {
+    devices: Vec<Uuid>,
+    tenants: Vec<Uuid>,
+    documents: Vec<String>,
+    last_fix_times: Vec<Option<DateTime<Utc>>>,
+    last_seens: Vec<Option<DateTime<Utc>>>,
+    online: Vec<bool>,
+}
+
+impl StateColumns {
+    fn of<'a>(states: impl Iterator<Item = &'a DeviceEventState>) -> Self {
+        let mut columns = Self {
+            devices: Vec::new(),
+            tenants: Vec::new(),
+            documents: Vec::new(),
+            last_fix_times: Vec::new(),
+            last_seens: Vec::new(),
+            online: Vec::new(),
+        };
+        for s in states {
+            columns.devices.push(s.device_id);
+            columns.tenants.push(s.tenant_id);
+            columns
+                .documents
+                .push(serde_json::to_string(s).expect("event state serializes"));
+            columns.last_fix_times.push(s.last_fix.map(|f| ts(f.t)));
+            columns.last_seens.push(s.last_seen.map(ts));
+            columns.online.push(s.online);
+        }
+        columns
+    }
+}
+
 /// Write `states` (insert or replace), keeping the columns beside the document equal to it.
 pub async fn upsert_states(
     conn: &mut PgConnection,
@@ -248,10 +407,7 @@ pub async fn upsert_states(
     if states.is_empty() {
         return Ok(());
     }
-    let documents: Vec<String> = states
-        .iter()
-        .map(|s| serde_json::to_string(s).expect("event state serializes"))
-        .collect();
+    let columns = StateColumns::of(states.iter());
     sqlx::query(
         "INSERT INTO device_event_state (device_id, tenant_id, state, last_fix_time, last_seen, online)
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[]::jsonb[], $4::timestamptz[],
@@ -261,22 +417,12 @@ pub async fn upsert_states(
              last_fix_time = EXCLUDED.last_fix_time, last_seen = EXCLUDED.last_seen,
              online = EXCLUDED.online, updated_at = now()",
     )
-    .bind(states.iter().map(|s| s.device_id).collect::<Vec<_>>())
-    .bind(states.iter().map(|s| s.tenant_id).collect::<Vec<_>>())
-    .bind(documents)
-    .bind(
-        states
-            .iter()
-            .map(|s| s.last_fix.map(|f| ts(f.t)))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        states
-            .iter()
-            .map(|s| s.last_seen.map(ts))
-            .collect::<Vec<_>>(),
-    )
-    .bind(states.iter().map(|s| s.online).collect::<Vec<_>>())
+    .bind(columns.devices)
+    .bind(columns.tenants)
+    .bind(columns.documents)
+    .bind(columns.last_fix_times)
+    .bind(columns.last_seens)
+    .bind(columns.online)
     .execute(&mut *conn)
     .await?;
     Ok(())

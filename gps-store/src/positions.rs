@@ -225,8 +225,14 @@ pub struct Columns {
 }
 
 impl Columns {
-    /// The column arrays of `rows`.
-    pub fn of(rows: &[StoredFix]) -> Self {
+    /// The column arrays of `rows` (a slice, or references picked out of one without copying
+    /// the rows).
+    pub fn of<'a, I>(rows: I) -> Self
+    where
+        I: IntoIterator<Item = &'a StoredFix>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let rows = rows.into_iter();
         let n = rows.len();
         let mut c = Self {
             tenant: Vec::with_capacity(n),

@@ -3,7 +3,7 @@
 //! `{"error":{"code","message","field"}}` ([`gps_runtime::http_error`]). 5xx bodies are generic;
 //! the detail is logged there.
 
-use crate::producer::ProduceError;
+use crate::producer::{ProduceError, ProduceFailure};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gps_domain::wire::json::ItemError;
@@ -177,6 +177,11 @@ impl IntoResponse for ApiError {
                 retry_after_secs,
                 detail,
             } => unavailable(status, retry_after_secs).cause(detail),
+            // Shed for overload: counted in `gps_ingest_shed_total` and summarized by the guard,
+            // not logged per request.
+            Self::NotProduced(e) if matches!(e.failure, ProduceFailure::Overloaded) => {
+                unavailable(status, e.retry_after_secs).unlogged()
+            }
             Self::NotProduced(e) => unavailable(status, e.retry_after_secs).cause(e),
             Self::Internal(detail) => {
                 ErrorResponse::new(status, code, "internal error").cause(detail)

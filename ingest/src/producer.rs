@@ -22,25 +22,17 @@
 use crate::auth::DeviceRecord;
 use crate::config::ProducerArgs;
 use crate::metrics::Metrics;
-use crate::overload::Overload;
+use crate::overload::{Overload, Shed};
 use gps_domain::status::DeviceStatus;
 use gps_domain::{EnvelopeFormat, Fix, FixEnvelope, Protocol};
 use gps_runtime::config::KafkaArgs;
-use rdkafka::config::ClientConfig;
+use gps_runtime::kafka::{DeliveryFailure, PendingDelivery, ReplaceableProducer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::FutureRecord;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How much later than ingest's own delivery deadline librdkafka gives up on a record
-/// (`message.timeout.ms`). librdkafka must never time a record out itself: after such a timeout
-/// the idempotent producer bumps its epoch on its own and resumes with it as soon as the broker
-/// is back, which wedges tansu 0.6 (docs/operations.md, "Known broker defects"). Ingest's
-/// deadline comes first, and the producer holding the late record is replaced (its queue
-/// purged, so it sends nothing more) before librdkafka would act.
-const LIBRDKAFKA_TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 
 /// Fixes that did not reach the log. Every failure is temporary: the device should retry after
 /// `retry_after_secs` (`INGEST_RETRY_AFTER_SECS`).
@@ -86,92 +78,9 @@ impl ProduceError {
     }
 }
 
-/// One Kafka producer and what it takes to replace it.
-struct Lane {
-    /// The producer and its generation (counts replacements).
-    producer: RwLock<(u64, FutureProducer)>,
-    config: ClientConfig,
-}
-
-impl Lane {
-    fn new(config: ClientConfig) -> Result<Self, KafkaError> {
-        Ok(Self {
-            producer: RwLock::new((0, config.create()?)),
-            config,
-        })
-    }
-
-    /// The current producer and its generation.
-    fn current(&self) -> (u64, FutureProducer) {
-        self.producer
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replace the producer of `generation` after an error it cannot recover from by itself;
-    /// nothing when it was replaced already (its other records fail the same way, or are
-    /// purged, and must not replace its successor).
-    fn rebuild(&self, generation: u64, cause: &KafkaError) {
-        // Many records of one producer fail together: only the first creates a successor.
-        if self.current().0 != generation {
-            return;
-        }
-        let fresh = match self.config.create::<FutureProducer>() {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                tracing::error!(error = %e, "kafka producer could not be recreated");
-                return;
-            }
-        };
-        let old = {
-            let mut current = self
-                .producer
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if current.0 != generation {
-                // Lost the race to another failing record: the spare goes unused.
-                drop_off_runtime(fresh);
-                return;
-            }
-            let next = (generation + 1, fresh);
-            std::mem::replace(&mut *current, next).1
-        };
-        tracing::warn!(error = %cause, generation = generation + 1, "kafka producer replaced after an unrecoverable error");
-        // Purge before anything else: the old producer must not send another record (with an
-        // epoch of its own making) once the broker is back. Dropping it purges again and waits
-        // for its threads, which blocks: not on the runtime.
-        old.purge(PurgeConfig::default().queue().inflight());
-        drop_off_runtime(old);
-    }
-
-    /// Errors after which the idempotent producer's state is unusable, or would have to be
-    /// repaired by an epoch bump: after a record timed out, librdkafka bumps the epoch of the
-    /// same producer id itself and produces with it once the broker is back, which tansu 0.6
-    /// cannot handle (its storage panics and it stops serving). A fresh producer (new id) avoids
-    /// that dance on every broker and costs nothing the retrying device would notice. Ingest's
-    /// own deadline ([`FixProducer::acknowledged`]) normally replaces the producer first; these
-    /// are the errors that still reach it.
-    fn needs_rebuild(&self, error: &KafkaError) -> bool {
-        matches!(
-            error,
-            KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageTimedOut
-                    | RDKafkaErrorCode::Unknown
-                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                    | RDKafkaErrorCode::UnknownProducerId
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::Fatal
-            )
-        ) || self.current().1.client().fatal_error().is_some()
-    }
-}
-
-/// Drop a producer on a thread of its own: dropping purges, flushes and joins librdkafka's
-/// threads, which blocks.
-fn drop_off_runtime(producer: FutureProducer) {
-    std::thread::spawn(move || drop(producer));
-}
+/// One lane: a producer replaced instead of letting librdkafka time a record out and bump its
+/// epoch ([`ReplaceableProducer`]).
+type Lane = ReplaceableProducer;
 
 /// Which lane the next request takes: requests in flight, with hysteresis.
 struct LanePolicy {
@@ -220,13 +129,10 @@ impl LanePolicy {
 
 /// The fixes producer (cheap to clone).
 ///
-/// The idempotent producer keeps a producer id and per-partition sequence numbers. When records
-/// time out while the broker is away, a restarted broker can refuse the producer's next
-/// sequence for good (tansu answers `UNKNOWN_SERVER_ERROR`; Kafka `OUT_OF_ORDER_SEQUENCE_NUMBER`
-/// or `UNKNOWN_PRODUCER_ID`). Such errors, and a record not acknowledged within the delivery
-/// timeout, make the producer replace itself with a fresh one (a new producer id; the old one's
-/// queue is purged first, so it sends nothing more), so devices get 503 while it happens and
-/// ingest recovers without a restart.
+/// Each lane is a [`ReplaceableProducer`]: a record not acknowledged within the delivery
+/// timeout, or an error the idempotent producer cannot recover from, replaces the lane's
+/// producer with a fresh one (the old one's queue is purged first, so it sends nothing more),
+/// so devices get 503 while it happens and ingest recovers without a restart.
 #[derive(Clone)]
 pub struct FixProducer {
     /// `linger.ms=0`, while few requests are in flight; `None` when the batching lane does not
@@ -253,11 +159,9 @@ impl std::fmt::Debug for FixProducer {
 
 /// An enqueued record whose acknowledgement is still pending.
 struct Pending {
-    delivery: DeliveryFuture,
+    delivery: PendingDelivery,
     started: Instant,
     lane: Arc<Lane>,
-    /// The generation of the lane's producer that holds the record.
-    generation: u64,
 }
 
 impl FixProducer {
@@ -273,9 +177,7 @@ impl FixProducer {
             .set("acks", "all")
             .set(
                 "message.timeout.ms",
-                (args.delivery_timeout() + LIBRDKAFKA_TIMEOUT_GRACE)
-                    .as_millis()
-                    .to_string(),
+                Lane::message_timeout(args.delivery_timeout()),
             )
             .set("batch.size", args.batch_bytes.to_string())
             .set("compression.type", &args.compression)
@@ -341,14 +243,34 @@ impl FixProducer {
         let Some(overload) = &self.overload else {
             return Ok(());
         };
-        overload.admit(tenant, fixes).map_err(|shed| {
-            let error = ProduceError {
-                failure: ProduceFailure::Overloaded,
-                retry_after_secs: shed.retry_after_secs,
-            };
-            self.count(protocol, fixes as u64, Err(&error));
-            error
-        })
+        overload
+            .admit(tenant, fixes)
+            .map_err(|shed| self.shed(protocol, shed))
+    }
+
+    /// Refuse `tenant` early, before its request is read, when the overload guard already
+    /// sheds it (the request still passes [`FixProducer::produce`]'s guard once decoded).
+    pub fn check_overload(
+        &self,
+        protocol: Protocol,
+        tenant: uuid::Uuid,
+    ) -> Result<(), ProduceError> {
+        let Some(overload) = &self.overload else {
+            return Ok(());
+        };
+        overload
+            .check(tenant)
+            .map_err(|shed| self.shed(protocol, shed))
+    }
+
+    /// The error of a shed request, its fixes counted refused.
+    fn shed(&self, protocol: Protocol, shed: Shed) -> ProduceError {
+        let error = ProduceError {
+            failure: ProduceFailure::Overloaded,
+            retry_after_secs: shed.retry_after_secs,
+        };
+        self.count(protocol, shed.fixes, Err(&error));
+        error
     }
 
     fn error(&self, failure: ProduceFailure) -> ProduceError {
@@ -394,18 +316,16 @@ impl FixProducer {
         let key = envelope.key();
         let payload = envelope.encode_as(self.envelope_format);
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        let (generation, producer) = lane.current();
-        match producer.send_result(record) {
+        match lane.send(record) {
             Ok(delivery) => Ok(Pending {
                 delivery,
                 started: Instant::now(),
                 lane: lane.clone(),
-                generation,
             }),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 Err(self.error(ProduceFailure::QueueFull))
             }
-            Err((e, _)) => Err(self.error(ProduceFailure::Enqueue(e))),
+            Err(e) => Err(self.error(ProduceFailure::Enqueue(e))),
         }
     }
 
@@ -514,39 +434,28 @@ impl FixProducer {
 
     /// Wait for the broker's acknowledgement of an enqueued record.
     async fn acknowledged(&self, pending: Pending) -> Result<(), ProduceError> {
-        // Ingest's deadline, before librdkafka's own (`LIBRDKAFKA_TIMEOUT_GRACE` later): a record
-        // late by it replaces its producer before librdkafka could time it out and bump the
-        // producer's epoch.
-        let outcome = tokio::time::timeout(self.delivery_timeout, pending.delivery).await;
+        // Ingest's deadline, before librdkafka's own: a record late by it replaces its producer
+        // before librdkafka could time it out and bump the producer's epoch.
+        let outcome = pending
+            .lane
+            .acknowledged(pending.delivery, self.delivery_timeout)
+            .await;
         match outcome {
-            Ok(Ok(Ok(_delivery))) => {
+            Ok(()) => {
                 self.metrics
                     .produce_seconds
                     .observe(pending.started.elapsed().as_secs_f64());
                 Ok(())
             }
-            Ok(Ok(Err((e, _)))) => {
-                if pending.lane.needs_rebuild(&e) {
-                    pending.lane.rebuild(pending.generation, &e);
-                }
-                Err(self.error(ProduceFailure::Delivery(e)))
-            }
-            Ok(Err(_canceled)) => Err(self.error(ProduceFailure::ShutDown)),
-            Err(_elapsed) => {
-                pending.lane.rebuild(
-                    pending.generation,
-                    &KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
-                );
-                Err(self.error(ProduceFailure::TimedOut))
-            }
+            Err(DeliveryFailure::Broker(e)) => Err(self.error(ProduceFailure::Delivery(e))),
+            Err(DeliveryFailure::ShutDown) => Err(self.error(ProduceFailure::ShutDown)),
+            Err(DeliveryFailure::TimedOut) => Err(self.error(ProduceFailure::TimedOut)),
         }
     }
 
     /// Records queued or in flight.
     pub fn queue_depth(&self) -> i32 {
-        self.lanes()
-            .map(|lane| lane.current().1.in_flight_count())
-            .sum()
+        self.lanes().map(|lane| lane.in_flight_count()).sum()
     }
 
     /// Flush everything queued, waiting at most `timeout` per lane (blocking: call from a
@@ -555,7 +464,7 @@ impl FixProducer {
         // Every lane is flushed, even after one failed.
         let mut outcome = Ok(());
         for lane in self.lanes() {
-            if let Err(e) = lane.current().1.flush(timeout) {
+            if let Err(e) = lane.flush(timeout) {
                 outcome = Err(e);
             }
         }

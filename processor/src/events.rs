@@ -245,58 +245,127 @@ impl EventFold<'_> {
         };
         store::reset_devices(conn, &reset).await?;
         let reset_now: HashSet<Uuid> = reset.iter().copied().collect();
-        let probes: Vec<StateProbe> = order
+        // The cached state where there is one (not for a device reset just now); the stored
+        // one, read without a lock, for the others. The guarded write checks both.
+        let cached = |device: &Uuid| {
+            engine
+                .states
+                .get(device)
+                .filter(|_| !reset_now.contains(device))
+        };
+        let unknown: Vec<StateProbe> = order
             .iter()
+            .filter(|device| cached(device).is_none())
             .map(|device| StateProbe {
                 device: *device,
-                cached: engine
-                    .states
-                    .get(device)
-                    .filter(|_| !reset_now.contains(device))
-                    .map(StateStamp::of),
+                cached: None,
             })
             .collect();
-        let mut locked = store::lock_states(conn, &probes).await?;
+        let mut read = store::read_states(conn, &unknown).await?;
+        let mut folded: Vec<(Option<StateStamp>, DeviceEventState, Vec<Event>, bool)> = order
+            .iter()
+            .map(|device| {
+                let before = match cached(device) {
+                    Some(state) => Some(state.clone()),
+                    None => stored(read.remove(device)),
+                };
+                let expected = before.as_ref().map(StateStamp::of);
+                let (state, events, changed) = self.fold_device(*device, &by_device, before);
+                (expected, state, events, changed)
+            })
+            .collect();
+        let guarded: Vec<store::GuardedState<'_>> = folded
+            .iter()
+            .map(|(expected, state, _, changed)| store::GuardedState {
+                expected: *expected,
+                state,
+                changed: *changed,
+            })
+            .collect();
+        let stale = store::write_states_guarded(conn, &guarded).await?;
+        if !stale.is_empty() {
+            // Rare: the offline timer (or another instance) wrote these rows since the state
+            // was cached or read. Lock them, fold again from what is stored, write plainly.
+            tracing::debug!(
+                devices = stale.len(),
+                "event state changed under the batch; folded again"
+            );
+            let probes: Vec<StateProbe> = stale
+                .iter()
+                .map(|device| StateProbe {
+                    device: *device,
+                    cached: None,
+                })
+                .collect();
+            let mut locked = store::lock_states(conn, &probes).await?;
+            let stale: HashSet<Uuid> = stale.into_iter().collect();
+            let mut rewrite = Vec::new();
+            for entry in folded.iter_mut().filter(|f| stale.contains(&f.1.device_id)) {
+                let device = entry.1.device_id;
+                let (state, events, _) =
+                    self.fold_device(device, &by_device, stored(locked.remove(&device)));
+                rewrite.push(state.clone());
+                entry.1 = state;
+                entry.2 = events;
+            }
+            store::upsert_states(conn, &rewrite).await?;
+        }
         let mut events = Vec::new();
-        let mut states = Vec::with_capacity(order.len());
-        let mut changed = Vec::new();
-        for device in &order {
-            let reports = &by_device[device];
-            let tenant = reports[0].tenant;
-            let before = match locked.remove(device) {
-                Some(LockedState::AsCached) => engine.states.get(device).cloned(),
-                Some(LockedState::Stored(state)) => Some(*state),
-                Some(LockedState::Missing) | None => None,
-            }
-            .unwrap_or_else(|| DeviceEventState::new(tenant, *device));
-            let mut state = before.clone();
-            let (groups, speed_limit_mps) = match engine.profiles.get(device) {
-                Some((profile, _)) => (profile.groups.as_slice(), profile.speed_limit_mps),
-                None => (&[][..], None),
-            };
-            let profile = DeviceProfile {
-                groups,
-                speed_limit_mps,
-            };
-            let fences = engine.fences_of(tenant);
-            for report in reports {
-                events.extend(fold_report(
-                    &mut state,
-                    report,
-                    self.rows,
-                    fences,
-                    &profile,
-                    &engine.rules,
-                ));
-            }
-            if state != before {
-                changed.push(state.clone());
-            }
+        let mut states = Vec::with_capacity(folded.len());
+        for (_, state, device_events, _) in folded {
+            events.extend(device_events);
             states.push(state);
         }
         let new = store::insert_events(conn, &events, engine.deliveries).await?;
-        store::upsert_states(conn, &changed).await?;
         Ok(EventsWritten { new, states, reset })
+    }
+}
+
+impl EventFold<'_> {
+    /// Fold `device`'s reports of the batch into `before` (a new state when `None`): the state
+    /// it leaves, the events raised, and whether the state changed.
+    fn fold_device(
+        &self,
+        device: Uuid,
+        by_device: &HashMap<Uuid, Vec<&Report>>,
+        before: Option<DeviceEventState>,
+    ) -> (DeviceEventState, Vec<Event>, bool) {
+        let engine = self.engine;
+        let reports = &by_device[&device];
+        let tenant = reports[0].tenant;
+        let before = before.unwrap_or_else(|| DeviceEventState::new(tenant, device));
+        let mut state = before.clone();
+        let (groups, speed_limit_mps) = match engine.profiles.get(&device) {
+            Some((profile, _)) => (profile.groups.as_slice(), profile.speed_limit_mps),
+            None => (&[][..], None),
+        };
+        let profile = DeviceProfile {
+            groups,
+            speed_limit_mps,
+        };
+        let fences = engine.fences_of(tenant);
+        let mut events = Vec::new();
+        for report in reports {
+            events.extend(fold_report(
+                &mut state,
+                report,
+                self.rows,
+                fences,
+                &profile,
+                &engine.rules,
+            ));
+        }
+        let changed = state != before;
+        (state, events, changed)
+    }
+}
+
+/// The state a probe found, if any.
+fn stored(found: Option<LockedState>) -> Option<DeviceEventState> {
+    match found {
+        Some(LockedState::Stored(state)) => Some(*state),
+        // Probes without a cached stamp never come back `AsCached`.
+        Some(LockedState::AsCached | LockedState::Missing) | None => None,
     }
 }
 
@@ -310,24 +379,27 @@ pub fn fold_report(
     profile: &DeviceProfile<'_>,
     rules: &EventRules,
 ) -> Vec<Event> {
-    let mut fixes: Vec<&Fix> = rows[report.rows.clone()].iter().map(|r| &r.fix).collect();
-    fixes.sort_by_key(|f| f.fix_time);
+    let mut fixes: Vec<(&Fix, EpochMillis)> = rows[report.rows.clone()]
+        .iter()
+        .map(|r| (&r.fix, r.received))
+        .collect();
+    fixes.sort_by_key(|(f, _)| f.fix_time);
     let status_at = report
         .status
         .as_ref()
-        .map(|s| fixes.partition_point(|f| f.fix_time <= s.time));
+        .map(|s| fixes.partition_point(|(f, _)| f.fix_time <= s.time));
     let mut events = Vec::new();
-    for (i, fix) in fixes.iter().enumerate() {
+    for (i, (fix, received)) in fixes.iter().enumerate() {
         if status_at == Some(i) {
             if let Some(status) = &report.status {
-                events.extend(state.apply_status(status, rules));
+                events.extend(state.apply_status_received(status, report.received, rules));
             }
         }
-        events.extend(state.apply(fix, fences, profile, rules));
+        events.extend(state.apply_received(fix, *received, fences, profile, rules));
     }
     if status_at == Some(fixes.len()) {
         if let Some(status) = &report.status {
-            events.extend(state.apply_status(status, rules));
+            events.extend(state.apply_status_received(status, report.received, rules));
         }
     }
     events
@@ -462,6 +534,7 @@ mod tests {
             tenant: Uuid::nil(),
             device,
             uid: "d".into(),
+            received: status.as_ref().map_or(0, |s| s.time),
             rows,
             status,
         }

@@ -19,17 +19,28 @@ use gps_domain::fix::now_millis;
 use gps_domain::reject::RejectRecord;
 use gps_domain::validation::{PreviousFix, Thresholds};
 use gps_runtime::db::StorageMode;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use gps_runtime::kafka::{DeliveryFailure, ReplaceableProducer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureRecord;
+use rdkafka::types::RDKafkaErrorCode;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+/// How long the processor waits for the broker to acknowledge a record of its own topics
+/// (rejects, events). librdkafka's `message.timeout.ms` is set later than this
+/// ([`ReplaceableProducer::message_timeout`]), so a record late by it replaces its producer
+/// instead of letting librdkafka time it out and bump the producer's epoch (which wedges tansu;
+/// docs/operations.md, "Known broker defects").
+pub(crate) const DELIVERY_DEADLINE: Duration = Duration::from_secs(20);
+
 /// Produces reject records to the quarantine topic and waits for the broker's acks.
 #[derive(Clone)]
 pub struct RejectSink {
-    producer: FutureProducer,
+    producer: Arc<ReplaceableProducer>,
     topic: String,
 }
 
@@ -42,17 +53,36 @@ impl std::fmt::Debug for RejectSink {
 }
 
 /// A producer with the pipeline's delivery guarantees (idempotent, `acks=all`), for the
-/// processor's own topics (rejects, events).
+/// processor's own topics (rejects, events), awaited for at most [`DELIVERY_DEADLINE`].
 pub(crate) fn reliable_producer(
     kafka: &gps_runtime::config::KafkaArgs,
     client_id: &str,
-) -> Result<FutureProducer, ProcessorError> {
-    Ok(gps_runtime::kafka::client_config(kafka, client_id)
+) -> Result<Arc<ReplaceableProducer>, ProcessorError> {
+    let mut config = gps_runtime::kafka::client_config(kafka, client_id);
+    config
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()?)
+        .set(
+            "message.timeout.ms",
+            ReplaceableProducer::message_timeout(DELIVERY_DEADLINE),
+        )
+        // Notice a dead broker quickly instead of waiting for TCP to give up.
+        .set("socket.connection.setup.timeout.ms", "3000")
+        .set("reconnect.backoff.max.ms", "1000");
+    Ok(Arc::new(ReplaceableProducer::new(config)?))
+}
+
+/// The Kafka error of a record that was not acknowledged: a deadline passed is a timeout
+/// (transient, the batch is retried on the replacement producer).
+pub(crate) fn delivery_error(failure: DeliveryFailure) -> KafkaError {
+    match failure {
+        DeliveryFailure::Broker(error) => error,
+        DeliveryFailure::TimedOut => {
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
+        }
+        DeliveryFailure::ShutDown => KafkaError::Canceled,
+    }
 }
 
 impl RejectSink {
@@ -66,22 +96,37 @@ impl RejectSink {
         })
     }
 
-    /// Produce every record and wait until the broker acknowledged them all.
+    /// Produce every record and wait until the broker acknowledged them all, at most
+    /// [`DELIVERY_DEADLINE`]; on `Err` the batch is run again (a reject may then be quarantined
+    /// twice, never lost).
     pub async fn send_all(&self, records: &[RejectRecord]) -> Result<(), ProcessorError> {
-        let encoded: Vec<(String, Vec<u8>)> =
-            records.iter().map(|r| (r.key(), r.encode())).collect();
-        let sends = encoded.iter().map(|(key, payload)| {
-            self.producer.send(
-                FutureRecord::to(&self.topic).key(key).payload(payload),
-                Duration::from_secs(30),
-            )
-        });
-        for result in futures::future::join_all(sends).await {
-            if let Err((error, _)) = result {
-                return Err(error.into());
+        let mut pending = Vec::with_capacity(records.len());
+        let mut refused = None;
+        for record in records {
+            let (key, payload) = (record.key(), record.encode());
+            match self
+                .producer
+                .send(FutureRecord::to(&self.topic).key(&key).payload(&payload))
+            {
+                Ok(delivery) => pending.push(delivery),
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
             }
         }
-        Ok(())
+        // Even after a refused enqueue (a full queue), what was enqueued is awaited: a record
+        // nobody waits for would reach librdkafka's own timeout.
+        let acks = pending
+            .into_iter()
+            .map(|p| self.producer.acknowledged(p, DELIVERY_DEADLINE));
+        let delivered: Result<Vec<()>, _> =
+            futures::future::join_all(acks).await.into_iter().collect();
+        delivered.map_err(delivery_error)?;
+        match refused {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
     }
 }
 

@@ -337,7 +337,7 @@ impl Writer {
         copy.finish().await?;
         let latest = newest_valid_per_device(rows);
         if !latest.is_empty() {
-            sqlx::query_with(&self.sql.latest, Columns::of(&latest).into_arguments()?)
+            sqlx::query_with(&self.sql.latest, Columns::of(latest).into_arguments()?)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -531,7 +531,7 @@ fn keys_of(inserted: Vec<(Uuid, DateTime<Utc>)>) -> HashSet<FixKey> {
 }
 
 /// Each device's valid row with the newest fix time (keys are distinct, so there are no ties).
-fn newest_valid_per_device(rows: &[StoredFix]) -> Vec<StoredFix> {
+fn newest_valid_per_device(rows: &[StoredFix]) -> Vec<&StoredFix> {
     let mut newest: HashMap<Uuid, &StoredFix> = HashMap::new();
     for row in rows.iter().filter(|r| r.fix.valid) {
         newest
@@ -543,7 +543,7 @@ fn newest_valid_per_device(rows: &[StoredFix]) -> Vec<StoredFix> {
             })
             .or_insert(row);
     }
-    newest.into_values().cloned().collect()
+    newest.into_values().collect()
 }
 
 fn day_date(day: i64) -> Option<NaiveDate> {
@@ -610,7 +610,8 @@ mod tests {
                 fix,
             }
         };
-        let newest = newest_valid_per_device(&[row(1, true), row(3, false), row(2, true)]);
+        let rows = [row(1, true), row(3, false), row(2, true)];
+        let newest = newest_valid_per_device(&rows);
         assert_eq!(newest.len(), 1);
         assert_eq!(newest[0].fix.fix_time, 2);
         assert!(newest_valid_per_device(&[row(3, false)]).is_empty());

@@ -107,9 +107,7 @@ fn success_status(method: &str, path: &str) -> &'static str {
             "post",
             "/v1/devices" | "/v1/users" | "/v1/groups" | "/v1/api-keys" | "/v1/geofences"
             | "/v1/webhooks",
-        ) => {
-            "201"
-        }
+        ) => "201",
         ("delete", _) | ("post", "/v1/auth/logout") => "204",
         ("put", path) if path.starts_with("/v1/groups/") => "204",
         _ => "200",

@@ -96,6 +96,10 @@ struct EventsArgs {
     /// Seconds to keep listening for event frames after the run settled.
     #[arg(long, default_value_t = 1.0)]
     event_drain_secs: f64,
+    /// Seconds back the fleet's clocks start (under the processor's offline timeout, or the
+    /// offline timer takes the fleet for offline).
+    #[arg(long, default_value_t = events_load::EVENTS_CLOCK_BEHIND.as_secs_f64())]
+    clock_behind_secs: f64,
 }
 
 #[derive(Debug, Args)]
@@ -787,6 +791,7 @@ async fn events_command(
         fences: args.fences,
         compare_no_fences: args.compare_no_fences,
         event_drain: Duration::from_secs_f64(args.event_drain_secs.clamp(0.0, 60.0)),
+        clock_behind: Duration::from_secs_f64(args.clock_behind_secs.clamp(0.0, 30.0 * 86_400.0)),
     };
     let env = RunEnv {
         pool,

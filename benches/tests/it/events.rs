@@ -41,6 +41,7 @@ async fn compared_run_counts_events_and_measures_fix_to_event() {
         fences: 200,
         compare_no_fences: true,
         event_drain: Duration::from_secs(1),
+        clock_behind: events_load::EVENTS_CLOCK_BEHIND,
     };
     let env = RunEnv {
         pool: pipeline.db.pool.clone(),

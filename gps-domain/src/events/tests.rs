@@ -300,6 +300,52 @@ fn the_offline_timer_and_a_later_fix_raise_the_same_event() {
 }
 
 #[test]
+fn liveness_follows_reception_not_the_device_clock() {
+    let fences = FenceIndex::default();
+    let rules = EventRules::default();
+    let profile = DeviceProfile::default();
+    let now: EpochMillis = 1_800_000_000_000;
+    let two_hours = 7_200_000;
+    // A device whose clock is two hours behind reports every 10 s: online once, and the timer
+    // never calls it offline while it keeps sending.
+    let mut clock_behind = state();
+    let mut raised = Vec::new();
+    for i in 0..5 {
+        let rx = now + i * 10_000;
+        let f = Fix::new(rx - two_hours, 1.0, 1.0);
+        raised.extend(clock_behind.apply_received(&f, rx, &fences, &profile, &rules));
+        assert_eq!(
+            clock_behind.check_offline(rx + 1_000, rules.offline_after_ms),
+            None
+        );
+    }
+    assert_eq!(types(&raised), ["device_online"]);
+    assert_eq!(raised[0].fix_time, now, "dated when received");
+
+    // A buffer of old fixes uploaded after 20 min of silence: the missed offline, then online,
+    // even though the fixes' own times have no gap.
+    let mut buffered = state();
+    let first = Fix::new(now, 1.0, 1.0);
+    buffered.apply_received(&first, now, &fences, &profile, &rules);
+    let upload = now + 1_200_000;
+    let old = Fix::new(now + 5_000, 1.0, 1.0);
+    let back = buffered.apply_received(&old, upload, &fences, &profile, &rules);
+    assert_eq!(types(&back), ["device_offline", "device_online"]);
+    assert_eq!(back[0].fix_time, now + rules.offline_after_ms);
+    // A late fix (before the last applied one) changes nothing, whenever it arrives; a
+    // redelivered one neither.
+    let before = buffered.clone();
+    let late = Fix::new(now - 1_000, 1.0, 1.0);
+    assert!(buffered
+        .apply_received(&late, upload + 1_200_000, &fences, &profile, &rules)
+        .is_empty());
+    assert!(buffered
+        .apply_received(&old, upload, &fences, &profile, &rules)
+        .is_empty());
+    assert_eq!(buffered, before);
+}
+
+#[test]
 fn alarms_come_from_status_reports_once() {
     let fences = FenceIndex::default();
     let rules = EventRules::default();

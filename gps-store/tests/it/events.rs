@@ -1,7 +1,8 @@
 //! The events SQL against a real database: fences load through the one validation (a stored
 //! row that no longer validates is skipped) and their version moves with every change; device
 //! profiles carry groups and the device's limit; events insert once, with one webhook delivery
-//! per matching enabled webhook of their tenant; state rows lock against a cached stamp; the
+//! per matching enabled webhook of their tenant; state rows lock against a cached stamp and a
+//! guarded state write lands only on the row its fold started from; the
 //! offline query finds only overdue online devices.
 
 use gps_domain::events::{event_id, DeviceEventState, Event, EventType, LastFix};
@@ -316,4 +317,102 @@ async fn state_rows_lock_against_the_cached_stamp_and_the_timer_finds_overdue_de
     events::reset_devices(&mut conn, &[a]).await.unwrap();
     let locked = events::lock_states(&mut conn, &probes[..1]).await.unwrap();
     assert_eq!(locked[&a], LockedState::Missing);
+}
+
+#[tokio::test]
+async fn a_guarded_state_write_lands_only_on_the_row_it_folded_from() {
+    let db = TestDb::new().await;
+    let tenant = Uuid::new_v4();
+    let (a, b, c, d, e) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let (sa, sb, sc) = (
+        state(tenant, a, T0, true),
+        state(tenant, b, T0, true),
+        state(tenant, c, T0, true),
+    );
+    let mut conn = db.pool.acquire().await.unwrap();
+    events::upsert_states(&mut conn, &[sa.clone(), sb.clone(), sc.clone()])
+        .await
+        .unwrap();
+    // The offline timer wrote b and c offline since the batch cached them.
+    let (mut b_offline, mut c_offline) = (sb.clone(), sc.clone());
+    b_offline.online = false;
+    c_offline.online = false;
+    events::upsert_states(&mut conn, &[b_offline.clone(), c_offline.clone()])
+        .await
+        .unwrap();
+
+    let next = |s: &DeviceEventState| state(tenant, s.device_id, T0 + 1_000, true);
+    let (na, nb, nd, ne) = (
+        next(&sa),
+        next(&sb),
+        state(tenant, d, T0, true),
+        state(tenant, e, T0, true),
+    );
+    let guarded = [
+        // Folded from what is stored: written.
+        events::GuardedState {
+            expected: Some(StateStamp::of(&sa)),
+            state: &na,
+            changed: true,
+        },
+        // Folded from the stale cache: refused, the row keeps the timer's state.
+        events::GuardedState {
+            expected: Some(StateStamp::of(&sb)),
+            state: &nb,
+            changed: true,
+        },
+        // Unchanged, but from a stale cache: reported, nothing written.
+        events::GuardedState {
+            expected: Some(StateStamp::of(&sc)),
+            state: &sc,
+            changed: false,
+        },
+        // New device, no row: inserted.
+        events::GuardedState {
+            expected: None,
+            state: &nd,
+            changed: true,
+        },
+        // Believed new, but a row appeared (another writer): refused.
+        events::GuardedState {
+            expected: None,
+            state: &ne,
+            changed: true,
+        },
+    ];
+    events::upsert_states(&mut conn, &[ne.clone()])
+        .await
+        .unwrap();
+    let mut stale = events::write_states_guarded(&mut conn, &guarded)
+        .await
+        .unwrap();
+    stale.sort();
+    let mut want = vec![b, c, e];
+    want.sort();
+    assert_eq!(stale, want);
+
+    let probes: Vec<StateProbe> = [a, b, c, d]
+        .iter()
+        .map(|device| StateProbe {
+            device: *device,
+            cached: None,
+        })
+        .collect();
+    let stored = events::read_states(&mut conn, &probes).await.unwrap();
+    assert_eq!(stored[&a], LockedState::Stored(Box::new(na.clone())));
+    assert_eq!(stored[&b], LockedState::Stored(Box::new(b_offline)));
+    assert_eq!(stored[&c], LockedState::Stored(Box::new(c_offline)));
+    assert_eq!(stored[&d], LockedState::Stored(Box::new(nd.clone())));
+
+    // The same write again: a, d now carry the new stamp, so the old expectations fail.
+    let again = events::write_states_guarded(&mut conn, &guarded[..1])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![a]);
 }

@@ -6,8 +6,7 @@
 use super::{bearer, body, json_response, AppState, UNAUTHORIZED};
 use crate::auth::{DeviceRecord, KeyCheck};
 use crate::error::ApiError;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
@@ -24,18 +23,24 @@ enum Caller {
     Gateway { tenant_id: Uuid },
 }
 
+impl Caller {
+    fn tenant_id(&self) -> Uuid {
+        match self {
+            Self::Device(device) => device.tenant_id,
+            Self::Gateway { tenant_id } => *tenant_id,
+        }
+    }
+}
+
 /// The handler.
 pub async fn post_fixes(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
+    let source = state.source(peer, request.headers());
     state
-        .respond(
-            Protocol::Json,
-            handle(&state, state.source(peer, &headers), &headers, raw),
-        )
+        .respond(Protocol::Json, handle(&state, source, request))
         .await
 }
 
@@ -64,14 +69,13 @@ async fn caller(state: &AppState, source: IpAddr, headers: &HeaderMap) -> Result
     }
 }
 
-async fn handle(
-    state: &AppState,
-    source: IpAddr,
-    headers: &HeaderMap,
-    raw: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let caller = caller(state, source, headers).await?;
-    let raw = body(raw)?;
+async fn handle(state: &AppState, source: IpAddr, request: Request) -> Result<Response, ApiError> {
+    let caller = caller(state, source, request.headers()).await?;
+    // A tenant the overload guard already sheds is refused before its body is read.
+    state
+        .producer
+        .check_overload(Protocol::Json, caller.tenant_id())?;
+    let raw = body(Bytes::from_request(request, state).await)?;
     let decoded = json::decode(&raw, state.max_batch).map_err(|e| match e {
         JsonError::TooMany { .. } => ApiError::TooLarge {
             message: e.to_string(),

@@ -60,6 +60,30 @@ async fn a_noisy_tenant_is_shed_with_retry_after_while_a_quiet_tenant_gets_throu
     assert_eq!(body["error"]["code"], "unavailable");
     assert!(ingest.metric("gps_ingest_store_lag_records").await > 5.0);
 
+    // A shed tenant is refused before its body is read: a body that would be a 400 is a 503
+    // while its bucket is in debt.
+    let mut refused_unread = false;
+    for i in 0..1_000 {
+        if post_one(&ingest, &noisy.token, 10_000 + i).await.status() != 503 {
+            continue;
+        }
+        let malformed = ingest
+            .client
+            .post(ingest.url("/v1/fixes"))
+            .bearer_auth(&noisy.token)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        if malformed.status() == 503 {
+            assert!(malformed.headers().contains_key("retry-after"));
+            refused_unread = true;
+            break;
+        }
+    }
+    assert!(refused_unread, "a shed tenant's body is never decoded");
+
     // The quiet tenant's single request still gets through.
     let response = post_one(&ingest, &quiet.token, 0).await;
     assert_eq!(response.status(), 202, "the quiet tenant is not shed");

@@ -64,12 +64,11 @@ fn envelope(tenant: Uuid, device: Uuid, rx: EpochMillis, fixes: Vec<Fix>) -> Fix
 }
 
 /// Outside the fence (west), inside, outside (east): 680 m every two minutes from `t0`.
-fn crossing(tenant: Uuid, device: Uuid, rx: EpochMillis, t0: EpochMillis) -> [FixEnvelope; 3] {
-    [
-        envelope(tenant, device, rx, vec![fix(t0, 12.995)]),
-        envelope(tenant, device, rx, vec![fix(t0 + 120_000, 13.005)]),
-        envelope(tenant, device, rx, vec![fix(t0 + 240_000, 13.015)]),
-    ]
+/// A track across the fence, each fix received as it was taken (liveness follows reception,
+/// so `device_online` is dated with the first fix).
+fn crossing(tenant: Uuid, device: Uuid, t0: EpochMillis) -> [FixEnvelope; 3] {
+    [(0, 12.995), (120_000, 13.005), (240_000, 13.015)]
+        .map(|(dt, lon)| envelope(tenant, device, t0 + dt, vec![fix(t0 + dt, lon)]))
 }
 
 async fn events_of(pool: &PgPool, tenant: Uuid) -> Vec<StoredEvent> {
@@ -147,7 +146,7 @@ async fn crossing_a_fence_raises_enter_and_exit_once_live_on_the_topic_and_for_w
 
     let rx = now_millis();
     let t0 = rx - 300_000;
-    let track = crossing(tenant, device, rx, t0);
+    let track = crossing(tenant, device, t0);
     let producer = producer(&kafka);
     produce(&producer, &kafka.fixes_topic, &track).await;
     let running = Running::start(config(&db, &kafka, &group())).await;
@@ -271,7 +270,7 @@ async fn the_offline_timer_raises_device_offline_and_the_next_fix_brings_it_back
     produce(
         &producer,
         &kafka.fixes_topic,
-        &[envelope(tenant, device, rx, vec![fix(first, 12.9)])],
+        &[envelope(tenant, device, first, vec![fix(first, 12.9)])],
     )
     .await;
     let events = wait_for_events(&db.pool, tenant, 2).await;
@@ -310,7 +309,11 @@ async fn the_offline_timer_raises_device_offline_and_the_next_fix_brings_it_back
         types(&events)[..3],
         ["device_online", "device_offline", "device_online"]
     );
-    assert_eq!(events[2].fix_time.timestamp_millis(), back - 1_000);
+    assert_eq!(
+        events[2].fix_time.timestamp_millis(),
+        back,
+        "online is dated when the report was received"
+    );
     running.stop().await;
 }
 
@@ -326,8 +329,9 @@ fn expected_events(envelopes: &[FixEnvelope], fences: &FenceIndex) -> BTreeMap<U
         let mut fixes = envelope.fixes.clone();
         fixes.sort_by_key(|f| f.fix_time);
         for fix in &fixes {
-            for event in state.apply(
+            for event in state.apply_received(
                 fix,
+                envelope.rx,
                 fences,
                 &DeviceProfile::default(),
                 &EventRules::default(),
@@ -507,7 +511,7 @@ async fn every_write_path_writes_the_events_in_the_batchs_transaction() {
         };
         let rx = now_millis();
         let t0 = rx - 300_000;
-        let track = crossing(tenant, device, rx, t0);
+        let track = crossing(tenant, device, t0);
         let event_types = |outcome: &processor::plan::BatchOutcome| -> Vec<&'static str> {
             outcome
                 .events

@@ -1,5 +1,6 @@
 //! processor integration tests, against the real stack (`dev/stack up`).
 
+mod broker_outage;
 mod crash;
 mod events;
 mod group;

@@ -84,8 +84,8 @@ pub(crate) async fn produce_raw(producer: &FutureProducer, topic: &str, key: &st
         .expect("broker acknowledges");
 }
 
-/// Read `expected` reject records from the rejected topic (or panic after 60 s).
-pub(crate) async fn read_rejects(kafka: &KafkaArgs, expected: usize) -> Vec<RejectRecord> {
+/// A consumer of the rejected topic, from its beginning.
+pub(crate) fn rejects_consumer(kafka: &KafkaArgs) -> StreamConsumer {
     let consumer: StreamConsumer = gps_runtime::kafka::client_config(kafka, "test-rejects")
         .set("group.id", group())
         .set("enable.auto.commit", "false")
@@ -95,6 +95,12 @@ pub(crate) async fn read_rejects(kafka: &KafkaArgs, expected: usize) -> Vec<Reje
     tpl.add_partition_offset(&kafka.rejected_topic, 0, Offset::Beginning)
         .unwrap();
     consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// Read `expected` reject records from the rejected topic (or panic after 60 s).
+pub(crate) async fn read_rejects(kafka: &KafkaArgs, expected: usize) -> Vec<RejectRecord> {
+    let consumer = rejects_consumer(kafka);
     let mut records = Vec::new();
     while records.len() < expected {
         let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
