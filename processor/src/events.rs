@@ -6,10 +6,10 @@
 //!   their [`FenceVersion`] changed), each device's profile (groups, own speed limit; refreshed
 //!   on the same period) and each device's [`DeviceEventState`] as the last commit left it.
 //!   [`EventEngine::prepare`] loads what a batch needs before its transaction;
-//!   [`EventFold::run`] runs inside it (the writer calls it on every write path): lock the
-//!   batch's state rows, take the cached state where the row still carries its stamp (else the
-//!   stored one), fold each device's reports in log order, insert the events with their webhook
-//!   deliveries and upsert the states. The cache learns the states only after the commit
+//!   [`EventFold::run`] runs inside it (the writer calls it on every write path): take the
+//!   cached state (or read the stored one), fold each device's reports in log order, write the
+//!   states guarded by the stamp they were folded from (where a guard fails: lock, fold again
+//!   from the stored state, upsert), then insert the events with their webhook deliveries. The cache learns the states only after the commit
 //!   ([`EventEngine::learn`]) and forgets them when partitions move.
 //! - **Fold order**: a device's records in log order, the fixes of one record by fix time and
 //!   its status report among them by its time. The order never depends on where the log was
@@ -19,8 +19,9 @@
 //!   seen for longer than the rules' `offline_after_ms` (by the wall clock less how far the
 //!   group is behind the log) get their `device_offline` event, in a transaction of their own,
 //!   with their state rows locked `SKIP LOCKED`. Why it cannot fight the batch path's cache:
-//!   both lock the row, and the cache is used only while the row still carries its stamp, so
-//!   after the timer's commit the next fix folds from the offline state (`docs/events.md`).
+//!   the batch's guarded write takes the row lock and lands only on the row its fold started
+//!   from (after the timer's commit it fails and the device folds again from the offline
+//!   state), and the timer skips rows a batch holds (`docs/events.md`).
 
 use crate::config::EventArgs;
 use crate::metrics::Metrics;

@@ -386,7 +386,7 @@ async fn a_guarded_state_write_lands_only_on_the_row_it_folded_from() {
             changed: true,
         },
     ];
-    events::upsert_states(&mut conn, &[ne.clone()])
+    events::upsert_states(&mut conn, std::slice::from_ref(&ne))
         .await
         .unwrap();
     let mut stale = events::write_states_guarded(&mut conn, &guarded)
