@@ -160,38 +160,17 @@ impl StateStamp {
     }
 }
 
-/// A device whose state a transaction is about to fold, and the stamp of the state a cache
-/// holds for it, if any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateProbe {
-    /// The device.
-    pub device: Uuid,
-    /// The cached state's stamp.
-    pub cached: Option<StateStamp>,
-}
-
-/// What [`lock_states`] found for a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LockedState {
-    /// No row: the device was never seen (or was reset).
-    Missing,
-    /// The row carries the cached stamp: the cached state is the stored one.
-    AsCached,
-    /// The stored state (the cache was absent or stale).
-    Stored(Box<DeviceEventState>),
-}
-
-/// Lock the `device_event_state` rows of `probes`' devices (`FOR UPDATE`, in device order so
-/// two transactions never wait on each other in a cycle) and say, per device, whether the
-/// cached state is still the stored one; the stored document is read only when it is not.
-/// Holding the lock until commit serializes the batch path with the offline timer: whichever
-/// commits second reads what the first wrote. A document that does not parse is logged and
-/// treated as missing (the device starts over rather than stopping the pipeline).
+/// Lock the `device_event_state` rows of `devices` (`FOR UPDATE`, in device order so two
+/// transactions never wait on each other in a cycle) and return their stored states (a device
+/// without a row has none). Holding the lock until commit serializes the caller with the
+/// offline timer: whichever commits second reads what the first wrote. A document that does
+/// not parse is logged and treated as missing (the device starts over rather than stopping the
+/// pipeline).
 pub async fn lock_states(
     conn: &mut PgConnection,
-    probes: &[StateProbe],
-) -> Result<HashMap<Uuid, LockedState>, sqlx::Error> {
-    probe_states(conn, probes, "FOR UPDATE OF s").await
+    devices: &[Uuid],
+) -> Result<HashMap<Uuid, DeviceEventState>, sqlx::Error> {
+    stored_states(conn, devices, "FOR UPDATE").await
 }
 
 /// [`lock_states`] without the lock: what the batch path reads for devices it has no cached
@@ -199,66 +178,39 @@ pub async fn lock_states(
 /// the row still carries what was read.
 pub async fn read_states(
     conn: &mut PgConnection,
-    probes: &[StateProbe],
-) -> Result<HashMap<Uuid, LockedState>, sqlx::Error> {
-    if probes.is_empty() {
-        return Ok(HashMap::new());
-    }
-    probe_states(conn, probes, "").await
+    devices: &[Uuid],
+) -> Result<HashMap<Uuid, DeviceEventState>, sqlx::Error> {
+    stored_states(conn, devices, "").await
 }
 
-async fn probe_states(
+async fn stored_states(
     conn: &mut PgConnection,
-    probes: &[StateProbe],
+    devices: &[Uuid],
     lock: &str,
-) -> Result<HashMap<Uuid, LockedState>, sqlx::Error> {
-    let devices: Vec<Uuid> = probes.iter().map(|p| p.device).collect();
-    let known: Vec<bool> = probes.iter().map(|p| p.cached.is_some()).collect();
-    let stamp = |f: fn(&StateStamp) -> Option<EpochMillis>| -> Vec<Option<DateTime<Utc>>> {
-        probes
-            .iter()
-            .map(|p| p.cached.as_ref().and_then(f).map(ts))
-            .collect()
-    };
-    let online: Vec<bool> = probes
-        .iter()
-        .map(|p| p.cached.is_some_and(|c| c.online))
-        .collect();
+) -> Result<HashMap<Uuid, DeviceEventState>, sqlx::Error> {
+    if devices.is_empty() {
+        return Ok(HashMap::new());
+    }
     let sql = format!(
-        "SELECT s.device_id,
-                CASE WHEN c.known
-                      AND s.last_fix_time IS NOT DISTINCT FROM c.last_fix_time
-                      AND s.last_seen IS NOT DISTINCT FROM c.last_seen
-                      AND s.online = c.online
-                     THEN NULL ELSE s.state END
-         FROM device_event_state s
-         JOIN unnest($1::uuid[], $2::bool[], $3::timestamptz[], $4::timestamptz[], $5::bool[])
-              AS c(device_id, known, last_fix_time, last_seen, online) USING (device_id)
-         ORDER BY s.device_id
+        "SELECT device_id, state FROM device_event_state
+         WHERE device_id = ANY($1)
+         ORDER BY device_id
          {lock}"
     );
-    let rows: Vec<(Uuid, Option<serde_json::Value>)> = sqlx::query_as(&sql)
-        .bind(&devices)
-        .bind(&known)
-        .bind(stamp(|c| c.last_fix_time))
-        .bind(stamp(|c| c.last_seen))
-        .bind(&online)
+    let rows: Vec<(Uuid, serde_json::Value)> = sqlx::query_as(&sql)
+        .bind(devices)
         .fetch_all(&mut *conn)
         .await?;
-    let mut found: HashMap<Uuid, LockedState> =
-        devices.iter().map(|d| (*d, LockedState::Missing)).collect();
+    let mut found = HashMap::with_capacity(rows.len());
     for (device, document) in rows {
-        let locked = match document {
-            None => LockedState::AsCached,
-            Some(document) => match serde_json::from_value::<DeviceEventState>(document) {
-                Ok(state) => LockedState::Stored(Box::new(state)),
-                Err(error) => {
-                    tracing::warn!(%device, %error, "stored event state unreadable; the device starts over");
-                    LockedState::Missing
-                }
-            },
-        };
-        found.insert(device, locked);
+        match serde_json::from_value::<DeviceEventState>(document) {
+            Ok(state) => {
+                found.insert(device, state);
+            }
+            Err(error) => {
+                tracing::warn!(%device, %error, "stored event state unreadable; the device starts over");
+            }
+        }
     }
     Ok(found)
 }

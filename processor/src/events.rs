@@ -32,9 +32,7 @@ use gps_domain::fix::{now_millis, EpochMillis};
 use gps_domain::live::LiveEvent;
 use gps_domain::Fix;
 use gps_runtime::service::CancellationToken;
-use gps_store::events::{
-    self as store, Deliveries, FenceVersion, LockedState, ProfileRow, StateProbe, StateStamp,
-};
+use gps_store::events::{self as store, Deliveries, FenceVersion, ProfileRow, StateStamp};
 use gps_store::positions::StoredFix;
 use sqlx::{PgConnection, PgPool};
 use std::collections::{HashMap, HashSet};
@@ -254,13 +252,10 @@ impl EventFold<'_> {
                 .get(device)
                 .filter(|_| !reset_now.contains(device))
         };
-        let unknown: Vec<StateProbe> = order
+        let unknown: Vec<Uuid> = order
             .iter()
             .filter(|device| cached(device).is_none())
-            .map(|device| StateProbe {
-                device: *device,
-                cached: None,
-            })
+            .copied()
             .collect();
         let mut read = store::read_states(conn, &unknown).await?;
         let mut folded: Vec<(Option<StateStamp>, DeviceEventState, Vec<Event>, bool)> = order
@@ -268,7 +263,7 @@ impl EventFold<'_> {
             .map(|device| {
                 let before = match cached(device) {
                     Some(state) => Some(state.clone()),
-                    None => stored(read.remove(device)),
+                    None => read.remove(device),
                 };
                 let expected = before.as_ref().map(StateStamp::of);
                 let (state, events, changed) = self.fold_device(*device, &by_device, before);
@@ -291,20 +286,13 @@ impl EventFold<'_> {
                 devices = stale.len(),
                 "event state changed under the batch; folded again"
             );
-            let probes: Vec<StateProbe> = stale
-                .iter()
-                .map(|device| StateProbe {
-                    device: *device,
-                    cached: None,
-                })
-                .collect();
-            let mut locked = store::lock_states(conn, &probes).await?;
+            let mut locked = store::lock_states(conn, &stale).await?;
             let stale: HashSet<Uuid> = stale.into_iter().collect();
             let mut rewrite = Vec::new();
             for entry in folded.iter_mut().filter(|f| stale.contains(&f.1.device_id)) {
                 let device = entry.1.device_id;
                 let (state, events, _) =
-                    self.fold_device(device, &by_device, stored(locked.remove(&device)));
+                    self.fold_device(device, &by_device, locked.remove(&device));
                 rewrite.push(state.clone());
                 entry.1 = state;
                 entry.2 = events;
@@ -358,15 +346,6 @@ impl EventFold<'_> {
         }
         let changed = state != before;
         (state, events, changed)
-    }
-}
-
-/// The state a probe found, if any.
-fn stored(found: Option<LockedState>) -> Option<DeviceEventState> {
-    match found {
-        Some(LockedState::Stored(state)) => Some(*state),
-        // Probes without a cached stamp never come back `AsCached`.
-        Some(LockedState::AsCached | LockedState::Missing) | None => None,
     }
 }
 

@@ -7,7 +7,7 @@
 
 use gps_domain::events::{event_id, DeviceEventState, Event, EventType, LastFix};
 use gps_runtime::testing::{seed_device, unique_suffix, SeededDevice, TestDb};
-use gps_store::events::{self, Deliveries, LockedState, StateProbe, StateStamp};
+use gps_store::events::{self, Deliveries, StateStamp};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -254,7 +254,7 @@ fn state(tenant: Uuid, device: Uuid, seen: i64, online: bool) -> DeviceEventStat
 }
 
 #[tokio::test]
-async fn state_rows_lock_against_the_cached_stamp_and_the_timer_finds_overdue_devices() {
+async fn state_rows_lock_and_the_timer_finds_overdue_devices() {
     let db = TestDb::new().await;
     let tenant = Uuid::new_v4();
     let (a, b, c, d) = (
@@ -271,32 +271,12 @@ async fn state_rows_lock_against_the_cached_stamp_and_the_timer_finds_overdue_de
         .await
         .unwrap();
 
-    let mut stale = sb.clone();
-    stale.online = false;
-    let probes = [
-        StateProbe {
-            device: a,
-            cached: Some(StateStamp::of(&sa)),
-        },
-        StateProbe {
-            device: b,
-            cached: Some(StateStamp::of(&stale)),
-        },
-        StateProbe {
-            device: c,
-            cached: None,
-        },
-        StateProbe {
-            device: d,
-            cached: None,
-        },
-    ];
     let mut tx = db.pool.begin().await.unwrap();
-    let locked = events::lock_states(&mut tx, &probes).await.unwrap();
-    assert_eq!(locked[&a], LockedState::AsCached);
-    assert_eq!(locked[&b], LockedState::Stored(Box::new(sb.clone())));
-    assert_eq!(locked[&c], LockedState::Stored(Box::new(sc.clone())));
-    assert_eq!(locked[&d], LockedState::Missing);
+    let locked = events::lock_states(&mut tx, &[a, b, c, d]).await.unwrap();
+    assert_eq!(locked[&a], sa);
+    assert_eq!(locked[&b], sb);
+    assert_eq!(locked[&c], sc);
+    assert!(!locked.contains_key(&d), "no row, no state");
     // While the batch holds the rows, the timer skips them.
     let mut timer = db.pool.begin().await.unwrap();
     let overdue = events::lock_overdue(&mut timer, T0 + 10_000, 10)
@@ -315,8 +295,8 @@ async fn state_rows_lock_against_the_cached_stamp_and_the_timer_finds_overdue_de
     timer.rollback().await.unwrap();
 
     events::reset_devices(&mut conn, &[a]).await.unwrap();
-    let locked = events::lock_states(&mut conn, &probes[..1]).await.unwrap();
-    assert_eq!(locked[&a], LockedState::Missing);
+    let locked = events::lock_states(&mut conn, &[a]).await.unwrap();
+    assert!(locked.is_empty(), "a reset device has no state");
 }
 
 #[tokio::test]
@@ -397,18 +377,11 @@ async fn a_guarded_state_write_lands_only_on_the_row_it_folded_from() {
     want.sort();
     assert_eq!(stale, want);
 
-    let probes: Vec<StateProbe> = [a, b, c, d]
-        .iter()
-        .map(|device| StateProbe {
-            device: *device,
-            cached: None,
-        })
-        .collect();
-    let stored = events::read_states(&mut conn, &probes).await.unwrap();
-    assert_eq!(stored[&a], LockedState::Stored(Box::new(na.clone())));
-    assert_eq!(stored[&b], LockedState::Stored(Box::new(b_offline)));
-    assert_eq!(stored[&c], LockedState::Stored(Box::new(c_offline)));
-    assert_eq!(stored[&d], LockedState::Stored(Box::new(nd.clone())));
+    let stored = events::read_states(&mut conn, &[a, b, c, d]).await.unwrap();
+    assert_eq!(stored[&a], na);
+    assert_eq!(stored[&b], b_offline);
+    assert_eq!(stored[&c], c_offline);
+    assert_eq!(stored[&d], nd);
 
     // The same write again: a, d now carry the new stamp, so the old expectations fail.
     let again = events::write_states_guarded(&mut conn, &guarded[..1])
