@@ -483,28 +483,9 @@ impl Proc {
     }
 }
 
-/// A free loopback port: bound, read, released (the service binds it a moment later).
-fn free_tcp_port() -> Result<SocketAddr, LoadgenError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| setup(format!("no free port: {e}")))
-}
-
-/// A loopback port free for both TCP and UDP.
-fn free_tcp_udp_port() -> Result<SocketAddr, LoadgenError> {
-    for _ in 0..50 {
-        let tcp = free_tcp_port()?;
-        if std::net::UdpSocket::bind(tcp).is_ok() {
-            return Ok(tcp);
-        }
-    }
-    Err(setup("no port free for both TCP and UDP"))
-}
-
-fn free_udp_port() -> Result<SocketAddr, LoadgenError> {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map_err(|e| setup(format!("no free udp port: {e}")))
+/// A free loopback port for a child process (see `gps_runtime::ports` for why not port 0).
+fn free_port(udp_too: bool) -> Result<SocketAddr, LoadgenError> {
+    gps_runtime::ports::free_loopback_port(udp_too).map_err(|e| setup(format!("no free port: {e}")))
 }
 
 async fn wait_tcp(addr: SocketAddr, within: Duration, what: &str) -> Result<(), LoadgenError> {
@@ -561,7 +542,7 @@ impl Cluster {
         let log = |name: &str| config.work_dir.join(format!("{name}.log"));
 
         // Broker and Redis of the drill's own, so faulting them touches nobody else.
-        let broker_addr = free_tcp_port()?;
+        let broker_addr = free_port(false)?;
         let listener = format!("tcp://{broker_addr}");
         let mut broker = Proc {
             name: "broker".into(),
@@ -581,7 +562,7 @@ impl Cluster {
             child: None,
         };
         broker.start()?;
-        let redis_addr = free_tcp_port()?;
+        let redis_addr = free_port(false)?;
         let mut redis = Proc {
             name: "redis".into(),
             program: config.redis_bin.clone(),
@@ -669,17 +650,16 @@ impl Cluster {
         let mut instances = Vec::new();
         for role in Role::ALL {
             for index in 0..config.instances.max(1) {
-                let http = free_tcp_port()?;
-                let udp = (role == Role::Ingest).then(free_udp_port).transpose()?;
+                let http = free_port(false)?;
+                let udp = (role == Role::Ingest)
+                    .then(|| free_port(true))
+                    .transpose()?;
                 let mut env = common.clone();
                 env.push((role.addr_env().into(), http.to_string()));
                 if let Some(udp) = udp {
                     env.push(("INGEST_UDP_ADDR".into(), udp.to_string()));
                     // The Teltonika listener (TCP and UDP on one port) needs a port free in both.
-                    env.push((
-                        "INGEST_TELTONIKA_ADDR".into(),
-                        free_tcp_udp_port()?.to_string(),
-                    ));
+                    env.push(("INGEST_TELTONIKA_ADDR".into(), free_port(true)?.to_string()));
                 }
                 let name = format!("{}-{index}", role.as_str());
                 instances.push(Instance {
@@ -758,16 +738,12 @@ impl Cluster {
     async fn wait_ready(&mut self, i: usize, within: Duration) -> Result<(), LoadgenError> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
+            self.exited_at_start(i)?;
             if self.ready(&self.instances[i]).await {
-                return Ok(());
-            }
-            let instance = &mut self.instances[i];
-            if let Some(Ok(Some(status))) = instance.proc.child.as_mut().map(|c| c.try_wait()) {
-                return Err(setup(format!(
-                    "{} exited at start ({status}); log: {}",
-                    instance.proc.name,
-                    instance.proc.log.display()
-                )));
+                // The answer must be our child's: one that could not bind its ports exits at
+                // once, while whatever holds them may answer `/readyz` too.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return self.exited_at_start(i);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -777,6 +753,19 @@ impl Cluster {
             instance.proc.name,
             instance.proc.log.display()
         )))
+    }
+
+    /// An error when instance `i` has already exited.
+    fn exited_at_start(&mut self, i: usize) -> Result<(), LoadgenError> {
+        let instance = &mut self.instances[i];
+        match instance.proc.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => Err(setup(format!(
+                "{} exited at start ({status}); log: {}",
+                instance.proc.name,
+                instance.proc.log.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Every instance not down on purpose answers `/readyz` 200.

@@ -6,7 +6,7 @@
 //! The health and metrics endpoints every service exposes come from [`ops`], the JSON error body
 //! of the HTTP APIs from [`http_error`]; connections to PostgreSQL, Kafka and
 //! Redis, with errors that say how to start a missing dependency, come from [`db`], [`kafka`] and
-//! [`redis_client`].
+//! [`redis_client`]; loopback ports for child processes (tests, the drill) from [`ports`].
 //!
 //! Only plumbing lives here: credentials, principals, tickets and visibility (application rules
 //! over shared tables) are `gps-store`'s, over the pure types of `gps-domain`.
@@ -17,6 +17,7 @@ pub mod db;
 pub mod http_error;
 pub mod kafka;
 pub mod ops;
+pub mod ports;
 pub mod redis_client;
 pub mod service;
 pub mod shutdown;

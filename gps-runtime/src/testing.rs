@@ -291,11 +291,7 @@ impl PrivateBroker {
     /// Start one on a free port; `None` without the binary.
     pub async fn start() -> Option<Self> {
         Self::tansu_path()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::ports::free_loopback_port(false).unwrap().port();
         let dir = std::env::temp_dir().join(format!("tansu-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut broker = Self {

@@ -58,10 +58,9 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// Not port 0's pick: see `gps_runtime::ports`.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
+    gps_runtime::ports::free_loopback_port(false)
         .unwrap()
         .port()
 }

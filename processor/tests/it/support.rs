@@ -174,11 +174,10 @@ impl Process {
         env: &[(&str, &str)],
     ) -> (std::process::Command, String) {
         use secrecy::ExposeSecret;
-        // Bind port 0 to find a free port, then let the process take it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
+        // Not port 0's pick: see `gps_runtime::ports`.
+        let port = gps_runtime::ports::free_loopback_port(false)
+            .unwrap()
+            .port();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_processor"));
         command
             .env("DATABASE_URL", db.args.database_url.expose_secret())
