@@ -14,7 +14,10 @@
 # E2E_UDP_RATE (UDP's rate when E2E_RATE is empty, default 5000),
 # E2E_DEVICES, E2E_WORKERS, E2E_BATCH, E2E_SUBSCRIBERS, E2E_COPY_ROWS, E2E_PRODUCE_RECORDS,
 # E2E_DRAIN_FIXES (the processor-alone backlog, 0 = skip),
-# E2E_OUT (output dir), E2E_KEEP=1 (keep the throwaway database), E2E_PORT_BASE (default 18080).
+# E2E_OUT (output dir), E2E_PORT_BASE (default 18080), E2E_BUILD=0 (use the release binaries as
+# they are); BENCH_KEEP=1 (keep the throwaway database
+# and the broker's log), BENCH_PRIVATE_BROKER=0 (the stack's broker, not one of the run's own on
+# an empty log at E2E_PORT_BASE + 6: benches/lib.sh says why).
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,65 +37,44 @@ PORT_BASE=${E2E_PORT_BASE:-18080}
 OUT=${E2E_OUT:-$ROOT/target/e2e/$(date -u +%Y%m%dT%H%M%SZ)}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
-say() { printf '\033[1;34m[e2e]\033[0m %s\n' "$*" >&2; }
-die() { printf '\033[1;31m[e2e]\033[0m %s\n' "$*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+BENCH=e2e
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 mkdir -p "$OUT/logs"
 say "output: $OUT"
 
-"$ROOT/dev/stack" up
+# The stack's PostgreSQL and Redis; `dev/stack up` only when one is down.
+port_open 5432 && port_open 6379 || "$ROOT/dev/stack" up
 
-say "building release binaries (ingest, processor, fanout, gps-setup, loadgen)"
-# --bins, not --bin NAME: a --bin filter would apply to every -p and skip the services.
-cargo build --release --manifest-path "$ROOT/Cargo.toml" \
-  -p ingest -p processor -p fanout -p gps-runtime -p benches --bins \
-  >"$OUT/logs/build.log" 2>&1 || { tail -30 "$OUT/logs/build.log" >&2; die "build failed"; }
+if [ "${E2E_BUILD:-1}" = 1 ]; then
+  say "building release binaries (ingest, processor, fanout, gps-setup, loadgen)"
+  # --bins, not --bin NAME: a --bin filter would apply to every -p and skip the services.
+  cargo build --release --manifest-path "$ROOT/Cargo.toml" \
+    -p ingest -p processor -p fanout -p gps-runtime -p benches --bins \
+    >"$OUT/logs/build.log" 2>&1 || { tail -30 "$OUT/logs/build.log" >&2; die "build failed"; }
+fi
 
-# --- A throwaway database and topics ------------------------------------------------------------
-BASE_URL=${DATABASE_URL:-postgres://gps:gps@127.0.0.1:5432/gps}
-SUFFIX=$(date +%s)_$RANDOM
-DB_NAME=gps_e2e_$SUFFIX
-ADMIN_URL=$BASE_URL
-E2E_URL="${BASE_URL%/*}/$DB_NAME"
-psql -qtAX "$ADMIN_URL" -c "CREATE DATABASE $DB_NAME" >/dev/null
-export DATABASE_URL=$E2E_URL
-export KAFKA_FIXES_TOPIC=e2e.fixes.$SUFFIX
-export KAFKA_REJECTED_TOPIC=e2e.rejected.$SUFFIX
-export PROCESSOR_GROUP_ID=e2e-processor-$SUFFIX
+# --- A throwaway database, a broker of the run's own, topics ----------------------------------
+trap bench_cleanup EXIT
+bench_database e2e
+bench_broker $((PORT_BASE + 6))
+export KAFKA_FIXES_TOPIC=e2e.fixes.$BENCH_SUFFIX
+export KAFKA_REJECTED_TOPIC=e2e.rejected.$BENCH_SUFFIX
+export PROCESSOR_GROUP_ID=e2e-processor-$BENCH_SUFFIX
 # A random signing secret per run, shared by the services and the load generator's subscribers.
 export JWT_SECRET=${JWT_SECRET:-$(head -c 48 /dev/urandom | base64 | tr -d '\n=')}
 export RUST_LOG=${RUST_LOG:-warn}
 "$TARGET/gps-setup" all >"$OUT/logs/setup.log" 2>&1 || { cat "$OUT/logs/setup.log" >&2; die "setup failed"; }
 
-PIDS=()
-cleanup() {
-  say "stopping the e2e services"
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "${E2E_KEEP:-0}" != 1 ]; then
-    psql -qtAX "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-}
-trap cleanup EXIT
-
 # --- The services on their own ports -----------------------------------------------------------
 export INGEST_HTTP_ADDR=127.0.0.1:$PORT_BASE
 export INGEST_UDP_ADDR=127.0.0.1:$((PORT_BASE + 1))
 export FANOUT_ADDR=127.0.0.1:$((PORT_BASE + 2))
+export INGEST_TELTONIKA_ADDR=127.0.0.1:$((PORT_BASE + 3))
 export PROCESSOR_ADDR=127.0.0.1:$((PORT_BASE + 4))
-for port in $PORT_BASE $((PORT_BASE + 2)) $((PORT_BASE + 4)); do
-  port_open "$port" && die "port $port is taken; set E2E_PORT_BASE"
-done
-for svc in processor ingest fanout; do
-  "$TARGET/$svc" >"$OUT/logs/$svc.log" 2>&1 &
-  PIDS+=($!)
-done
-for port in $PORT_BASE $((PORT_BASE + 2)) $((PORT_BASE + 4)); do
-  for _ in $(seq 300); do port_open "$port" && break; sleep 0.1; done
-  port_open "$port" || die "a service did not open port $port (logs: $OUT/logs)"
-done
-say "services up: ingest :$PORT_BASE, fanout :$((PORT_BASE + 2)), processor :$((PORT_BASE + 4))"
+bench_services processor ingest fanout
+say "services up: ingest :$PORT_BASE, fanout :$((PORT_BASE + 2)), processor :$((PORT_BASE + 4)), broker ${KAFKA_BROKERS:-of the stack}"
 
 # --- Ceilings, measured now, on this machine ---------------------------------------------------
 # The COPY ceiling swings by a third within minutes on a shared VM, so it is measured before and

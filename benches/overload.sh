@@ -13,7 +13,9 @@
 # Knobs (env): OVERLOAD_BOUND (records, 2000), OVERLOAD_RUNS ("on off"), OVERLOAD_STEPS
 # (fixes/s, comma separated), OVERLOAD_STEP_SECS (15), OVERLOAD_TAIL_SECS (60),
 # OVERLOAD_ARGS (more loadgen overload flags), OVERLOAD_OUT, OVERLOAD_PORT_BASE (18280),
-# OVERLOAD_BUILD=0 (use the release binaries as they are), OVERLOAD_BIN_DIR (where they are).
+# OVERLOAD_BUILD=0 (use the release binaries as they are), OVERLOAD_BIN_DIR (where they are);
+# BENCH_KEEP=1 (keep the database and the broker's log), BENCH_PRIVATE_BROKER=0 (the stack's
+# broker, not one of the run's own on an empty log at OVERLOAD_PORT_BASE + 6: benches/lib.sh).
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,14 +28,14 @@ PORT_BASE=${OVERLOAD_PORT_BASE:-18280}
 OUT=${OVERLOAD_OUT:-$ROOT/target/overload/$(date -u +%Y%m%dT%H%M%SZ)}
 TARGET=${OVERLOAD_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 
-say() { printf '\033[1;34m[overload]\033[0m %s\n' "$*" >&2; }
-die() { printf '\033[1;31m[overload]\033[0m %s\n' "$*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+BENCH=overload
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 mkdir -p "$OUT/logs"
 say "output: $OUT"
-# The stack's PostgreSQL and broker; `dev/stack up` (which also builds gps-setup) only when down.
-port_open 5432 && port_open 9092 || "$ROOT/dev/stack" up
+# The stack's PostgreSQL; `dev/stack up` (which also builds gps-setup) only when down.
+port_open 5432 || "$ROOT/dev/stack" up
 if [ "${OVERLOAD_BUILD:-1}" = 1 ]; then
   say "building release binaries (ingest, processor, gps-setup, loadgen)"
   cargo build --release --manifest-path "$ROOT/Cargo.toml" \
@@ -41,49 +43,25 @@ if [ "${OVERLOAD_BUILD:-1}" = 1 ]; then
     >"$OUT/logs/build.log" 2>&1 || { tail -30 "$OUT/logs/build.log" >&2; die "build failed"; }
 fi
 
-BASE_URL=${DATABASE_URL:-postgres://gps:gps@127.0.0.1:5432/gps}
-SUFFIX=$(date +%s)_$RANDOM
-DB_NAME=gps_overload_$SUFFIX
-psql -qtAX "$BASE_URL" -c "CREATE DATABASE $DB_NAME" >/dev/null
-export DATABASE_URL="${BASE_URL%/*}/$DB_NAME"
+trap bench_cleanup EXIT
+bench_database overload
+bench_broker $((PORT_BASE + 6))
 export RUST_LOG=${RUST_LOG:-warn}
 export INGEST_HTTP_ADDR=127.0.0.1:$PORT_BASE
 export INGEST_UDP_ADDR=127.0.0.1:$((PORT_BASE + 1))
 export INGEST_TELTONIKA_ADDR=127.0.0.1:$((PORT_BASE + 3))
 export PROCESSOR_ADDR=127.0.0.1:$((PORT_BASE + 4))
 
-PIDS=()
-stop_services() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-cleanup() {
-  stop_services
-  psql -qtAX "$BASE_URL" -c "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
 for run in $RUNS; do
   # Fresh topics and group: each run starts with no backlog.
-  export KAFKA_FIXES_TOPIC=overload.fixes.$SUFFIX.$run
-  export KAFKA_REJECTED_TOPIC=overload.rejected.$SUFFIX.$run
-  export PROCESSOR_GROUP_ID=overload-processor-$SUFFIX-$run
+  export KAFKA_FIXES_TOPIC=overload.fixes.$BENCH_SUFFIX.$run
+  export KAFKA_REJECTED_TOPIC=overload.rejected.$BENCH_SUFFIX.$run
+  export PROCESSOR_GROUP_ID=overload-processor-$BENCH_SUFFIX-$run
   "$TARGET/gps-setup" all >"$OUT/logs/setup-$run.log" 2>&1 || { cat "$OUT/logs/setup-$run.log" >&2; die "setup failed"; }
   # Off: a bound no backlog reaches, so that the lag is still polled and charted.
   bound=$BOUND title="shedding on (bound $BOUND records)"
   [ "$run" = off ] && bound=1000000000000 title="shedding off (lag polled, nothing shed)"
-  for port in $PORT_BASE $((PORT_BASE + 4)); do
-    port_open "$port" && die "port $port is taken; set OVERLOAD_PORT_BASE"
-  done
-  "$TARGET/processor" >"$OUT/logs/processor-$run.log" 2>&1 &
-  PIDS+=($!)
-  INGEST_SHED_LAG_RECORDS=$bound "$TARGET/ingest" >"$OUT/logs/ingest-$run.log" 2>&1 &
-  PIDS+=($!)
-  for port in $PORT_BASE $((PORT_BASE + 4)); do
-    for _ in $(seq 300); do port_open "$port" && break; sleep 0.1; done
-    port_open "$port" || die "a service did not open port $port (logs: $OUT/logs)"
-  done
+  INGEST_SHED_LAG_RECORDS=$bound LOG_SUFFIX=-$run bench_services processor ingest
   say "shedding $run (INGEST_SHED_LAG_RECORDS=$bound): steps $STEPS fixes/s, ${STEP_SECS}s each"
   # shellcheck disable=SC2086
   "$TARGET/loadgen" overload --ingest-url "http://$INGEST_HTTP_ADDR" \
@@ -91,6 +69,6 @@ for run in $RUNS; do
     --tail-secs "$TAIL_SECS" --csv "$OUT/overload-$run.csv" --chart "$OUT/overload-$run.svg" \
     --title "loadgen overload, $title" ${OVERLOAD_ARGS:-} \
     | tee "$OUT/overload-$run.txt" || say "loadgen overload ($run) failed"
-  stop_services
+  bench_stop_services
 done
 say "reports and charts in $OUT"

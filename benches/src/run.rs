@@ -359,14 +359,18 @@ async fn drive(
         .progress
         .then(|| progress_bar(shared.clone(), config.duration));
     let mut tasks = Vec::new();
-    for devices in hands {
+    let hands_count = hands.len().max(1);
+    for (i, devices) in hands.into_iter().enumerate() {
         tasks.push(tokio::spawn(worker(
             shared.clone(),
             config.clone(),
             devices,
             client.clone(),
             deadline,
-            per_worker_rate,
+            Pace {
+                rate: per_worker_rate,
+                phase: i as f64 / hands_count as f64,
+            },
             options.on_send.clone(),
         )));
     }
@@ -492,15 +496,25 @@ fn error_kind(e: &reqwest::Error) -> String {
     }
 }
 
+/// A worker's requests per second (`None`: as fast as acknowledgements allow) and where in its
+/// interval it starts (0..1): workers spread over the interval, so that a fixed rate arrives
+/// as a steady stream, as a fleet's devices do, and not as every worker's request at once.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    rate: Option<f64>,
+    phase: f64,
+}
+
 async fn worker(
     shared: Arc<Shared>,
     config: RunConfig,
     mut devices: Vec<SimDevice>,
     client: reqwest::Client,
     deadline: Instant,
-    rate: Option<f64>,
+    pace: Pace,
     on_send: Option<SendHook>,
 ) {
+    let rate = pace.rate;
     if devices.is_empty() {
         return;
     }
@@ -528,6 +542,9 @@ async fn worker(
         None
     };
     let mut next_at = tokio::time::Instant::now();
+    if let Some(rate) = rate {
+        next_at += Duration::from_secs_f64(per_request as f64 / rate * pace.phase);
+    }
     let mut turn = 0usize;
     while Instant::now() < deadline {
         if let Some(rate) = rate {

@@ -44,8 +44,24 @@ pub async fn fence_versions(
     .bind(tenants)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
+    Ok(versions(rows))
+}
+
+/// The [`FenceVersion`] of every tenant that has fences (one pass over `geofences`; the
+/// processor's background refresh).
+pub async fn all_fence_versions(pool: &PgPool) -> Result<HashMap<Uuid, FenceVersion>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64, Option<DateTime<Utc>>, i64)> = sqlx::query_as(
+        "SELECT g.tenant_id, count(DISTINCT g.id), max(g.updated_at), count(gg.group_id)
+         FROM geofences g LEFT JOIN geofence_groups gg ON gg.geofence_id = g.id
+         GROUP BY g.tenant_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(versions(rows))
+}
+
+fn versions(rows: Vec<(Uuid, i64, Option<DateTime<Utc>>, i64)>) -> HashMap<Uuid, FenceVersion> {
+    rows.into_iter()
         .map(|(tenant, fences, newest, group_rows)| {
             let version = FenceVersion {
                 fences,
@@ -54,7 +70,7 @@ pub async fn fence_versions(
             };
             (tenant, version)
         })
-        .collect())
+        .collect()
 }
 
 /// A tenant's fences, each through `Fence::new` (the one validation); a row that no longer

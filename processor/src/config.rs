@@ -293,8 +293,10 @@ impl MemberArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EventArgs {
     /// How often a tenant's geofences (and each device's groups and speed limit) are looked at
-    /// again, milliseconds: a new or changed fence takes effect within this. A look is one
-    /// small query per batch's stale tenants; fences are reloaded only when they changed.
+    /// again, milliseconds: a new or changed fence takes effect within this. Fences: one
+    /// grouped query over all tenants' fences by a background task, which reloads only the
+    /// tenants whose fences changed (batches never wait for it); profiles: one small query per
+    /// batch for its devices not looked at for this long.
     #[arg(long = "fence-refresh-ms", env = "PROCESSOR_FENCE_REFRESH_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
     pub fence_refresh_ms: u64,
     /// How often the offline timer looks for online devices that stopped reporting,

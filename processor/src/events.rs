@@ -1,10 +1,11 @@
 //! Events in the processor (issue 16): the pure engine `gps_domain::events` run over each
 //! batch, written in the batch's transaction, and the offline timer.
 //!
-//! - [`EventEngine`] keeps what the fold needs between batches: each tenant's fences (a
-//!   `FenceIndex`, looked at again every `PROCESSOR_FENCE_REFRESH_MS` and reloaded only when
-//!   their [`FenceVersion`] changed), each device's profile (groups, own speed limit; refreshed
-//!   on the same period) and each device's [`DeviceEventState`] as the last commit left it.
+//! - [`EventEngine`] keeps what the fold needs between batches: the tenants' fences (a shared
+//!   [`FenceCache`] that [`crate::fences::refresher`] keeps current off the batch path; a batch
+//!   takes the indexes of its tenants as they stand), each device's profile (groups, own speed
+//!   limit; looked at again every `PROCESSOR_FENCE_REFRESH_MS`) and each device's
+//!   [`DeviceEventState`] as the last commit left it.
 //!   [`EventEngine::prepare`] loads what a batch needs before its transaction;
 //!   [`EventFold::run`] runs inside it (the writer calls it on every write path): take the
 //!   cached state (or read the stored one), fold each device's reports in log order, write the
@@ -24,6 +25,7 @@
 //!   state), and the timer skips rows a batch holds (`docs/events.md`).
 
 use crate::config::EventArgs;
+use crate::fences::FenceCache;
 use crate::metrics::Metrics;
 use crate::plan::{BatchPlan, Report};
 use crate::publisher::Publisher;
@@ -32,10 +34,11 @@ use gps_domain::fix::{now_millis, EpochMillis};
 use gps_domain::live::LiveEvent;
 use gps_domain::Fix;
 use gps_runtime::service::CancellationToken;
-use gps_store::events::{self as store, Deliveries, FenceVersion, ProfileRow, StateStamp};
+use gps_store::events::{self as store, Deliveries, ProfileRow, StateStamp};
 use gps_store::positions::StoredFix;
 use sqlx::{PgConnection, PgPool};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -52,14 +55,6 @@ pub struct EventsWritten {
     pub reset: Vec<Uuid>,
 }
 
-/// A tenant's fences as last loaded.
-#[derive(Debug)]
-struct TenantFences {
-    index: FenceIndex,
-    version: FenceVersion,
-    checked: Instant,
-}
-
 /// The event evaluation's caches and settings (one per pipeline).
 #[derive(Debug)]
 pub struct EventEngine {
@@ -69,7 +64,9 @@ pub struct EventEngine {
     deliveries: Deliveries,
     /// `Some` while a replay rebuilds events: the devices already reset.
     rebuild: Option<HashSet<Uuid>>,
-    fences: HashMap<Uuid, TenantFences>,
+    fence_cache: FenceCache,
+    /// The fences of the batch in hand's tenants, taken from the cache in [`Self::prepare`].
+    fences: HashMap<Uuid, Arc<FenceIndex>>,
     no_fences: FenceIndex,
     profiles: HashMap<Uuid, (ProfileRow, Instant)>,
     states: HashMap<Uuid, DeviceEventState>,
@@ -86,6 +83,7 @@ impl EventEngine {
             refresh: args.fence_refresh(),
             deliveries: Deliveries::Queue,
             rebuild: None,
+            fence_cache: FenceCache::default(),
             fences: HashMap::new(),
             no_fences: FenceIndex::default(),
             profiles: HashMap::new(),
@@ -102,23 +100,29 @@ impl EventEngine {
         self.rebuild = rebuild.then(HashSet::new);
     }
 
-    /// Load what the fold of `plan` needs and the caches do not hold fresh: fences of tenants
-    /// not checked for a refresh period (reloaded when their version changed), profiles of
-    /// devices not loaded for a refresh period.
+    /// The fence cache, for its [`crate::fences::refresher`].
+    pub fn fence_cache(&self) -> FenceCache {
+        self.fence_cache.clone()
+    }
+
+    /// Load what the fold of `plan` needs and the caches do not hold fresh: the fences of its
+    /// tenants as the cache holds them (loaded first after start), profiles of devices not
+    /// loaded for a refresh period.
     pub async fn prepare(&mut self, plan: &BatchPlan) -> Result<(), sqlx::Error> {
         if plan.reports.is_empty() {
             return Ok(());
         }
+        self.fence_cache.ensure_loaded(&self.pool).await?;
+        self.fences.clear();
+        for report in &plan.reports {
+            if !self.fences.contains_key(&report.tenant) {
+                if let Some(index) = self.fence_cache.get(report.tenant) {
+                    self.fences.insert(report.tenant, index);
+                }
+            }
+        }
         let now = Instant::now();
         let fresh = |at: Instant| now.duration_since(at) < self.refresh;
-        let mut tenants: Vec<Uuid> = plan
-            .reports
-            .iter()
-            .map(|r| r.tenant)
-            .filter(|t| !self.fences.get(t).is_some_and(|f| fresh(f.checked)))
-            .collect();
-        tenants.sort_unstable();
-        tenants.dedup();
         let mut devices: Vec<Uuid> = plan
             .reports
             .iter()
@@ -127,33 +131,6 @@ impl EventEngine {
             .collect();
         devices.sort_unstable();
         devices.dedup();
-        if !tenants.is_empty() {
-            let versions = store::fence_versions(&self.pool, &tenants).await?;
-            for tenant in tenants {
-                let Some(version) = versions.get(&tenant).copied() else {
-                    continue;
-                };
-                match self.fences.get_mut(&tenant) {
-                    Some(cached) if cached.version == version => cached.checked = now,
-                    _ => {
-                        let index = if version.fences == 0 {
-                            FenceIndex::default()
-                        } else {
-                            store::load_fences(&self.pool, tenant).await?
-                        };
-                        tracing::debug!(%tenant, fences = index.len(), "geofences loaded");
-                        self.fences.insert(
-                            tenant,
-                            TenantFences {
-                                index,
-                                version,
-                                checked: now,
-                            },
-                        );
-                    }
-                }
-            }
-        }
         if !devices.is_empty() {
             let mut found = store::device_profiles(&self.pool, &devices).await?;
             if self.profiles.len() + devices.len() > self.capacity {
@@ -200,8 +177,7 @@ impl EventEngine {
     fn fences_of(&self, tenant: Uuid) -> &FenceIndex {
         self.fences
             .get(&tenant)
-            .map(|f| &f.index)
-            .unwrap_or(&self.no_fences)
+            .map_or(&self.no_fences, |f| f.as_ref())
     }
 }
 

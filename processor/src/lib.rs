@@ -5,7 +5,8 @@
 //! [`writer`] and quarantines in one go; [`batches`] is the one batch loop (fill, run with
 //! retries, publish, commit) over a batch source: the consumer group of the service
 //! ([`consumer`]) or a bounded range of the log ([`replay`]). [`events`] folds each batch's
-//! reports into events in the batch's transaction and runs the offline timer. [`publisher`]
+//! reports into events in the batch's transaction and runs the offline timer, over the
+//! tenants' geofences that [`fences`] keeps loaded off the batch path. [`publisher`]
 //! sends newly stored valid fixes, changed device statuses and new events to Redis (and the
 //! events to their topic) after the commit; [`upkeep`] maintains daily partitions when TimescaleDB is
 //! absent; [`watchdog`] watches the group's progress (lag, stalls, freshness, readiness) and
@@ -17,6 +18,7 @@ pub mod consumer;
 pub mod dedupe;
 pub mod error;
 pub mod events;
+pub mod fences;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
@@ -93,6 +95,17 @@ pub async fn run(
         Some(rejects),
         metrics.clone(),
     );
+    // Every tenant's fences before the first batch: a restart never folds against fences not
+    // yet read, and no batch waits for them (later changes: the `fence-refresh` task).
+    let fence_cache = pipeline.events_mut().fence_cache();
+    let started = std::time::Instant::now();
+    let loaded = fence_cache.refresh(&pool).await?;
+    tracing::info!(
+        tenants = loaded.loaded,
+        fences = loaded.fences,
+        ms = started.elapsed().as_millis(),
+        "geofences loaded"
+    );
     let (publisher, publish_task) = Publisher::new(config.redis.clone(), metrics.clone());
     let publisher = publisher.with_event_topic(EventTopic::new(&config.kafka)?);
     let lag_gauges = registry.clone();
@@ -115,6 +128,15 @@ pub async fn run(
             ops::router("processor", registry, readiness),
         )
         .background("publisher", publish_task)
+        .background(
+            "fence-refresh",
+            fences::refresher(
+                fence_cache,
+                pool.clone(),
+                config.events.fence_refresh(),
+                stop.clone(),
+            ),
+        )
         .background("watchdog", watchdog.run(stop.clone()))
         .background(
             "offline-timer",

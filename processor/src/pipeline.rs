@@ -239,7 +239,9 @@ impl Pipeline {
     /// Run one batch. On `Err` nothing was committed to the caches and the batch may be run
     /// again with the same records.
     pub async fn process(&mut self, records: &[InRecord]) -> Result<BatchOutcome, ProcessorError> {
+        let started = std::time::Instant::now();
         let thresholds = self.load(records).await?;
+        let loaded = started.elapsed();
         let plan = classify(
             records,
             &self.caches,
@@ -250,6 +252,7 @@ impl Pipeline {
         log_rejects(&plan);
         self.metrics.batch_fixes.observe(plan.rows.len() as f64);
         self.events.prepare(&plan).await?;
+        let prepared = started.elapsed();
         let fold = self.events.fold(&plan);
         let (written, sent) = tokio::join!(
             self.writer
@@ -266,8 +269,20 @@ impl Pipeline {
         // Committed: now the caches and counters may learn from it.
         self.events.learn(&written.events);
         self.metrics.count_events(&written.events.new);
+        let fixes = plan.rows.len();
         let outcome = plan.settle(&mut self.caches, &written);
         self.count(records.len(), &outcome);
+        // Where a slow batch spent its time (the first one of new devices and tenants reads
+        // their history, states and fences).
+        tracing::debug!(
+            records = records.len(),
+            fixes,
+            events = written.events.new.len(),
+            load_ms = loaded.as_millis(),
+            prepare_ms = (prepared - loaded).as_millis(),
+            write_ms = (started.elapsed() - prepared).as_millis(),
+            "batch written"
+        );
         Ok(outcome)
     }
 

@@ -93,9 +93,17 @@ struct EventsArgs {
     /// the stored rates.
     #[arg(long)]
     compare_no_fences: bool,
+    /// With `--compare-no-fences`: rounds of the two phases, every other one reversed
+    /// (2 = without, with, with, without), so drift during the run weighs on both alike.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=10))]
+    compare_rounds: u64,
     /// Seconds to keep listening for event frames after the run settled.
     #[arg(long, default_value_t = 1.0)]
     event_drain_secs: f64,
+    /// Seconds to wait after creating the fences, before the fleet starts: the processor takes
+    /// new fences in within its refresh period (`PROCESSOR_FENCE_REFRESH_MS`, 2 s by default).
+    #[arg(long, default_value_t = 3.0)]
+    fence_settle_secs: f64,
     /// Seconds back the fleet's clocks start (under the processor's offline timeout, or the
     /// offline timer takes the fleet for offline).
     #[arg(long, default_value_t = events_load::EVENTS_CLOCK_BEHIND.as_secs_f64())]
@@ -790,7 +798,9 @@ async fn events_command(
         run: run_config(&args.run),
         fences: args.fences,
         compare_no_fences: args.compare_no_fences,
+        compare_rounds: usize::try_from(args.compare_rounds).unwrap_or(1),
         event_drain: Duration::from_secs_f64(args.event_drain_secs.clamp(0.0, 60.0)),
+        fence_settle: Duration::from_secs_f64(args.fence_settle_secs.clamp(0.0, 3600.0)),
         clock_behind: Duration::from_secs_f64(args.clock_behind_secs.clamp(0.0, 30.0 * 86_400.0)),
     };
     let env = RunEnv {

@@ -40,7 +40,9 @@ async fn compared_run_counts_events_and_measures_fix_to_event() {
         // Fences ~1 km across over the fleet's area: a third of the devices start inside one.
         fences: 200,
         compare_no_fences: true,
+        compare_rounds: 1,
         event_drain: Duration::from_secs(1),
+        fence_settle: Duration::from_secs(3),
         clock_behind: events_load::EVENTS_CLOCK_BEHIND,
     };
     let env = RunEnv {

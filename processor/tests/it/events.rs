@@ -585,6 +585,14 @@ async fn a_new_fence_takes_effect_within_the_refresh_period() {
         None,
         metrics,
     );
+    // The service's background refresh (`processor::run` starts it the same way).
+    let stop = gps_runtime::service::CancellationToken::new();
+    let refresher = tokio::spawn(processor::fences::refresher(
+        pipeline.events_mut().fence_cache(),
+        db.pool.clone(),
+        config.events.fence_refresh(),
+        stop.clone(),
+    ));
     let rx = now_millis();
     let t0 = rx - 300_000;
     let inside = |n: i64| envelope(tenant, device, rx, vec![fix(t0 + n * 60_000, 13.005)]);
@@ -602,4 +610,51 @@ async fn a_new_fence_takes_effect_within_the_refresh_period() {
         .map(|e| (e.event.event_type.as_str(), e.event.geofence_id))
         .collect();
     assert_eq!(entered, [("geofence_enter", Some(fence))]);
+    stop.cancel();
+    refresher.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_fence_cache_reloads_only_changed_tenants_and_drops_emptied_ones() {
+    use processor::fences::{FenceCache, Refreshed};
+    let db = TestDb::new().await;
+    let a = seed_device(&db.pool, &format!("ev-{}", unique_suffix()))
+        .await
+        .tenant_id;
+    let b = seed_device(&db.pool, &format!("ev-{}", unique_suffix()))
+        .await
+        .tenant_id;
+    let cache = FenceCache::default();
+    let refresh = || async { cache.refresh(&db.pool).await.unwrap() };
+    assert_eq!(refresh().await, Refreshed::default());
+    assert!(cache.get(a).is_none());
+
+    let fence_a = insert_fence(&db.pool, a).await;
+    insert_fence(&db.pool, b).await;
+    let both = refresh().await;
+    assert_eq!((both.loaded, both.dropped, both.fences), (2, 0, 2));
+    assert_eq!(cache.get(a).unwrap().len(), 1);
+    assert_eq!(
+        refresh().await.loaded,
+        0,
+        "nothing changed, nothing read again"
+    );
+
+    // An edit reloads that tenant alone; deleting its last fence drops it.
+    sqlx::query("UPDATE geofences SET name = 'yard 2', updated_at = now() + interval '1 second' WHERE id = $1")
+        .bind(fence_a)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let edited = refresh().await;
+    assert_eq!((edited.loaded, edited.dropped), (1, 0));
+    sqlx::query("DELETE FROM geofences WHERE id = $1")
+        .bind(fence_a)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let deleted = refresh().await;
+    assert_eq!((deleted.loaded, deleted.dropped, deleted.fences), (0, 1, 1));
+    assert!(cache.get(a).is_none());
+    assert_eq!(cache.get(b).unwrap().len(), 1);
 }
