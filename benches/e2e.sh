@@ -47,13 +47,7 @@ say "output: $OUT"
 # The stack's PostgreSQL and Redis; `dev/stack up` only when one is down.
 port_open 5432 && port_open 6379 || "$ROOT/dev/stack" up
 
-if [ "${E2E_BUILD:-1}" = 1 ]; then
-  say "building release binaries (ingest, processor, fanout, gps-setup, loadgen)"
-  # --bins, not --bin NAME: a --bin filter would apply to every -p and skip the services.
-  cargo build --release --manifest-path "$ROOT/Cargo.toml" \
-    -p ingest -p processor -p fanout -p gps-runtime -p benches --bins \
-    >"$OUT/logs/build.log" 2>&1 || { tail -30 "$OUT/logs/build.log" >&2; die "build failed"; }
-fi
+bench_build "${E2E_BUILD:-1}" ingest processor fanout gps-runtime benches
 
 # --- A throwaway database, a broker of the run's own, topics ----------------------------------
 trap bench_cleanup EXIT

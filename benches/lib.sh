@@ -3,6 +3,7 @@
 # that. Each script sets BENCH (its name in messages) and OUT before sourcing.
 #
 #   BENCH=events; OUT=...; . "$ROOT/benches/lib.sh"
+#   bench_build 1 ingest processor fanout gps-runtime benches
 #   bench_database events                 # CREATE DATABASE gps_events_<suffix>; DATABASE_URL
 #   bench_broker $((PORT_BASE + 5))       # tansu on an empty sqlite log in $OUT/kafka
 #   bench_services processor ingest fanout
@@ -11,6 +12,18 @@
 say() { printf '\033[1;34m[%s]\033[0m %s\n' "$BENCH" "$*" >&2; }
 die() { printf '\033[1;31m[%s]\033[0m %s\n' "$BENCH" "$*" >&2; exit 1; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Build the release binaries of the packages named (their --bins: a --bin filter would apply to
+# every -p and skip the services), unless $1 is 0 (the script's *_BUILD=0: use them as they are).
+bench_build() {
+  local build=$1; shift
+  [ "$build" = 1 ] || return 0
+  local args=() pkg
+  for pkg in "$@"; do args+=(-p "$pkg"); done
+  say "building release binaries ($*)"
+  cargo build --release --manifest-path "$ROOT/Cargo.toml" "${args[@]}" --bins \
+    >"$OUT/logs/build.log" 2>&1 || { tail -30 "$OUT/logs/build.log" >&2; die "build failed"; }
+}
 
 BENCH_PIDS=()
 BENCH_DB=""

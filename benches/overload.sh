@@ -36,12 +36,7 @@ mkdir -p "$OUT/logs"
 say "output: $OUT"
 # The stack's PostgreSQL; `dev/stack up` (which also builds gps-setup) only when down.
 port_open 5432 || "$ROOT/dev/stack" up
-if [ "${OVERLOAD_BUILD:-1}" = 1 ]; then
-  say "building release binaries (ingest, processor, gps-setup, loadgen)"
-  cargo build --release --manifest-path "$ROOT/Cargo.toml" \
-    -p ingest -p processor -p gps-runtime -p benches --bins \
-    >"$OUT/logs/build.log" 2>&1 || { tail -30 "$OUT/logs/build.log" >&2; die "build failed"; }
-fi
+bench_build "${OVERLOAD_BUILD:-1}" ingest processor gps-runtime benches
 
 trap bench_cleanup EXIT
 bench_database overload

@@ -99,10 +99,20 @@ pub fn cases() -> u32 {
         .unwrap_or(DEFAULT_CASES)
 }
 
-/// The corpus directory of `target`.
+/// The corpus directory of `target`: `fuzz/corpus` of the checkout the tests run from (found
+/// above the `CARGO_MANIFEST_DIR` that cargo and nextest set when they run a test, whichever
+/// package's), else where this crate was compiled. The compile-time path alone is not enough: a
+/// shared target directory keeps this crate built from another checkout of the same sources
+/// (CI's clone), path and all.
 pub fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("corpus")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .and_then(|dir| {
+            PathBuf::from(dir)
+                .ancestors()
+                .map(|a| a.join("fuzz").join("corpus"))
+                .find(|c| c.is_dir())
+        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus"))
         .join(target)
 }
 

@@ -23,10 +23,15 @@ fn service_binaries() -> PathBuf {
     let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
     let release = profile_dir.file_name().is_some_and(|p| p == "release");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    // The checkout the test runs from (set by cargo and nextest at run time; a shared target
+    // directory may hold this binary from another checkout), else where it was compiled.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../Cargo.toml");
     let mut build = Command::new(cargo);
     build
-        .args(["build", "--quiet", "--manifest-path", manifest])
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(&manifest)
         .args([
             "-p",
             "ingest",
