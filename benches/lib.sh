@@ -101,9 +101,20 @@ bench_cleanup() {
     wait "$BENCH_BROKER_PID" 2>/dev/null || true
   fi
   if [ "${BENCH_KEEP:-0}" != 1 ]; then
-    [ -n "$BENCH_DB" ] && psql -qtAX "$BENCH_BASE_URL" \
-      -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" >/dev/null 2>&1
     rm -rf "$OUT/kafka"
+    # A connection still closing can fail the first DROP: try a few times, never abort here
+    # (under `set -e` a failing command would end the cleanup half done).
+    local tries
+    for tries in 1 2 3 4 5; do
+      [ -z "$BENCH_DB" ] && break
+      if psql -qtAX "$BENCH_BASE_URL" -c "DROP DATABASE IF EXISTS $BENCH_DB WITH (FORCE)" \
+        >"$OUT/logs/drop-database.log" 2>&1; then
+        BENCH_DB=""
+        break
+      fi
+      sleep 1
+    done
+    [ -z "$BENCH_DB" ] || say "could not drop $BENCH_DB ($OUT/logs/drop-database.log): drop it by hand"
   fi
   return 0
 }
