@@ -320,14 +320,26 @@ impl Bench {
             n += 1;
             loaded += 1;
             if rows.len() == chunk {
-                self.copy("positions", &rows).await?;
+                self.copy_grouped(&mut rows).await?;
                 rows.clear();
             }
         }
         if !rows.is_empty() {
-            self.copy("positions", &rows).await?;
+            self.copy_grouped(&mut rows).await?;
         }
         Ok(loaded)
+    }
+
+    /// COPY a chunk of the filler grouped by day partition, then device and time: the same
+    /// rows (what the table holds at each size does not change), but each partition receives
+    /// runs instead of one row at a time (a chunk in generation order touches all 374
+    /// partitions row after row: 20,000 rows/s here at 10M rows, where grouped it copies at
+    /// several times that).
+    async fn copy_grouped(&self, rows: &mut [StoredFix]) -> Result<(), LoadgenError> {
+        rows.sort_unstable_by_key(|r| {
+            (r.fix.fix_time.div_euclid(DAY_MS), r.device, r.fix.fix_time)
+        });
+        self.copy("positions", rows).await
     }
 
     /// The five reads, as query-api paths.
