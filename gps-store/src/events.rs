@@ -1,5 +1,5 @@
 //! The SQL of events (issue 16): the tenant's fences for the evaluator ([`load_fences`], with a
-//! cheap [`fence_versions`] fingerprint to tell when to load them again), each device's profile
+//! cheap [`all_fence_versions`] fingerprint to tell when to load them again), each device's profile
 //! (its groups and its own speed limit, [`device_profiles`]), the per-device event state
 //! ([`read_states`] and [`write_states_guarded`] on the batch path, [`lock_states`] and
 //! [`upsert_states`] where a guard failed, [`lock_overdue`] for the offline timer,
@@ -29,26 +29,8 @@ pub struct FenceVersion {
     pub group_rows: i64,
 }
 
-/// The [`FenceVersion`] of each of `tenants` (a tenant without fences has a version too).
-pub async fn fence_versions(
-    pool: &PgPool,
-    tenants: &[Uuid],
-) -> Result<HashMap<Uuid, FenceVersion>, sqlx::Error> {
-    let rows: Vec<(Uuid, i64, Option<DateTime<Utc>>, i64)> = sqlx::query_as(
-        "SELECT t.id, count(DISTINCT g.id), max(g.updated_at), count(gg.group_id)
-         FROM unnest($1::uuid[]) AS t(id)
-         LEFT JOIN geofences g ON g.tenant_id = t.id
-         LEFT JOIN geofence_groups gg ON gg.geofence_id = g.id
-         GROUP BY t.id",
-    )
-    .bind(tenants)
-    .fetch_all(pool)
-    .await?;
-    Ok(versions(rows))
-}
-
 /// The [`FenceVersion`] of every tenant that has fences (one pass over `geofences`; the
-/// processor's background refresh).
+/// processor's background refresh). A tenant without fences is absent.
 pub async fn all_fence_versions(pool: &PgPool) -> Result<HashMap<Uuid, FenceVersion>, sqlx::Error> {
     let rows: Vec<(Uuid, i64, Option<DateTime<Utc>>, i64)> = sqlx::query_as(
         "SELECT g.tenant_id, count(DISTINCT g.id), max(g.updated_at), count(gg.group_id)
@@ -57,11 +39,8 @@ pub async fn all_fence_versions(pool: &PgPool) -> Result<HashMap<Uuid, FenceVers
     )
     .fetch_all(pool)
     .await?;
-    Ok(versions(rows))
-}
-
-fn versions(rows: Vec<(Uuid, i64, Option<DateTime<Utc>>, i64)>) -> HashMap<Uuid, FenceVersion> {
-    rows.into_iter()
+    Ok(rows
+        .into_iter()
         .map(|(tenant, fences, newest, group_rows)| {
             let version = FenceVersion {
                 fences,
@@ -70,7 +49,7 @@ fn versions(rows: Vec<(Uuid, i64, Option<DateTime<Utc>>, i64)>) -> HashMap<Uuid,
             };
             (tenant, version)
         })
-        .collect()
+        .collect())
 }
 
 /// A tenant's fences, each through `Fence::new` (the one validation); a row that no longer

@@ -272,8 +272,8 @@ impl Pipeline {
         let fixes = plan.rows.len();
         let outcome = plan.settle(&mut self.caches, &written);
         self.count(records.len(), &outcome);
-        // Where a slow batch spent its time (the first one of new devices and tenants reads
-        // their history, states and fences).
+        // Where a slow batch spent its time (the first one of new devices reads their last
+        // positions, event states and profiles).
         tracing::debug!(
             records = records.len(),
             fixes,
